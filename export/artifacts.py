@@ -1,0 +1,148 @@
+"""Write an artifact folder: eval.onnx, train.onnx, one shared weights file, manifest.json."""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import platform
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto, helper
+
+from .backbones import Backbone
+from .gradient import OPSET, GraphSpec, export_graphs, graph_tensors
+
+SCHEMA_VERSION = 1
+WEIGHTS_FILE = "weights.bin"
+FILES = {"eval": "eval.onnx", "train": "train.onnx"}
+_ALIGN = 64
+
+
+def stored_dtypes(backbone: Backbone, dtype: str) -> dict[str, str]:
+    """Parameters in `dtype`; buffers (preprocessing constants) always fp32, they are tiny and exact."""
+    names = {n for n, _ in backbone.module.named_parameters()}
+    return {n: (dtype if n in names else "fp32") for n in graph_tensors(backbone)}
+
+
+def write_weights(params: dict[str, torch.Tensor], path: Path, dtypes: dict[str, str]) -> dict[str, tuple[int, int]]:
+    """One raw file holding every tensor once; returns name -> (offset, length)."""
+    layout, offset = {}, 0
+    with open(path, "wb") as f:
+        for name, t in params.items():
+            np_dtype = np.float16 if dtypes[name] == "fp16" else np.float32
+            data = t.detach().cpu().numpy().astype(np_dtype).tobytes()
+            pad = (-offset) % _ALIGN
+            f.write(b"\0" * pad)
+            offset += pad
+            f.write(data)
+            layout[name] = (offset, len(data))
+            offset += len(data)
+    return layout
+
+
+def bind_weights(model: onnx.ModelProto, params: dict[str, torch.Tensor], layout, dtypes: dict[str, str]) -> onnx.ModelProto:
+    """Turn the weight inputs into external initializers (stored as `dtype`, computed in fp32)."""
+    graph = model.graph
+    keep = [i for i in graph.input if i.name not in params]
+    del graph.input[:]
+    graph.input.extend(keep)
+    casts = []
+    for name, t in params.items():
+        dtype = dtypes[name]
+        stored = name if dtype == "fp32" else f"{name}.{dtype}"
+        init = TensorProto(name=stored, data_type=TensorProto.FLOAT16 if dtype == "fp16" else TensorProto.FLOAT,
+                           dims=list(t.shape))
+        init.data_location = TensorProto.EXTERNAL
+        offset, length = layout[name]
+        for k, v in (("location", WEIGHTS_FILE), ("offset", str(offset)), ("length", str(length))):
+            init.external_data.add(key=k, value=v)
+        graph.initializer.append(init)
+        if dtype != "fp32":
+            # Stored in fp16 to halve the repo and every transfer; ORT folds this Cast at load time.
+            casts.append(helper.make_node("Cast", [stored], [name], to=TensorProto.FLOAT, name=f"cast/{name}"))
+    nodes = casts + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return model
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _io(model: onnx.ModelProto) -> dict:
+    def desc(v):
+        dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in v.type.tensor_type.shape.dim]
+        return {"name": v.name, "shape": dims}
+
+    return {"inputs": [desc(v) for v in model.graph.input], "outputs": [desc(v) for v in model.graph.output]}
+
+
+def write_artifacts(backbone: Backbone, out: str | Path, weights_dtype: str = "fp16", command: str = "") -> Path:
+    """Export both graphs and write the folder atomically (a temp folder renamed into place)."""
+    out = Path(out)
+    spec, eval_proto, train_proto = export_graphs(backbone)
+    params = graph_tensors(backbone)
+    dtypes = stored_dtypes(backbone, weights_dtype)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp.chmod(0o755)
+    layout = write_weights(params, tmp / WEIGHTS_FILE, dtypes)
+    graphs = {}
+    for role, proto in (("eval", eval_proto), ("train", train_proto)):
+        bind_weights(proto, params, layout, dtypes)
+        onnx.save(proto, str(tmp / FILES[role]))
+        onnx.checker.check_model(str(tmp / FILES[role]))
+        graphs[role] = _io(proto)
+    manifest = build_manifest(backbone, spec, graphs, weights_dtype, command)
+    manifest["files"] = {p.name: {"sha256": sha256(p), "bytes": p.stat().st_size} for p in sorted(tmp.iterdir())}
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    if out.exists():
+        backup = out.with_name(f".{out.name}.old")
+        os.replace(out, backup)
+        os.replace(tmp, out)
+        import shutil
+
+        shutil.rmtree(backup)
+    else:
+        os.replace(tmp, out)
+    return out
+
+
+def build_manifest(backbone: Backbone, spec: GraphSpec, graphs: dict, weights_dtype: str, command: str) -> dict:
+    import onnxscript
+
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "backbone": backbone.name,
+        "weights": {**backbone.weights, "stored_as": weights_dtype, "file": WEIGHTS_FILE},
+        "input": {"layout": "NCHW", "channels": "RGB", "range": [0.0, 1.0]},
+        "preprocess": {**backbone.preprocess.as_dict(), "where": "inside the graphs"},
+        "layers": [{"name": layer.name, "channels": layer.channels, "stride": layer.stride} for layer in backbone.layers],
+        "content_layers": spec.content,
+        "style_layers": spec.style,
+        "defaults": backbone.defaults,
+        "graphs": {role: {"file": FILES[role], **graphs[role]} for role in FILES},
+        "opset": OPSET,
+        "loss": {
+            "normalization": "content: mean((F-P)^2); gram: F F^T / positions; style: mean((G-A)^2) "
+            "(= 4 E_l of Gatys et al.); tv: mean squared neighbour differences of the [0,1] image",
+        },
+        "exporter": {
+            "command": command,
+            "torch": torch.__version__,
+            "onnx": onnx.__version__,
+            "onnxscript": onnxscript.__version__,
+            "python": platform.python_version(),
+            "date": datetime.date.today().isoformat(),
+        },
+    }

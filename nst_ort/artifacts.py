@@ -1,0 +1,159 @@
+"""Read and validate an artifact folder: manifest, checksums, paths. The one place that does."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from functools import cached_property
+from pathlib import Path
+
+from .errors import ArtifactError
+from .onnx_scan import ScanError, external_locations
+
+SCHEMA_VERSIONS = (1,)
+REQUIRED_KEYS = ("schema_version", "backbone", "graphs", "files", "layers", "content_layers", "style_layers", "defaults")
+TRAIN_OUTPUTS = ["loss", "content_losses", "style_losses", "tv_loss", "image_grad"]
+
+
+def default_model_dir() -> Path:
+    """The embedded default model: package data when installed, ./models/vgg16 in a checkout."""
+    env = os.environ.get("NST_ORT_MODEL")
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "models" / "vgg16", here.parent / "models" / "vgg16"):
+        if (candidate / "manifest.json").is_file():
+            return candidate
+    raise ArtifactError("no default model found (looked in the installed package and ./models/vgg16); use --model PATH")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class Artifacts:
+    """A validated artifact folder. Sessions are made by `Graphs` (session.py) from these paths."""
+
+    def __init__(self, path: str | Path | None = None, verify: bool = True):
+        self.path = Path(path) if path is not None else default_model_dir()
+        self.manifest = self._read_manifest()
+        if verify:
+            self.verify()
+
+    # -- manifest ------------------------------------------------------------------------------
+    def _read_manifest(self) -> dict:
+        if not self.path.exists():
+            raise ArtifactError(f"{self.path}: model folder does not exist")
+        if not self.path.is_dir():
+            raise ArtifactError(f"{self.path}: not a folder (a model is a folder with manifest.json)")
+        mpath = self.path / "manifest.json"
+        if not mpath.is_file():
+            raise ArtifactError(f"{mpath}: missing; not an nst-ort model folder")
+        try:
+            manifest = json.loads(mpath.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ArtifactError(f"{mpath}: not valid JSON ({e})") from None
+        if not isinstance(manifest, dict):
+            raise ArtifactError(f"{mpath}: expected a JSON object")
+        missing = [k for k in REQUIRED_KEYS if k not in manifest]
+        if missing:
+            raise ArtifactError(f"{mpath}: missing keys {', '.join(missing)}")
+        version = manifest["schema_version"]
+        if version not in SCHEMA_VERSIONS:
+            raise ArtifactError(f"{mpath}: unknown schema_version {version!r} (this nst-ort reads "
+                                f"{', '.join(map(str, SCHEMA_VERSIONS))}); upgrade nst-ort or re-export")
+        try:
+            for role in ("eval", "train"):
+                g = manifest["graphs"][role]
+                if not isinstance(g["file"], str) or not isinstance(g["inputs"], list):
+                    raise TypeError(role)
+            outs = [o["name"] for o in manifest["graphs"]["train"]["outputs"]]
+            names = [layer["name"] for layer in manifest["layers"]]
+            for key in ("content_layers", "style_layers"):
+                if not all(isinstance(n, str) and n in names for n in manifest[key]):
+                    raise TypeError(key)
+            if not isinstance(manifest["files"], dict):
+                raise TypeError("files")
+        except (KeyError, TypeError, AttributeError) as e:
+            raise ArtifactError(f"{mpath}: malformed entry ({e})") from None
+        if outs != TRAIN_OUTPUTS:
+            raise ArtifactError(f"{mpath}: training graph outputs {outs}, expected {TRAIN_OUTPUTS}")
+        return manifest
+
+    def _file(self, name: str) -> Path:
+        """A file named by the manifest; it must stay inside the folder."""
+        p = (self.path / name).resolve()
+        root = self.path.resolve()
+        if root != p.parent and root not in p.parents:
+            raise ArtifactError(f"{self.path / 'manifest.json'}: file {name!r} points outside the model folder")
+        return p
+
+    def verify(self) -> None:
+        """Every listed file present with its sha256; graphs' external data only inside the folder."""
+        for name, info in self.manifest["files"].items():
+            p = self._file(name)
+            if not p.is_file():
+                raise ArtifactError(f"{p}: missing (listed in manifest.json)")
+            digest = _sha256(p)
+            if digest != info.get("sha256"):
+                raise ArtifactError(f"{p}: sha256 mismatch (file changed or truncated: "
+                                    f"{p.stat().st_size} bytes, manifest says {info.get('bytes')}); re-export or re-download")
+        for role in ("eval", "train"):
+            name = self.manifest["graphs"][role]["file"]
+            if name not in self.manifest["files"]:
+                raise ArtifactError(f"{self.path / 'manifest.json'}: graph {name} has no sha256 entry")
+            self._check_external_data(self._file(name))
+
+    def _check_external_data(self, graph: Path) -> None:
+        try:
+            locations = external_locations(graph.read_bytes())
+        except ScanError as e:
+            raise ArtifactError(f"{graph}: not a readable ONNX model ({e})") from None
+        for loc in locations:
+            target = (graph.parent / loc).resolve()
+            root = self.path.resolve()
+            if os.path.isabs(loc) or (root != target.parent and root not in target.parents):
+                raise ArtifactError(f"{graph}: external data {loc!r} points outside the model folder; refused")
+            if target.name not in self.manifest["files"]:
+                raise ArtifactError(f"{graph}: external data {loc!r} is not listed (with a sha256) in manifest.json")
+
+    # -- what the runtime needs ------------------------------------------------------------------
+    @property
+    def backbone(self) -> str:
+        return self.manifest["backbone"]
+
+    @property
+    def content_layers(self) -> list[str]:
+        return list(self.manifest["content_layers"])
+
+    @property
+    def style_layers(self) -> list[str]:
+        return list(self.manifest["style_layers"])
+
+    @property
+    def defaults(self) -> dict:
+        return self.manifest["defaults"]
+
+    @cached_property
+    def layer_info(self) -> dict[str, dict]:
+        return {layer["name"]: layer for layer in self.manifest["layers"]}
+
+    @property
+    def max_stride(self) -> int:
+        return max(int(layer["stride"]) for layer in self.manifest["layers"])
+
+    @property
+    def min_size(self) -> int:
+        """Smallest image side the graphs accept: every tapped layer must keep at least one row."""
+        return max(2 * int(layer["stride"]) if layer["name"].startswith("pool") else int(layer["stride"])
+                   for layer in self.manifest["layers"])
+
+    def graph_path(self, role: str) -> Path:
+        return self._file(self.manifest["graphs"][role]["file"])
+
+    def __repr__(self) -> str:
+        return f"Artifacts({str(self.path)!r}, backbone={self.backbone!r})"

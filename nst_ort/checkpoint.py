@@ -1,0 +1,65 @@
+"""CheckpointState: the loop's whole state in one .npz, written atomically; resume continues it."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UsageError
+
+FORMAT = 1
+
+
+def save(path: str | Path, state: dict, fingerprint: str) -> None:
+    path = Path(path)
+    arrays, meta = {}, {"format": FORMAT, "fingerprint": fingerprint}
+    for key, value in state.items():
+        if key == "optimizer":
+            for k, v in value.items():
+                if isinstance(v, np.ndarray):
+                    arrays[f"optimizer.{k}"] = v
+                else:
+                    meta[f"optimizer.{k}"] = v
+        elif isinstance(value, np.ndarray):
+            arrays[key] = value
+        else:
+            meta[key] = value
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent if str(path.parent) else ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, __meta__=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def load(path: str | Path, fingerprint: str) -> dict:
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(bytes(z["__meta__"]).decode())
+            arrays = {k: z[k] for k in z.files if k != "__meta__"}
+    except (OSError, ValueError, KeyError) as e:
+        raise UsageError(f"{path}: not an nst-ort checkpoint ({e})") from None
+    if meta.get("format") != FORMAT:
+        raise UsageError(f"{path}: checkpoint format {meta.get('format')} is not {FORMAT}")
+    if meta.get("fingerprint") != fingerprint:
+        raise UsageError(f"{path}: checkpoint was made with other inputs or settings; refusing to resume")
+    state: dict = {"optimizer": {}}
+    for k, v in {**meta, **arrays}.items():
+        if k in ("format", "fingerprint"):
+            continue
+        if k.startswith("optimizer."):
+            state["optimizer"][k.split(".", 1)[1]] = v
+        else:
+            state[k] = v
+    if not state["optimizer"]:
+        del state["optimizer"]
+    return state

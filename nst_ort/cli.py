@@ -1,0 +1,327 @@
+"""nst-ort: flags -> Config -> Stylizer -> progress, report, outputs."""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import signal
+import sys
+import traceback
+from pathlib import Path
+
+from . import __version__, checkpoint
+from .config import Config, LossConfig, OptimConfig, StyleInput
+from .errors import EXIT_BATCH_PARTIAL, EXIT_INTERRUPTED, NstError, NumericalError, OutputError, UsageError
+from .images import save_image
+from .report import Progress, Report
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+
+# Presets, translated into our normalization (README, "Presets"). Layer weights that neural-style
+# leaves implicit in its Gram normalization (G / (C*h*w), MSE) become 1/C_l^2 here.
+PRESETS = {
+    "neural-style": dict(content_weight=5.0, style_weight=100.0, tv_weight=None, optimizer="lbfgs", history=100,
+                         iterations=1000, size=512, style_layer_weights="inv_c2"),
+    "paper": dict(content_weight=None, style_weight=1.0, tv_weight=0.0, optimizer="lbfgs", history=100,
+                  iterations=1000, size=512, style_layer_weights="equal"),
+}
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def _csv_floats(text: str, what: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"{what}: expected comma-separated numbers, got {text!r}") from None
+
+
+def _layer_weights(text: str) -> dict[str, float]:
+    out = {}
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        name, _, w = item.partition(":")
+        try:
+            out[name] = float(w) if w else 1.0
+        except ValueError:
+            raise UsageError(f"--style-layers: bad weight in {item!r} (use relu1_1:0.2,relu2_1:0.2)") from None
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="nst-ort",
+        description="Neural style transfer (Gatys et al.) on ONNX Runtime. "
+        "nst-ort CONTENT STYLE [STYLE ...] -o OUT; CONTENT may be a folder (batch); --texture for no content.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("images", nargs="+", help="content image (or folder) then style image(s); with --texture, style image(s) only")
+    p.add_argument("-o", "--output", required=False, help="output image (or folder for a batch)")
+    g = p.add_argument_group("size and schedule")
+    g.add_argument("--size", type=int, default=512, help="long side of the output in pixels")
+    g.add_argument("--iterations", type=int, default=None, help="iterations per scale (default 500, or the preset's)")
+    g.add_argument("--scales", help="coarse-to-fine long sides, e.g. 256,512,1024 (each warm-starts the next)")
+    g.add_argument("--scale-iterations", help="iterations per scale, e.g. 300,200,100")
+    g.add_argument("--texture", action="store_true", help="texture synthesis: no content image, style loss only, from noise")
+    g.add_argument("--texture-size", help="WxH of the texture (default SIZExSIZE)")
+    w = p.add_argument_group("loss (weights in the documented normalization; default: the model's)")
+    w.add_argument("--preset", choices=["default", *PRESETS], default="default",
+                   help="weight presets: default (the model's, chosen by looking), neural-style, paper")
+    w.add_argument("--content-weight", type=float, help="alpha: weight of the content term")
+    w.add_argument("--style-weight", type=float, help="beta: weight of the style term")
+    w.add_argument("--tv-weight", type=float, help="weight of the total-variation term (0 disables)")
+    w.add_argument("--content-layer", help="content layer among the model's (see --info)")
+    w.add_argument("--style-layers", help="per-layer style weights, e.g. relu1_1:1,relu3_1:0.5 (others 0)")
+    s = p.add_argument_group("styles and color")
+    s.add_argument("--style-weights", help="blend weights of several styles, e.g. 0.7,0.3")
+    s.add_argument("--style-masks", help="one mask image per style (white = region of that style), comma-separated")
+    s.add_argument("--style-scale", type=float, default=1.0, help="style image size relative to the output")
+    s.add_argument("--color", choices=["none", "luminance", "histogram"], default="none",
+                   help="keep the content's colors: luminance-only transfer or histogram matching of the style")
+    o = p.add_argument_group("optimizer")
+    o.add_argument("--optimizer", choices=["lbfgs", "adam"], default=None, help="default lbfgs")
+    o.add_argument("--lr", type=float, help="learning rate (lbfgs 1.0, adam 0.02 on [0,1] pixels)")
+    o.add_argument("--history", type=int, default=None, help="L-BFGS history size (default 100)")
+    o.add_argument("--init", default="content", help="content, noise, or an image path")
+    o.add_argument("--seed", type=int, default=0, help="seed for noise init")
+    o.add_argument("--average", action="store_true", help="output the running average of the iterates")
+    r = p.add_argument_group("runtime")
+    r.add_argument("--model", help="artifact folder (default: the embedded VGG16)")
+    r.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    r.add_argument("--provider", help="any onnxruntime execution provider by name, e.g. TensorrtExecutionProvider")
+    r.add_argument("--threads", type=int, help="intra-op threads (default: onnxruntime's)")
+    out = p.add_argument_group("progress and results")
+    out.add_argument("--save-every", type=int, default=0, help="write the current image every N iterations")
+    out.add_argument("--report", help="write a JSON report (settings, per-iteration losses, timings)")
+    out.add_argument("--checkpoint", help="write a checkpoint here (every --save-every and at the end or on Ctrl-C)")
+    out.add_argument("--resume", help="resume from this checkpoint (same inputs and settings)")
+    out.add_argument("--info", action="store_true", help="print the model's layers and defaults, then exit")
+    out.add_argument("-q", "--quiet", action="store_true", help="no progress line")
+    out.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("--version", action="version", version=f"nst-ort {__version__}")
+    return p
+
+
+def _warn(msg: str) -> None:
+    print(f"nst-ort: warning: {msg}", file=sys.stderr)
+
+
+def _apply_preset(args, artifacts) -> tuple[LossConfig, dict]:
+    preset = PRESETS.get(args.preset, {})
+    slw = None
+    if preset.get("style_layer_weights") == "inv_c2":
+        slw = {n: 1.0 / artifacts.layer_info[n]["channels"] ** 2 for n in artifacts.style_layers
+               if n in artifacts.defaults.get("style_layer_weights", {})}
+    elif preset.get("style_layer_weights") == "equal":
+        names = [n for n in artifacts.style_layers if n in artifacts.defaults.get("style_layer_weights", {})]
+        slw = {n: 1.0 / len(names) for n in names}
+    cw = preset.get("content_weight")
+    if args.preset == "paper":
+        # alpha/beta = 1e-3 (paper Fig. 3) with its 1/2-sum content and 1/(4 N^2 M^2) style terms,
+        # translated at 512 px: alpha_ours = 1e-3 * 2 * N * M / 4 for relu4_2 (N=512, M=(512/8)^2).
+        n = artifacts.layer_info[artifacts.content_layers[0]]["channels"]
+        stride = artifacts.layer_info[artifacts.content_layers[0]]["stride"]
+        cw = 1e-3 * 2 * n * (512 // stride) ** 2 / 4
+    loss = LossConfig(
+        content_weight=args.content_weight if args.content_weight is not None else cw,
+        style_weight=args.style_weight if args.style_weight is not None else preset.get("style_weight"),
+        tv_weight=args.tv_weight if args.tv_weight is not None else preset.get("tv_weight"),
+        content_layer=args.content_layer,
+        style_layer_weights=_layer_weights(args.style_layers) if args.style_layers else slw,
+    )
+    return loss, preset
+
+
+def build_config(args, artifacts) -> tuple[Config, Path | None]:
+    images = [Path(p) for p in args.images]
+    if args.texture:
+        content, style_paths = None, images
+    else:
+        if len(images) < 2:
+            raise UsageError("need a content image and at least one style image (or --texture STYLE)")
+        content, style_paths = images[0], images[1:]
+    if not args.output:
+        raise UsageError("no output: give -o OUT")
+    weights = _csv_floats(args.style_weights, "--style-weights") if args.style_weights else [1.0] * len(style_paths)
+    masks = [Path(m) for m in args.style_masks.split(",")] if args.style_masks else [None] * len(style_paths)
+    if len(weights) != len(style_paths) or len(masks) != len(style_paths):
+        raise UsageError(f"{len(style_paths)} style image(s) but {len(weights)} weight(s) and {len(masks)} mask(s)")
+    loss, preset = _apply_preset(args, artifacts)
+    optim_cfg = OptimConfig(
+        name=args.optimizer or preset.get("optimizer", "lbfgs"),
+        iterations=args.iterations or preset.get("iterations", 500),
+        lr=args.lr, history=args.history or preset.get("history", 100), average=args.average,
+    )
+    texture_size = None
+    if args.texture_size:
+        try:
+            tw, th = (int(v) for v in args.texture_size.lower().split("x"))
+        except ValueError:
+            raise UsageError(f"--texture-size: expected WxH, got {args.texture_size!r}") from None
+        texture_size = (tw, th)
+    size = args.size if args.size != 512 or not preset else preset.get("size", args.size)
+    if texture_size:
+        size = max(texture_size)
+    scales = [int(v) for v in _csv_floats(args.scales, "--scales")] if args.scales else None
+    scale_iters = [int(v) for v in _csv_floats(args.scale_iterations, "--scale-iterations")] if args.scale_iterations else None
+    cfg = Config(
+        content=content, styles=[StyleInput(p, w, m) for p, w, m in zip(style_paths, weights, masks)],
+        size=size, texture_size=texture_size, scales=scales, scale_iterations=scale_iters,
+        style_scale=args.style_scale, init=args.init, seed=args.seed, color=args.color, loss=loss, optim=optim_cfg,
+        model=Path(args.model) if args.model else None, device=args.device, provider=args.provider,
+        threads=args.threads,
+    )
+    try:
+        cfg.schedule()
+    except ValueError as e:
+        raise UsageError(f"--scale-iterations: {e}") from None
+    return cfg, Path(args.output)
+
+
+def _fingerprint(cfg: Config) -> str:
+    """Inputs and settings that must match for a resume to be the same run."""
+    def digest(p):
+        return hashlib.sha256(Path(p).read_bytes()).hexdigest() if p else None
+
+    d = {"cfg": repr(cfg), "content": digest(cfg.content), "styles": [digest(s.path) for s in cfg.styles]}
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _check_output(out: Path, cfg: Config) -> None:
+    inputs = [cfg.content, *[s.path for s in cfg.styles], *[s.mask for s in cfg.styles if s.mask]]
+    if cfg.init not in ("content", "noise"):
+        inputs.append(Path(cfg.init))
+    for p in inputs:
+        if p is not None and Path(p).exists() and out.exists() and out.resolve() == Path(p).resolve():
+            raise OutputError(f"{out}: output path is also an input; refusing to overwrite it")
+    if out.exists() and out.is_dir():
+        raise OutputError(f"{out}: is a directory; give an image file name")
+    folder = out.parent if str(out.parent) else Path(".")
+    if not folder.is_dir():
+        raise OutputError(f"{out}: output folder {folder} does not exist")
+    import os
+
+    if not os.access(folder, os.W_OK):
+        raise OutputError(f"{out}: output folder {folder} is not writable")
+    from PIL import Image
+
+    if Image.registered_extensions().get(out.suffix.lower()) is None:
+        raise OutputError(f"{out}: unknown image extension {out.suffix!r} (use .png, .jpg, .webp, .tif)")
+
+
+def stylize_one(cfg: Config, out: Path, args, artifacts, settings: dict) -> None:
+    from .stylize import Stylizer
+
+    _check_output(out, cfg)
+    stylizer = Stylizer(cfg, artifacts=artifacts, warn=_warn)
+    fingerprint = _fingerprint(cfg)
+    if args.resume:
+        stylizer.load_state(checkpoint.load(args.resume, fingerprint))
+    progress = Progress(enabled=not args.quiet)
+    report = Report(settings)
+
+    def finish(status: str) -> None:
+        if stylizer.x is not None:
+            save_image(stylizer.current(), out)
+        if args.checkpoint and stylizer.x is not None:
+            checkpoint.save(args.checkpoint, stylizer.state(), fingerprint)
+        if args.report:
+            report.write(args.report, status)
+
+    try:
+        for record in stylizer.run():
+            progress(record)
+            report(record)
+            if args.save_every and record.step % args.save_every == 0:
+                save_image(stylizer.current(), out)
+                if args.checkpoint:
+                    checkpoint.save(args.checkpoint, stylizer.state(), fingerprint)
+    except (KeyboardInterrupt, _Interrupted):
+        finish("interrupted")
+        print(f"\nnst-ort: interrupted at iteration {stylizer.step}; wrote the current image to {out}", file=sys.stderr)
+        raise
+    except NumericalError:
+        if stylizer.best is not None:
+            stylizer.x = stylizer.best
+            finish("nan")
+        raise
+    finish("done")
+
+
+def _sigterm(signum, frame):
+    raise _Interrupted()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _sigterm)
+    try:
+        return _main(args)
+    except (KeyboardInterrupt, _Interrupted):
+        return EXIT_INTERRUPTED
+    except NstError as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"nst-ort: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except Exception as e:  # noqa: BLE001 - last resort: still one line unless --debug
+        if args.debug:
+            traceback.print_exc()
+        print(f"nst-ort: internal error: {type(e).__name__}: {e} (rerun with --debug for a traceback)", file=sys.stderr)
+        return 1
+
+
+def _main(args) -> int:
+    from .artifacts import Artifacts
+
+    artifacts = Artifacts(args.model)
+    if args.info:
+        m = artifacts.manifest
+        print(json.dumps({"path": str(artifacts.path), "backbone": m["backbone"], "layers": m["layers"],
+                          "content_layers": m["content_layers"], "style_layers": m["style_layers"],
+                          "defaults": m["defaults"], "weights": m["weights"]}, indent=1))
+        return 0
+    settings = {k: v for k, v in vars(args).items()}
+    settings["nst_ort"] = __version__
+    import onnxruntime
+
+    settings["onnxruntime"] = onnxruntime.__version__
+    first = Path(args.images[0])
+    if not args.texture and first.is_dir():
+        return _batch(args, artifacts, settings)
+    cfg, out = build_config(args, artifacts)
+    stylize_one(cfg, out, args, artifacts, settings)
+    if not args.quiet:
+        print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+def _batch(args, artifacts, settings) -> int:
+    """Many content images, one style: style targets are rebuilt per image size (cached by size)."""
+    folder, out_dir = Path(args.images[0]), Path(args.output or "")
+    if not args.output:
+        raise UsageError("batch: give -o OUTPUT_FOLDER")
+    if not out_dir.is_dir():
+        raise OutputError(f"{out_dir}: batch output must be an existing folder")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+    if not files:
+        raise UsageError(f"{folder}: no images ({', '.join(sorted(IMAGE_EXTS))}) in this folder")
+    failed = 0
+    for p in files:
+        one = argparse.Namespace(**{**vars(args), "images": [str(p), *args.images[1:]],
+                                    "output": str(out_dir / (p.stem + ".png")), "report": None, "checkpoint": None})
+        try:
+            cfg, out = build_config(one, artifacts)
+            stylize_one(cfg, out, one, artifacts, settings)
+            print(f"wrote {out}", file=sys.stderr)
+        except NstError as e:
+            failed += 1
+            print(f"nst-ort: error: {e} (skipped)", file=sys.stderr)
+    if failed:
+        print(f"nst-ort: {failed} of {len(files)} image(s) failed", file=sys.stderr)
+        return EXIT_BATCH_PARTIAL
+    return 0

@@ -1,0 +1,124 @@
+"""L-BFGS and Adam on flat float32 vectors, in ask-tell form: step(x, grad) -> new x.
+
+L-BFGS follows torch.optim.LBFGS without line search, as neural-style runs it (one function
+evaluation per iteration, history 100, first step scaled by min(1, 1/|g|_1)). Their whole state is a
+dict of arrays, which is what a checkpoint saves.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+class LBFGS:
+    def __init__(self, n: int, lr: float = 1.0, history: int = 100):
+        self.lr, self.m, self.n = float(lr), int(history), n
+        self.S = np.zeros((self.m, n), np.float32)  # steps s_i (ring buffer)
+        self.Y = np.zeros((self.m, n), np.float32)  # gradient changes y_i
+        self.rho = np.zeros(self.m, np.float64)
+        self.count = 0  # pairs stored
+        self.head = 0  # next slot
+        self.k = 0  # iterations done
+        self.h_diag = 1.0
+        self.d = np.zeros(n, np.float32)
+        self.t = 0.0
+        self.g_prev = np.zeros(n, np.float32)
+        self.restarts = 0
+        self.sd_steps = 0  # consecutive steepest-descent steps (no curvature pair)
+        self.max_step = 0.01  # largest pixel change of such a step, in [0, 1] units, times lr
+
+    def _order(self) -> list[int]:
+        """Slots from oldest to newest."""
+        start = (self.head - self.count) % self.m
+        return [(start + i) % self.m for i in range(self.count)]
+
+    def direction(self, g: np.ndarray) -> np.ndarray:
+        q = -g.astype(np.float32, copy=True)
+        order = self._order()
+        alpha = np.zeros(self.m, np.float64)
+        for i in reversed(order):
+            alpha[i] = float(self.S[i] @ q) * self.rho[i]
+            q -= np.float32(alpha[i]) * self.Y[i]
+        r = q * np.float32(self.h_diag)
+        for i in order:
+            beta = float(self.Y[i] @ r) * self.rho[i]
+            r += np.float32(alpha[i] - beta) * self.S[i]
+        return r
+
+    def step(self, x: np.ndarray, g: np.ndarray) -> np.ndarray:
+        if self.k > 0:
+            y = g - self.g_prev
+            s = self.d * np.float32(self.t)
+            ys = float(y @ s)
+            if ys > 1e-10:  # curvature condition, as torch
+                self.S[self.head], self.Y[self.head], self.rho[self.head] = s, y, 1.0 / ys
+                self.head = (self.head + 1) % self.m
+                self.count = min(self.count + 1, self.m)
+                self.h_diag = ys / float(y @ y)
+        self.g_prev = g.astype(np.float32, copy=True)
+        gl1 = float(np.abs(g).sum())
+        if self.count:
+            self.d = self.direction(g)
+            self.t = self.lr
+        if not self.count or float(g @ self.d) >= 0.0:
+            # Deviation from torch.optim.LBFGS. Without a curvature pair (first step, or pairs
+            # rejected because the loss is locally concave, as Gram losses are at the content image:
+            # y.s < 0 was measured there), torch steps -g with t = lr and explodes (style terms
+            # ~1e9). We take steepest descent from torch's first-step size min(1, 1/|g|_1) * lr,
+            # doubling while no pair is accepted, capped at `max_step` per pixel; an uphill
+            # direction restarts the history.
+            if self.count:
+                self.count, self.head, self.restarts = 0, 0, self.restarts + 1
+            self.d = -g.astype(np.float32, copy=True)
+            first = min(1.0, 1.0 / max(gl1, 1e-30)) * self.lr
+            grown = self.t * 2.0 if self.k > 0 and self.sd_steps > 0 else first
+            cap = self.max_step * self.lr / max(float(np.abs(g).max()), 1e-30)
+            self.t = max(first, min(grown, cap))
+            self.sd_steps += 1
+        else:
+            self.sd_steps = 0
+        self.k += 1
+        return x + np.float32(self.t) * self.d
+
+    def state_dict(self) -> dict:
+        c = self._order()
+        return {"kind": "lbfgs", "lr": self.lr, "m": self.m, "S": self.S[c], "Y": self.Y[c], "rho": self.rho[c],
+                "k": self.k, "h_diag": self.h_diag, "d": self.d, "t": self.t, "g_prev": self.g_prev,
+                "restarts": self.restarts, "sd_steps": self.sd_steps}
+
+    def load_state_dict(self, s: dict) -> None:
+        c = len(s["rho"])
+        self.S[:c], self.Y[:c], self.rho[:c] = s["S"], s["Y"], s["rho"]
+        self.count, self.head = c, c % self.m
+        self.k, self.h_diag, self.t = int(s["k"]), float(s["h_diag"]), float(s["t"])
+        self.d, self.g_prev = s["d"].astype(np.float32), s["g_prev"].astype(np.float32)
+        self.restarts, self.sd_steps = int(s["restarts"]), int(s["sd_steps"])
+
+
+class Adam:
+    def __init__(self, n: int, lr: float = 0.02, betas=(0.9, 0.999), eps: float = 1e-8):
+        self.lr, self.b1, self.b2, self.eps = float(lr), betas[0], betas[1], eps
+        self.m1 = np.zeros(n, np.float32)
+        self.m2 = np.zeros(n, np.float32)
+        self.k = 0
+
+    def step(self, x: np.ndarray, g: np.ndarray) -> np.ndarray:
+        self.k += 1
+        self.m1 = self.b1 * self.m1 + (1 - self.b1) * g
+        self.m2 = self.b2 * self.m2 + (1 - self.b2) * g * g
+        mhat = self.m1 / (1 - self.b1**self.k)
+        vhat = self.m2 / (1 - self.b2**self.k)
+        return (x - self.lr * mhat / (np.sqrt(vhat) + self.eps)).astype(np.float32)
+
+    def state_dict(self) -> dict:
+        return {"kind": "adam", "lr": self.lr, "m1": self.m1, "m2": self.m2, "k": self.k}
+
+    def load_state_dict(self, s: dict) -> None:
+        self.m1, self.m2, self.k = s["m1"].astype(np.float32), s["m2"].astype(np.float32), int(s["k"])
+
+
+def make(name: str, n: int, lr: float, history: int = 100):
+    if name == "lbfgs":
+        return LBFGS(n, lr=lr, history=history)
+    if name == "adam":
+        return Adam(n, lr=lr)
+    raise ValueError(f"unknown optimizer {name!r}: use lbfgs or adam")

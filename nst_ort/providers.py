@@ -1,0 +1,73 @@
+"""The one place that chooses execution providers and session options."""
+from __future__ import annotations
+
+import dataclasses
+import sys
+
+import onnxruntime as ort
+
+from .errors import DeviceError
+
+ALIASES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    providers: list  # for InferenceSession(providers=...)
+    device: str  # "cpu" or "cuda": where IOBinding puts buffers
+    threads: int | None = None
+
+    def session_options(self) -> ort.SessionOptions:
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3
+        if self.threads:
+            so.intra_op_num_threads = self.threads
+            so.inter_op_num_threads = 1
+        # Same inputs + thread count -> same bytes (issue: reproducible runs on the CPU provider).
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        return so
+
+
+_warned = False
+
+
+def _preload_cuda() -> None:
+    # onnxruntime-gpu installed with [cuda,cudnn] finds its libraries only after this call.
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None:
+        try:
+            preload()
+        except Exception:  # noqa: BLE001 - missing optional libraries are reported below
+            pass
+
+
+def choose(device: str = "auto", provider: str | None = None, threads: int | None = None, warn=None) -> Placement:
+    """device: auto | cpu | cuda; provider: any ORT provider name, overrides device."""
+    global _warned
+    available = ort.get_available_providers()
+    if provider:
+        if provider not in available:
+            raise DeviceError(f"provider {provider} is not available in this onnxruntime "
+                              f"({ort.__version__}; available: {', '.join(available)})")
+        dev = "cuda" if provider in ("CUDAExecutionProvider", "TensorrtExecutionProvider") else "cpu"
+        providers = [provider] + (["CUDAExecutionProvider"] if provider == "TensorrtExecutionProvider" else [])
+        return Placement(providers + ["CPUExecutionProvider"], dev, threads)
+    if device not in ("auto", "cpu", "cuda"):
+        raise DeviceError(f"unknown device {device!r}: use auto, cpu or cuda (or --provider NAME)")
+    if device in ("auto", "cuda") and "CUDAExecutionProvider" in available:
+        _preload_cuda()
+        return Placement(["CUDAExecutionProvider", "CPUExecutionProvider"], "cuda", threads)
+    if device == "cuda":
+        raise DeviceError("CUDA was asked for but this onnxruntime has no CUDAExecutionProvider "
+                          f"(installed: onnxruntime {ort.__version__}; pip install onnxruntime-gpu)")
+    if device == "auto" and not _warned and warn is not None and _gpu_present():
+        warn("a GPU seems present but onnxruntime has no CUDA provider; running on the CPU")
+        _warned = True
+    return Placement(["CPUExecutionProvider"], "cpu", threads)
+
+
+def _gpu_present() -> bool:
+    import os
+
+    return os.path.exists("/dev/nvidia0") or sys.platform == "win32" and False

@@ -1,0 +1,96 @@
+"""ONNX Runtime sessions over an artifact folder: the eval graph and the training step.
+
+The training step binds its inputs and outputs once (IOBinding): targets and weights stay on the
+device for the whole scale; per call only the image goes in and the gradient comes out.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+
+from .artifacts import Artifacts
+from .errors import ArtifactError, DeviceError, OutOfMemory
+from .providers import Placement
+
+
+def _session(path, placement: Placement) -> ort.InferenceSession:
+    try:
+        return ort.InferenceSession(str(path), placement.session_options(), providers=placement.providers)
+    except Exception as e:  # noqa: BLE001 - ORT raises bare RuntimeErrors/Fail
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if "CUDA" in msg or "cuda" in msg:
+            raise DeviceError(f"{path}: cannot create a session on {placement.providers[0]} ({msg})") from None
+        raise ArtifactError(f"{path}: onnxruntime cannot load this graph ({msg})") from None
+
+
+def _run_error(e: Exception, what: str) -> Exception:
+    msg = str(e)
+    if "alloc" in msg.lower() or "memory" in msg.lower():
+        return OutOfMemory(f"{what}: out of memory ({msg.splitlines()[0][:200]}); try a smaller --size")
+    return DeviceError(f"{what}: onnxruntime failed ({msg.splitlines()[0][:200] if msg else type(e).__name__})")
+
+
+class Graphs:
+    """The two sessions of one artifact folder on one placement."""
+
+    def __init__(self, artifacts: Artifacts, placement: Placement):
+        self.artifacts, self.placement = artifacts, placement
+        self.eval = _session(artifacts.graph_path("eval"), placement)
+        self.train = _session(artifacts.graph_path("train"), placement)
+        expected = set(artifacts.content_layers) | set(artifacts.style_layers)
+        outs = {o.name.split(".", 1)[1] for o in self.eval.get_outputs()}
+        if outs != expected:
+            raise ArtifactError(f"{artifacts.graph_path('eval')}: outputs name layers {sorted(outs)}, "
+                                f"manifest.json says {sorted(expected)} (graph from another backbone?)")
+        train_in = {i.name for i in self.train.get_inputs()}
+        for n in artifacts.style_layers:
+            if f"style_target.{n}" not in train_in:
+                raise ArtifactError(f"{artifacts.graph_path('train')}: no input style_target.{n} "
+                                    "although manifest.json lists that layer (graph from another backbone?)")
+            c = self.train.get_inputs()[[i.name for i in self.train.get_inputs()].index(f"style_target.{n}")].shape[1]
+            if c != artifacts.layer_info[n]["channels"]:
+                raise ArtifactError(f"{artifacts.graph_path('train')}: layer {n} has {c} channels, manifest.json "
+                                    f"says {artifacts.layer_info[n]['channels']} (graph from another backbone?)")
+
+    def features(self, image: np.ndarray) -> dict[str, np.ndarray]:
+        """image [H, W, 3] -> {'content.<layer>': [1, C, h, w], 'gram.<layer>': [C, C]}."""
+        x = np.ascontiguousarray(image.transpose(2, 0, 1)[None], dtype=np.float32)
+        try:
+            outs = self.eval.run(None, {"image": x})
+        except Exception as e:  # noqa: BLE001
+            raise _run_error(e, "eval graph") from None
+        return {o.name: v for o, v in zip(self.eval.get_outputs(), outs)}
+
+
+class TrainStep:
+    """One loss-and-gradient evaluation with everything but the image bound once."""
+
+    SCALARS = ("loss", "content_losses", "style_losses", "tv_loss")
+
+    def __init__(self, graphs: Graphs, feeds: dict[str, np.ndarray], shape: tuple[int, ...]):
+        self.sess = graphs.train
+        device = graphs.placement.device
+        self.binding = self.sess.io_binding()
+        self._keep = []  # OrtValues must outlive the binding
+        for name, arr in feeds.items():
+            v = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(arr, dtype=np.float32), device, 0)
+            self._keep.append(v)
+            self.binding.bind_ortvalue_input(name, v)
+        self.image = ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, np.float32), device, 0)
+        self.binding.bind_ortvalue_input("image", self.image)
+        # get_outputs() follows binding order: the four small outputs first, then the gradient.
+        for name in self.SCALARS:
+            self.binding.bind_output(name, "cpu")
+        self.grad = ort.OrtValue.ortvalue_from_shape_and_type(list(shape), np.float32, device, 0)
+        self.binding.bind_ortvalue_output("image_grad", self.grad)
+
+    def __call__(self, x: np.ndarray):
+        """x [1, 3, H, W] -> (total, content_losses [nc], style_losses [ns], tv, grad [1, 3, H, W])."""
+        self.image.update_inplace(np.ascontiguousarray(x, dtype=np.float32))
+        try:
+            self.sess.run_with_iobinding(self.binding)
+        except Exception as e:  # noqa: BLE001
+            raise _run_error(e, f"training graph at {x.shape[3]}x{x.shape[2]}") from None
+        outs = self.binding.get_outputs()
+        total, closs, sloss, tv = (outs[i].numpy() for i in range(4))
+        return float(total), closs.astype(np.float64), sloss.astype(np.float64), float(tv), self.grad.numpy()
