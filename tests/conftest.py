@@ -1,0 +1,65 @@
+"""Shared fixtures. Exports happen once per test session (each takes ~1-2 minutes)."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+DEFAULT_MODEL = ROOT / "models" / "vgg16"
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+
+needs_torch = pytest.mark.skipif(not HAS_TORCH, reason="needs the [export] extra (torch)")
+
+
+@pytest.fixture(scope="session")
+def examples() -> Path:
+    return EXAMPLES
+
+
+@pytest.fixture(scope="session")
+def default_model() -> Path:
+    return DEFAULT_MODEL
+
+
+def _export(tmp_path_factory, name: str, **kw):
+    from export.artifacts import write_artifacts
+    from export.backbones import REGISTRY
+
+    arch = kw.pop("arch")
+    backbone = REGISTRY[arch](**kw)
+    out = tmp_path_factory.mktemp("models") / name
+    write_artifacts(backbone, out)
+    return backbone, out
+
+
+@pytest.fixture(scope="session")
+def vgg16_random(tmp_path_factory):
+    """(backbone, artifact folder): VGG16, max pooling, seeded random weights."""
+    if not HAS_TORCH:
+        pytest.skip("needs torch")
+    return _export(tmp_path_factory, "vgg16-random", arch="vgg16", weights="random", pool="max", seed=0)
+
+
+@pytest.fixture(scope="session")
+def vgg19_avg_random(tmp_path_factory):
+    """(backbone, artifact folder): VGG19 with average pooling (the paper's choice), random weights."""
+    if not HAS_TORCH:
+        pytest.skip("needs torch")
+    return _export(tmp_path_factory, "vgg19-avg-random", arch="vgg19", weights="random", pool="avg", seed=1)
+
+
+def run_cli(args: list[str], block_torch: bool = True, cwd: Path | None = None, timeout: int = 900, env=None):
+    """Run `nst-ort` in a subprocess; with block_torch, `import torch` fails there."""
+    import subprocess
+
+    prelude = "import sys; sys.modules['torch'] = None; " if block_torch else ""
+    code = prelude + "from nst_ort.cli import main; sys.exit(main(sys.argv[1:]))" if block_torch else \
+        "import sys; from nst_ort.cli import main; sys.exit(main(sys.argv[1:]))"
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd or ROOT, timeout=timeout, env=full_env)
