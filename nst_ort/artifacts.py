@@ -8,7 +8,7 @@ from functools import cached_property
 from pathlib import Path
 
 from .errors import ArtifactError
-from .onnx_scan import ScanError, external_locations
+from .onnx_scan import ScanError, external_data
 
 SCHEMA_VERSIONS = (1,)
 REQUIRED_KEYS = ("schema_version", "backbone", "graphs", "files", "layers", "content_layers", "style_layers", "defaults")
@@ -35,6 +35,30 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _check_layers(layers) -> None:
+    """Everything the runtime reads from a layer: name, channels and stride (positive integers)."""
+    if not isinstance(layers, list) or not layers:
+        raise TypeError("layers: expected a non-empty list")
+    for layer in layers:
+        if not isinstance(layer.get("name"), str):
+            raise TypeError("layers: a layer without a name")
+        for key in ("channels", "stride"):
+            v = layer.get(key)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"layer {layer['name']}: {key} must be a positive integer, got {v!r}")
+
+
+def _check_defaults(d) -> None:
+    for key in ("content_weight", "style_weight", "tv_weight"):
+        if isinstance(d[key], bool) or not isinstance(d[key], (int, float)):
+            raise TypeError(f"defaults.{key}: expected a number")
+    for key in ("content_layer_weights", "style_layer_weights"):
+        weights = d.get(key, {})
+        if not isinstance(weights, dict) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in weights.values()):
+            raise TypeError(f"defaults.{key}: expected layer -> number")
+
+
 class Artifacts:
     """A validated artifact folder. Sessions are made by `Graphs` (session.py) from these paths."""
 
@@ -57,6 +81,10 @@ class Artifacts:
             manifest = json.loads(mpath.read_text())
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ArtifactError(f"{mpath}: not valid JSON ({e})") from None
+        except RecursionError:
+            raise ArtifactError(f"{mpath}: not valid JSON (nested too deeply)") from None
+        except OSError as e:
+            raise ArtifactError(f"{mpath}: cannot read ({e.strerror or e})") from None
         if not isinstance(manifest, dict):
             raise ArtifactError(f"{mpath}: expected a JSON object")
         missing = [k for k in REQUIRED_KEYS if k not in manifest]
@@ -76,9 +104,12 @@ class Artifacts:
             for key in ("content_layers", "style_layers"):
                 if not all(isinstance(n, str) and n in names for n in manifest[key]):
                     raise TypeError(key)
-            if not isinstance(manifest["files"], dict):
-                raise TypeError("files")
-        except (KeyError, TypeError, AttributeError) as e:
+            _check_layers(manifest["layers"])
+            _check_defaults(manifest["defaults"])
+            if not isinstance(manifest["files"], dict) or not all(
+                    isinstance(v, dict) and isinstance(v.get("sha256"), str) for v in manifest["files"].values()):
+                raise TypeError("files: each entry needs a sha256")
+        except (KeyError, TypeError, AttributeError, ValueError) as e:
             raise ArtifactError(f"{mpath}: malformed entry ({e})") from None
         if outs != TRAIN_OUTPUTS:
             raise ArtifactError(f"{mpath}: training graph outputs {outs}, expected {TRAIN_OUTPUTS}")
@@ -86,7 +117,10 @@ class Artifacts:
 
     def _file(self, name: str) -> Path:
         """A file named by the manifest; it must stay inside the folder."""
-        p = (self.path / name).resolve()
+        try:
+            p = (self.path / name).resolve()
+        except (ValueError, OSError) as e:  # a NUL byte, a symlink loop
+            raise ArtifactError(f"{self.path / 'manifest.json'}: bad file name {name!r} ({e})") from None
         root = self.path.resolve()
         if root != p.parent and root not in p.parents:
             raise ArtifactError(f"{self.path / 'manifest.json'}: file {name!r} points outside the model folder")
@@ -110,16 +144,34 @@ class Artifacts:
 
     def _check_external_data(self, graph: Path) -> None:
         try:
-            locations = external_locations(graph.read_bytes())
+            entries = external_data(graph.read_bytes())
         except ScanError as e:
             raise ArtifactError(f"{graph}: not a readable ONNX model ({e})") from None
-        for loc in locations:
-            target = (graph.parent / loc).resolve()
+        except RecursionError:
+            raise ArtifactError(f"{graph}: not a readable ONNX model (nested too deeply)") from None
+        for entry in entries:
+            loc = entry["location"]
+            try:
+                target = (graph.parent / loc).resolve()
+            except (ValueError, OSError):
+                raise ArtifactError(f"{graph}: external data {loc!r} is not a usable path; refused") from None
             root = self.path.resolve()
             if os.path.isabs(loc) or (root != target.parent and root not in target.parents):
                 raise ArtifactError(f"{graph}: external data {loc!r} points outside the model folder; refused")
-            if target.name not in self.manifest["files"]:
+            if target not in {self._file(name) for name in self.manifest["files"]}:
                 raise ArtifactError(f"{graph}: external data {loc!r} is not listed (with a sha256) in manifest.json")
+            self._check_range(graph, target, entry)
+
+    @staticmethod
+    def _check_range(graph: Path, target: Path, entry: dict) -> None:
+        """Bytes past the end of the weights file: a graph from another export, whose weights differ."""
+        try:
+            end = int(entry.get("offset", 0)) + int(entry.get("length", 0))
+        except ValueError:
+            raise ArtifactError(f"{graph}: external data {entry['location']!r} has a bad offset or length") from None
+        if end > target.stat().st_size:
+            raise ArtifactError(f"{graph}: reads bytes up to {end} of {target.name}, which has "
+                                f"{target.stat().st_size} (a graph from another export or backbone?)")
 
     # -- what the runtime needs ------------------------------------------------------------------
     @property

@@ -4,14 +4,17 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import signal
+import tempfile
 import sys
 import traceback
 from pathlib import Path
 
-from . import __version__, checkpoint
+from . import __version__, checkpoint, memory
 from .config import Config, LossConfig, OptimConfig, StyleInput
-from .errors import EXIT_BATCH_PARTIAL, EXIT_INTERRUPTED, NstError, NumericalError, OutputError, UsageError
+from .errors import (EXIT_BATCH_PARTIAL, EXIT_INTERRUPTED, Interrupted, NstError, NumericalError, OutOfMemory,
+                     OutputError, UsageError)
 from .images import save_image
 from .report import Progress, Report
 
@@ -106,8 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+_said: set[str] = set()
+
+
 def _warn(msg: str) -> None:
-    print(f"nst-ort: warning: {msg}", file=sys.stderr)
+    # Once per message: a batch reloads the same style image for every content image.
+    if msg not in _said:
+        _said.add(msg)
+        print(f"nst-ort: warning: {msg}", file=sys.stderr)
 
 
 def _apply_preset(args, artifacts) -> tuple[LossConfig, dict]:
@@ -183,34 +192,63 @@ def build_config(args, artifacts) -> tuple[Config, Path | None]:
 
 
 def _fingerprint(cfg: Config) -> str:
-    """Inputs and settings that must match for a resume to be the same run."""
+    """Inputs and settings that must match for a resume to be the same run.
+
+    Iteration counts are left out so that a resumed run may go on longer than the first.
+    """
+    import dataclasses
+
     def digest(p):
         return hashlib.sha256(Path(p).read_bytes()).hexdigest() if p else None
 
-    d = {"cfg": repr(cfg), "content": digest(cfg.content), "styles": [digest(s.path) for s in cfg.styles]}
+    same = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, iterations=0), scale_iterations=None)
+    d = {"cfg": repr(same), "content": digest(cfg.content), "styles": [digest(s.path) for s in cfg.styles],
+         "masks": [digest(s.mask) for s in cfg.styles]}
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)  # also catches hard links and symlinks
+    except OSError:
+        return False
+
+
+def _probe_writable(out: Path, folder: Path) -> None:
+    """Create and remove a file where the output will go: os.access says yes to root on read-only mounts."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=folder)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise OutputError(f"{out}: output folder {folder} is not writable ({e.strerror or e})") from None
+
+
 def _check_output(out: Path, cfg: Config) -> None:
+    """Before any work: the output must be writable and must not be one of the inputs."""
     inputs = [cfg.content, *[s.path for s in cfg.styles], *[s.mask for s in cfg.styles if s.mask]]
     if cfg.init not in ("content", "noise"):
         inputs.append(Path(cfg.init))
     for p in inputs:
-        if p is not None and Path(p).exists() and out.exists() and out.resolve() == Path(p).resolve():
-            raise OutputError(f"{out}: output path is also an input; refusing to overwrite it")
+        if p is not None and out.exists() and _same_file(out, Path(p)):
+            raise OutputError(f"{out}: output path is also an input ({p}); refusing to overwrite it")
     if out.exists() and out.is_dir():
         raise OutputError(f"{out}: is a directory; give an image file name")
     folder = out.parent if str(out.parent) else Path(".")
     if not folder.is_dir():
         raise OutputError(f"{out}: output folder {folder} does not exist")
-    import os
-
-    if not os.access(folder, os.W_OK):
-        raise OutputError(f"{out}: output folder {folder} is not writable")
     from PIL import Image
 
     if Image.registered_extensions().get(out.suffix.lower()) is None:
         raise OutputError(f"{out}: unknown image extension {out.suffix!r} (use .png, .jpg, .webp, .tif)")
+    _probe_writable(out, folder)
+
+
+def _check_memory(stylizer, cfg: Config) -> None:
+    sizes = [stylizer._size_at(long_side) for long_side, _ in stylizer.schedule]
+    what = str(cfg.content) if cfg.content is not None else "texture"
+    memory.check(what, stylizer.artifacts.manifest["layers"], sizes, cfg.optim.name, cfg.optim.history,
+                 stylizer.artifacts.min_size, cfg.style_scale, on_host=stylizer.placement.device == "cpu")
 
 
 def stylize_one(cfg: Config, out: Path, args, artifacts, settings: dict) -> None:
@@ -218,6 +256,7 @@ def stylize_one(cfg: Config, out: Path, args, artifacts, settings: dict) -> None
 
     _check_output(out, cfg)
     stylizer = Stylizer(cfg, artifacts=artifacts, warn=_warn)
+    _check_memory(stylizer, cfg)
     fingerprint = _fingerprint(cfg)
     if args.resume:
         stylizer.load_state(checkpoint.load(args.resume, fingerprint))
@@ -241,14 +280,21 @@ def stylize_one(cfg: Config, out: Path, args, artifacts, settings: dict) -> None
                 if args.checkpoint:
                     checkpoint.save(args.checkpoint, stylizer.state(), fingerprint)
     except (KeyboardInterrupt, _Interrupted):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the final save short
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         finish("interrupted")
-        print(f"\nnst-ort: interrupted at iteration {stylizer.step}; wrote the current image to {out}", file=sys.stderr)
-        raise
+        if progress.tty and progress.last:
+            print(file=sys.stderr)  # end the progress line
+        done = f"wrote the current image to {out}" if stylizer.x is not None else "nothing written"
+        raise Interrupted(f"{out}: interrupted at iteration {stylizer.step}; {done}") from None
     except NumericalError:
-        if stylizer.best is not None:
-            stylizer.x = stylizer.best
-            finish("nan")
-        raise
+        what = f"{out}: the loss is not finite (NaN or Inf) at iteration {stylizer.step + 1}; stopped"
+        hint = "try a smaller --lr or smaller loss weights"
+        if stylizer.best is None:
+            raise NumericalError(f"{what} before any finite image, nothing written; {hint}") from None
+        stylizer.x, stylizer.average = stylizer.best, None
+        finish("nan")
+        raise NumericalError(f"{what} and wrote the last finite image; {hint}") from None
     finish("done")
 
 
@@ -262,11 +308,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _main(args)
     except (KeyboardInterrupt, _Interrupted):
+        print("nst-ort: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except MemoryError:  # numpy or Python itself; onnxruntime's failures are mapped in session.py
+        if args.debug:
+            traceback.print_exc()
+        print("nst-ort: error: out of memory (MemoryError); try a smaller --size", file=sys.stderr)
+        return OutOfMemory.exit_code
     except NstError as e:
         if args.debug:
             traceback.print_exc()
-        print(f"nst-ort: error: {e}", file=sys.stderr)
+        print(f"nst-ort: {'' if isinstance(e, Interrupted) else 'error: '}{e}", file=sys.stderr)
         return e.exit_code
     except Exception as e:  # noqa: BLE001 - last resort: still one line unless --debug
         if args.debug:
@@ -310,14 +362,20 @@ def _batch(args, artifacts, settings) -> int:
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file())
     if not files:
         raise UsageError(f"{folder}: no images ({', '.join(sorted(IMAGE_EXTS))}) in this folder")
+    stems = [p.stem for p in files]
     failed = 0
     for p in files:
+        # cat.jpg and cat.png would both become cat.png: the second would overwrite the first result.
+        name = p.stem + ".png" if stems.count(p.stem) == 1 else f"{p.stem}-{p.suffix[1:]}.png"
         one = argparse.Namespace(**{**vars(args), "images": [str(p), *args.images[1:]],
-                                    "output": str(out_dir / (p.stem + ".png")), "report": None, "checkpoint": None})
+                                    "output": str(out_dir / name), "report": None, "checkpoint": None})
         try:
             cfg, out = build_config(one, artifacts)
             stylize_one(cfg, out, one, artifacts, settings)
-            print(f"wrote {out}", file=sys.stderr)
+            if not args.quiet:
+                print(f"wrote {out}", file=sys.stderr)
+        except Interrupted:
+            raise
         except NstError as e:
             failed += 1
             print(f"nst-ort: error: {e} (skipped)", file=sys.stderr)

@@ -42,7 +42,7 @@ def _sqrtm(c: np.ndarray, inverse: bool = False) -> np.ndarray:
     return (v * (w ** (-0.5 if inverse else 0.5))) @ v.T
 
 
-def match_histogram(style: np.ndarray, content: np.ndarray) -> np.ndarray:
+def match_histogram(style: np.ndarray, content: np.ndarray, clip: bool = True) -> np.ndarray:
     """Linear color transfer: style pixels get the content's mean and covariance (paper, sec. 3.1)."""
     s = style.reshape(-1, 3).astype(np.float64)
     c = content.reshape(-1, 3).astype(np.float64)
@@ -51,4 +51,5 @@ def match_histogram(style: np.ndarray, content: np.ndarray) -> np.ndarray:
     cov_c = np.cov(c, rowvar=False) + 1e-5 * np.eye(3)
     a = _sqrtm(cov_c) @ _sqrtm(cov_s, inverse=True)
     out = (s - mu_s) @ a.T + mu_c
-    return np.clip(out, 0.0, 1.0).reshape(style.shape).astype(np.float32)
+    out = np.clip(out, 0.0, 1.0) if clip else out
+    return out.reshape(style.shape).astype(np.float32)

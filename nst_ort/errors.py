@@ -1,4 +1,4 @@
-"""Errors the CLI turns into one line on stderr and an exit code (README, "Errors")."""
+"""Errors the CLI turns into one line on stderr and an exit code (docs/errors.md, "Errors")."""
 from __future__ import annotations
 
 
@@ -36,5 +36,11 @@ class OutputError(NstError):
     exit_code = 8
 
 
-EXIT_BATCH_PARTIAL = 9
-EXIT_INTERRUPTED = 130
+EXIT_BATCH_PARTIAL = 9  # a batch went on past failed images; each was reported on its own line
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C; SIGTERM gives the same
+
+
+class Interrupted(NstError):
+    """Ctrl-C or SIGTERM: the current image was written (when there was one) before exiting."""
+
+    exit_code = EXIT_INTERRUPTED

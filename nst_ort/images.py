@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import tempfile
 import warnings
 from pathlib import Path
@@ -13,14 +14,25 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
-from .errors import ImageError, OutputError
+from .errors import ImageError, OutOfMemory, OutputError
 
 # Pillow's own guard against decompression bombs, made an error (it only warns below 2x).
 MAX_PIXELS = 16384 * 16384
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 _SRGB = ImageCms.createProfile("sRGB")
-_SRGB_BYTES = ImageCms.ImageCmsProfile(_SRGB).tobytes()
+
+
+def _fixed_profile_bytes(profile) -> bytes:
+    """littleCMS stamps the creation time into the header: fix it (and clear the profile ID, which
+    covers it) so that the same image gives the same bytes in every run."""
+    b = bytearray(ImageCms.ImageCmsProfile(profile).tobytes())
+    b[24:36] = bytes([0x07, 0xE6, 0, 1, 0, 1, 0, 0, 0, 0, 0, 0])  # 2022-01-01 00:00:00
+    b[84:100] = bytes(16)
+    return bytes(b)
+
+
+_SRGB_BYTES = _fixed_profile_bytes(_SRGB)
 
 
 def _to_srgb(img: Image.Image, path: Path, notes: list[str]) -> Image.Image:
@@ -38,13 +50,78 @@ def _to_srgb(img: Image.Image, path: Path, notes: list[str]) -> Image.Image:
         out_mode = "RGBA" if mode == "RGBA" else "RGB"
         img = ImageCms.profileToProfile(img, src, _SRGB, outputMode=out_mode)
         notes.append(f"{path}: converted from ICC profile '{name}' to sRGB")
-    except (OSError, ImageCms.PyCMSError, ValueError) as e:
-        notes.append(f"{path}: ignored an unreadable ICC profile ({e})")
+    except Exception as e:  # noqa: BLE001 - a broken profile must not lose the image: use the pixels as they are
+        notes.append(f"{path}: ignored an unreadable ICC profile ({str(e) or type(e).__name__})")
     return img
 
 
+def _bomb_error(path: Path, e: Exception) -> ImageError:
+    # Pillow refuses before decoding; its message holds the pixel count.
+    found = re.search(r"\((\d+) pixels\)", str(e))
+    count = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
+    return ImageError(f"{path}: {count} is over the limit of {MAX_PIXELS:,} (possible image bomb); refused")
+
+
+def _open(path: Path) -> Image.Image:
+    """Decode the whole file (so that damage shows here); every decoder failure is an ImageError."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                w, h = im.size
+                if w * h > MAX_PIXELS:
+                    raise ImageError(f"{path}: {w}x{h} = {w * h:,} pixels is over the limit of {MAX_PIXELS:,} "
+                                     "(possible image bomb); refused")
+                im.load()
+                img = im.copy()
+                img.info = dict(im.info)
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise _bomb_error(path, e) from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{path}: not an image (no format Pillow reads recognizes it)") from None
+    except MemoryError:
+        raise OutOfMemory(f"{path}: out of memory while decoding this image") from None
+    except PermissionError:
+        raise ImageError(f"{path}: permission denied") from None
+    except Exception as e:  # noqa: BLE001 - damaged files make decoders raise anything (struct.error, IndexError...)
+        msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        if "truncated" in msg.lower() or isinstance(e, EOFError):
+            raise ImageError(f"{path}: truncated or damaged image ({msg})") from None
+        raise ImageError(f"{path}: damaged or unsupported image ({msg})") from None
+    if img.width < 1 or img.height < 1:
+        raise ImageError(f"{path}: image has no pixels")
+    return img
+
+
+def _upright(img: Image.Image, path: Path, notes: list[str]) -> Image.Image:
+    try:
+        return ImageOps.exif_transpose(img) or img  # phones store rotation in EXIF
+    except Exception as e:  # noqa: BLE001 - a damaged EXIF block: keep the pixels as stored
+        notes.append(f"{path}: ignored an unreadable EXIF orientation ({str(e) or type(e).__name__})")
+        return img
+
+
+def _sixteen_bit(img: Image.Image) -> np.ndarray | None:
+    """Gray 16-bit (I;16*) and 32-bit integer images as float gray in [0, 1]; None for other modes."""
+    if img.mode.startswith("I;16"):
+        return np.asarray(img, dtype=np.float32) / 65535.0  # always the full 16-bit range, even if dark
+    if img.mode == "I":
+        arr = np.asarray(img, dtype=np.float32)
+        # Mode I holds 16-bit PNG/TIFF samples in most files; 8-bit data only when nothing exceeds 255.
+        return arr / (65535.0 if arr.max() > 255 else 255.0)
+    if img.mode == "F":
+        return np.asarray(img, dtype=np.float32)
+    return None
+
+
 def load_image(path: str | Path, notes: list[str] | None = None) -> np.ndarray:
-    """Read any Pillow-readable image as float32 RGB [H, W, 3] in [0, 1], sRGB, upright."""
+    """Read any Pillow-readable image as float32 RGB [H, W, 3] in [0, 1], sRGB, upright.
+
+    Every failure is an ImageError naming the file; conversions worth knowing about are appended
+    to `notes` (the CLI prints each once).
+    """
     path = Path(path)
     notes = notes if notes is not None else []
     if not path.exists():
@@ -56,48 +133,26 @@ def load_image(path: str | Path, notes: list[str] | None = None) -> np.ndarray:
             raise ImageError(f"{path}: empty file")
     except OSError as e:
         raise ImageError(f"{path}: cannot read ({e.strerror})") from None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                w, h = im.size
-                if w * h > MAX_PIXELS:
-                    raise ImageError(f"{path}: {w}x{h} pixels is over the limit of {MAX_PIXELS} (possible image bomb)")
-                im.load()
-                img = im.copy()
-                img.info = dict(im.info)
-    except ImageError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageError(f"{path}: refused as a possible image bomb ({e})") from None
-    except UnidentifiedImageError:
-        raise ImageError(f"{path}: not an image Pillow can read") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
-        msg = str(e) or type(e).__name__
-        if "truncated" in msg.lower() or isinstance(e, EOFError):
-            raise ImageError(f"{path}: truncated or damaged image ({msg})") from None
-        raise ImageError(f"{path}: cannot decode ({msg})") from None
-    if img.width < 1 or img.height < 1:
-        raise ImageError(f"{path}: image has no pixels")
-
-    img = ImageOps.exif_transpose(img) or img  # phones store rotation in EXIF
+    img = _upright(_open(path), path, notes)
+    gray, icc = _sixteen_bit(img), img.info.get("icc_profile")
+    if gray is not None and icc:
+        # lcms has no 16-bit gray path here: go through 8 bits so that the profile still applies.
+        img = Image.fromarray(np.clip(gray * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+        img.info["icc_profile"] = icc
+        gray = None
+    if gray is not None:
+        return np.repeat(np.clip(gray, 0.0, 1.0)[..., None], 3, axis=2)
     img = _to_srgb(img, path, notes)
-
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(img, dtype=np.float32)
-        arr = arr / (65535.0 if arr.max() > 255 else 255.0)
-        arr = np.repeat(arr[..., None], 3, axis=2)
-        return np.clip(arr, 0.0, 1.0)
-    if img.mode == "F":
-        arr = np.clip(np.asarray(img, dtype=np.float32), 0.0, 1.0)
-        return np.repeat(arr[..., None], 3, axis=2)
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        if rgba.getchannel("A").getextrema()[0] < 255:
-            notes.append(f"{path}: transparent pixels composited on white")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(white, rgba)
-    img = img.convert("RGB")
+    try:
+        if img.mode in ("RGBA", "LA", "PA", "RGBa") or (img.mode == "P" and "transparency" in img.info):
+            rgba = img.convert("RGBA")
+            if rgba.getchannel("A").getextrema()[0] < 255:
+                notes.append(f"{path}: transparent pixels composited on white")
+            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            img = Image.alpha_composite(white, rgba)
+        img = img.convert("RGB")
+    except (ValueError, OSError) as e:
+        raise ImageError(f"{path}: unsupported color mode {img.mode} ({e})") from None
     return np.asarray(img, dtype=np.float32) / 255.0
 
 

@@ -52,7 +52,8 @@ def _fields(buf: bytes):
         yield field, wire, value
 
 
-def _tensor_locations(buf: bytes, out: list[str]) -> None:
+def _tensor_locations(buf: bytes, out: list[dict]) -> None:
+    entry: dict[str, str] = {}
     for field, wire, value in _fields(buf):
         if field == 13 and wire == 2:
             key = val = None
@@ -61,8 +62,10 @@ def _tensor_locations(buf: bytes, out: list[str]) -> None:
                     key = v2.decode("utf-8", "replace")
                 elif f2 == 2 and w2 == 2:
                     val = v2.decode("utf-8", "replace")
-            if key == "location" and val is not None:
-                out.append(val)
+            if key is not None and val is not None:
+                entry[key] = val
+    if "location" in entry:
+        out.append(entry)
 
 
 def _attribute(buf: bytes, out: list[str]) -> None:
@@ -97,7 +100,12 @@ def _graph(buf: bytes, out: list[str]) -> None:
 
 def external_locations(model_bytes: bytes) -> list[str]:
     """Every external-data location an ONNX model names (raises ScanError if it is not a model)."""
-    out: list[str] = []
+    return [e["location"] for e in external_data(model_bytes)]
+
+
+def external_data(model_bytes: bytes) -> list[dict[str, str]]:
+    """Every tensor's external-data entries: {"location": ..., and "offset", "length" where given}."""
+    out: list[dict] = []
     saw_graph = False
     for field, wire, value in _fields(model_bytes):
         if field == 7 and wire == 2:

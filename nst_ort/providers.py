@@ -20,7 +20,8 @@ class Placement:
     def session_options(self) -> ort.SessionOptions:
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.log_severity_level = 3
+        # Fatal only: failures reach the user once, as our one-line error, not also as ORT's log line.
+        so.log_severity_level = 4
         if self.threads:
             so.intra_op_num_threads = self.threads
             so.inter_op_num_threads = 1

@@ -18,6 +18,8 @@ def _session(path, placement: Placement) -> ort.InferenceSession:
         return ort.InferenceSession(str(path), placement.session_options(), providers=placement.providers)
     except Exception as e:  # noqa: BLE001 - ORT raises bare RuntimeErrors/Fail
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if isinstance(e, MemoryError) or "bad_alloc" in msg or "alloc" in msg.lower() and "memory" in msg.lower():
+            raise OutOfMemory(f"{path}: out of memory while loading this graph ({msg[:200]})") from None
         if "CUDA" in msg or "cuda" in msg:
             raise DeviceError(f"{path}: cannot create a session on {placement.providers[0]} ({msg})") from None
         raise ArtifactError(f"{path}: onnxruntime cannot load this graph ({msg})") from None
@@ -25,7 +27,7 @@ def _session(path, placement: Placement) -> ort.InferenceSession:
 
 def _run_error(e: Exception, what: str) -> Exception:
     msg = str(e)
-    if "alloc" in msg.lower() or "memory" in msg.lower():
+    if isinstance(e, MemoryError) or "alloc" in msg.lower() or "memory" in msg.lower():
         return OutOfMemory(f"{what}: out of memory ({msg.splitlines()[0][:200]}); try a smaller --size")
     return DeviceError(f"{what}: onnxruntime failed ({msg.splitlines()[0][:200] if msg else type(e).__name__})")
 

@@ -212,8 +212,17 @@ class Stylizer:
     # -- the loop ----------------------------------------------------------------------------
     def run(self) -> Iterator[IterationRecord]:
         cfg = self.config
-        while self.scale < len(self.schedule):
+        while True:
             long_side, iterations = self.schedule[self.scale]
+            if self.iteration >= iterations:
+                # The scale is done. Moving on happens here, not after its last iteration, so that a
+                # checkpoint taken at the end can be resumed with more iterations at the same scale.
+                if self.scale + 1 >= len(self.schedule):
+                    return
+                self.scale, self.iteration = self.scale + 1, 0
+                self.optimizer = None  # each scale starts a fresh L-BFGS history (as neural-style's multires)
+                self.average = None
+                continue
             size = self._size_at(long_side)
             if self.x is None or self.x.shape[2:] != (size[1], size[0]):
                 self.x = self._initial(size)
@@ -243,10 +252,6 @@ class Stylizer:
                     tv=float(tw[2] * tv), style_layers=[float(v) for v in sloss],
                     seconds=time.perf_counter() - t0,
                 )
-            self.scale += 1
-            self.iteration = 0
-            self.optimizer = None  # each scale starts a fresh L-BFGS history (as neural-style's multires)
-            self.average = None if self.scale < len(self.schedule) else self.average
 
     # -- results and state -------------------------------------------------------------------
     def current(self) -> np.ndarray:

@@ -1,0 +1,170 @@
+"""Estimate the memory a run needs before it starts, and refuse with the size that would fit.
+
+Running out of memory mid-run loses the work (or gets the process killed by the kernel), so the
+CLI checks first. The estimate is linear in the pixel count:
+
+    graph     = GRAPH_FACTOR * 4 bytes * H * W * sum(channels / stride^2 over the manifest's layers)
+    optimizer = float32 vectors of 3*H*W: L-BFGS keeps 2*history of them, Adam a few
+    need      = FIXED + graph + optimizer            (resident memory, compared with MemAvailable)
+    address   = FIXED + 2 * graph + optimizer        (compared with RLIMIT_AS, e.g. `ulimit -v`)
+
+GRAPH_FACTOR was calibrated with benchmarks/memory_calibrate.py (peak RSS minus the RSS after the
+sessions were made, VGG16, CPU provider, 256-1024 px): the upper envelope of the measured bytes per
+pixel, so the estimate is high by up to ~1.6x at sizes where onnxruntime's arena happens to fit
+tightly. The address-space figure doubles the graph term because the arena reserves its regions in
+power-of-two steps before touching them. NST_ORT_MEMORY_CHECK=0 skips the check.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import resource
+from pathlib import Path
+
+from .errors import OutOfMemory
+
+GRAPH_FACTOR = 12.0  # bytes of activations (forward + backward + arena slack) per tapped float, measured
+EVAL_FACTOR = 4.0  # the eval graph (style and content targets) keeps no backward state
+FIXED = 64 << 20  # per-run overhead measured at the smallest sizes (targets, bindings, numpy temporaries)
+FLOAT = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class Need:
+    resident: int  # bytes the run adds to the process's resident memory
+    address: int  # bytes of address space it adds (what RLIMIT_AS limits)
+
+
+def _per_pixel(layers: list[dict]) -> float:
+    """Floats per input pixel over the tapped layers: a layer of C channels at stride s holds C/s^2."""
+    return sum(float(layer["channels"]) / float(layer["stride"]) ** 2 for layer in layers)
+
+
+def estimate(layers: list[dict], size: tuple[int, int], optimizer: str = "lbfgs", history: int = 100,
+             style_size: tuple[int, int] | None = None, on_host: bool = True) -> Need:
+    """Bytes one scale at size (w, h) adds; style_size: the largest style image fed to the eval graph."""
+    w, h = size
+    per_px = _per_pixel(layers) * FLOAT
+    graph = GRAPH_FACTOR * per_px * w * h
+    if style_size is not None:
+        graph = max(graph, EVAL_FACTOR * per_px * style_size[0] * style_size[1])
+    if not on_host:
+        graph = 0.0  # activations live on the device; only the optimizer state stays in host memory
+    vectors = 2 * history + 4 if optimizer == "lbfgs" else 5
+    opt = vectors * FLOAT * 3 * w * h
+    return Need(int(FIXED + graph + opt), int(FIXED + 2 * graph + opt))
+
+
+def _status_kib(key: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _mem_available() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _cgroup_available() -> int | None:
+    """A container's memory limit (cgroup v2) left over, which MemAvailable does not show."""
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text().strip())
+    except (OSError, ValueError):
+        return None
+    if limit == "max":
+        return None
+    try:
+        return max(0, int(limit) - used)
+    except ValueError:
+        return None
+
+
+def _address_space_left() -> int | None:
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft == resource.RLIM_INFINITY:
+        return None
+    used = _status_kib("VmSize")
+    return max(0, soft - (used or 0) * 1024)
+
+
+@dataclasses.dataclass(frozen=True)
+class Available:
+    resident: int | None  # bytes of memory the run may still use; None: unknown
+    address: int | None  # bytes of address space left under RLIMIT_AS; None: no limit
+    source: str
+
+    def fits(self, need: Need) -> bool:
+        return ((self.resident is None or need.resident <= self.resident)
+                and (self.address is None or need.address <= self.address))
+
+    def binding(self, need: Need) -> tuple[int, int]:
+        """(bytes needed, bytes available) of the limit that is exceeded (or the tighter one)."""
+        if self.address is not None and (self.resident is None or need.address - self.address
+                                         > need.resident - self.resident):
+            return need.address, self.address
+        return need.resident, self.resident or 0
+
+
+def available() -> Available:
+    host = [v for v in (_mem_available(), _cgroup_available()) if v is not None]
+    resident = min(host) if host else None
+    address = _address_space_left()
+    parts = [name for name, v in (("MemAvailable", resident), ("RLIMIT_AS", address)) if v is not None]
+    return Available(resident, address, " and ".join(parts) or "unknown")
+
+
+def _gib(n: int) -> str:
+    return f"{n / (1 << 30):.2f} GiB" if n >= 1 << 30 else f"{n / (1 << 20):.0f} MiB"
+
+
+def largest_fitting(fits, low: int, high: int) -> int | None:
+    """The largest long side in [low, high] for which fits(long_side) holds (monotone); None if none."""
+    if not fits(low):
+        return None
+    while low < high:
+        mid = (low + high + 1) // 2
+        if fits(mid):
+            low = mid
+        else:
+            high = mid - 1
+    return low
+
+
+def check(what: str, layers: list[dict], sizes: list[tuple[int, int]], optimizer: str, history: int,
+          min_side: int, style_scale: float = 1.0, on_host: bool = True, avail: Available | None = None) -> None:
+    """Raise OutOfMemory if the largest scale in `sizes` [(w, h)] would not fit; name the size that would."""
+    if os.environ.get("NST_ORT_MEMORY_CHECK", "1") == "0":
+        return
+    avail = avail or available()
+    if avail.resident is None and avail.address is None:
+        return
+    w, h = max(sizes, key=lambda s: s[0] * s[1])
+    long_side = max(w, h)
+
+    def need_at(side: int) -> Need:
+        sw, sh = max(1, round(w * side / long_side)), max(1, round(h * side / long_side))
+        style = (max(1, round(sw * style_scale)), max(1, round(sh * style_scale)))
+        return estimate(layers, (sw, sh), optimizer, history, style, on_host)
+
+    need = need_at(long_side)
+    if avail.fits(need):
+        return
+    needed, have = avail.binding(need)
+    best = largest_fitting(lambda s: avail.fits(need_at(s)), max(1, min_side), long_side)
+    advice = (f"the largest size that fits is about --size {best}" if best else
+              "not even the smallest size the network accepts fits; free memory or use a GPU")
+    if optimizer == "lbfgs" and history > 10:
+        advice += f" (or lower --history, now {history}: L-BFGS keeps 2 x history copies of the image)"
+    raise OutOfMemory(f"{what}: {w}x{h} needs about {_gib(needed)} of memory, {_gib(have)} is available "
+                      f"({avail.source}); {advice}")
