@@ -91,12 +91,10 @@ def test_histogram_matching_moves_style_colors_to_content(examples):
         return x.reshape(-1, 3).mean(0), np.cov(x.reshape(-1, 3), rowvar=False)
 
     mu_c, cov_c = stats(content)
-    mu_m, cov_m = stats(match_histogram(style, content, clip=False))  # the transform itself: exact
-    assert np.abs(mu_m - mu_c).max() < 1e-3 and np.abs(cov_m - cov_c).max() < 1e-3
     mu_s, cov_s = stats(style)
-    mu_k, cov_k = stats(match_histogram(style, content))  # clipped to [0, 1]: much closer than before
-    assert np.abs(mu_k - mu_c).max() < 0.2 * np.abs(mu_s - mu_c).max()
-    assert np.abs(cov_k - cov_c).max() < 0.5 * np.abs(cov_s - cov_c).max()
+    assert np.abs(cov_s - cov_c).max() > 0.01  # they differ to begin with
+    mu_m, cov_m = stats(match_histogram(style, content))
+    assert np.abs(mu_m - mu_c).max() < 1e-3 and np.abs(cov_m - cov_c).max() < 1e-4
 
 
 def test_texture_synthesis(tmp_path, examples):
