@@ -87,10 +87,11 @@ def _io(model: onnx.ModelProto) -> dict:
     return {"inputs": [desc(v) for v in model.graph.input], "outputs": [desc(v) for v in model.graph.output]}
 
 
-def write_artifacts(backbone: Backbone, out: str | Path, weights_dtype: str = "fp16", command: str = "") -> Path:
+def write_artifacts(backbone: Backbone, out: str | Path, weights_dtype: str = "fp16", command: str = "",
+                    gradient: str = "auto") -> Path:
     """Export both graphs and write the folder atomically (a temp folder renamed into place)."""
     out = Path(out)
-    spec, eval_proto, train_proto = export_graphs(backbone)
+    spec, eval_proto, train_proto = export_graphs(backbone, gradient=gradient)
     params = graph_tensors(backbone)
     dtypes = stored_dtypes(backbone, weights_dtype)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -106,6 +107,7 @@ def write_artifacts(backbone: Backbone, out: str | Path, weights_dtype: str = "f
     manifest = build_manifest(backbone, spec, graphs, weights_dtype, command)
     manifest["files"] = {p.name: {"sha256": sha256(p), "bytes": p.stat().st_size} for p in sorted(tmp.iterdir())}
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    (tmp / "MODEL_CARD.md").write_text(model_card(manifest))
     if out.exists():
         backup = out.with_name(f".{out.name}.old")
         os.replace(out, backup)
@@ -146,3 +148,45 @@ def build_manifest(backbone: Backbone, spec: GraphSpec, graphs: dict, weights_dt
             "date": datetime.date.today().isoformat(),
         },
     }
+
+
+def model_card(m: dict) -> str:
+    """A human-readable card beside the manifest (not checksummed: documentation only)."""
+    layers = ", ".join(f"{x['name']} ({x['channels']} ch, stride {x['stride']})" for x in m["layers"])
+    files = "\n".join(f"| {name} | {info['bytes']} | `{info['sha256'][:16]}...` |" for name, info in m["files"].items())
+    p = m["preprocess"]
+    return f"""# Model card: {m['backbone']}
+
+nst-ort artifact folder (schema {m['schema_version']}): an eval graph (image -> content features and
+style Grams) and a training graph (image, targets, weights -> loss terms and the gradient with respect
+to the image), standard ONNX ops only (opset {m['opset']}), for `onnxruntime` / `onnxruntime-gpu`.
+
+## Weights
+- Source: {m['weights']['source']}
+- License: {m['weights']['license']}
+- Stored as {m['weights']['stored_as']} in `{m['weights']['file']}` (once, shared by both graphs); computed in fp32.
+- VGG: K. Simonyan and A. Zisserman, "Very Deep Convolutional Networks for Large-Scale Image
+  Recognition", ICLR 2015; the released weights are under CC BY 4.0.
+
+## Input and preprocessing
+The graphs take RGB in [0, 1], NCHW, any height and width (at least the largest stride). Inside the
+graphs: channel order {p['order']}, times {p['scale']}, minus mean {list(p['mean'])}, divided by std {list(p['std'])}.
+
+## Layers
+Tapped: {layers}.
+Content layers: {', '.join(m['content_layers'])}. Style layers: {', '.join(m['style_layers'])}.
+Default weights (`nst-ort --info`): {json.dumps(m['defaults'])}
+
+## Loss
+{m['loss']['normalization']}.
+
+## Rebuild
+    {m['exporter']['command']}
+
+Exported with torch {m['exporter']['torch']}, onnx {m['exporter']['onnx']}, onnxscript {m['exporter']['onnxscript']}.
+
+## Files
+| file | bytes | sha256 |
+| --- | --- | --- |
+{files}
+"""
