@@ -178,9 +178,27 @@ def example_inputs(backbone: Backbone, height: int = 67, width: int = 75, styles
     return image, masks, weights, ct, st, params
 
 
-def export_graphs(backbone: Backbone, verbose: bool = False):
-    """Lower both graphs; returns (spec, eval ModelProto, train ModelProto) with weights as inputs."""
+def export_graphs(backbone: Backbone, verbose: bool = False, gradient: str = "auto"):
+    """Lower both graphs; returns (spec, eval ModelProto, train ModelProto) with weights as inputs.
+
+    gradient: "manual" (manual_grad.py: a hand-derived backward chosen for ONNX Runtime; plain
+    conv/ReLU/2x2-pool stacks only), "autograd" (traced torch autograd: any network), or "auto" (manual
+    where it applies, else autograd).
+    """
+    from . import manual_grad
+
     spec, eval_fn, train_fn = make_functions(backbone)
+    if gradient not in ("auto", "manual", "autograd"):
+        raise ValueError(f"gradient must be auto, manual or autograd, not {gradient!r}")
+    if gradient != "autograd":
+        manual = manual_grad.make_train_fn(backbone, spec)
+        if manual is None and gradient == "manual":
+            raise ValueError(f"{backbone.name}: the manual gradient covers only conv/ReLU/2x2-pool stacks")
+        train_fn = manual or train_fn
+        spec.gradient = "manual" if manual else "autograd"
+    else:
+        spec.gradient = "autograd"
+    translations = {**TRANSLATIONS, **manual_grad.TRANSLATIONS}
     image, masks, weights, ct, st, params = example_inputs(backbone)
     hw = {2: Dim.AUTO, 3: Dim.AUTO}
     decomp = core_aten_decompositions()
@@ -200,7 +218,7 @@ def export_graphs(backbone: Backbone, verbose: bool = False):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
-                gm, args, dynamo=True, custom_translation_table=TRANSLATIONS, dynamic_shapes=dyn,
+                gm, args, dynamo=True, custom_translation_table=translations, dynamic_shapes=dyn,
                 input_names=ins + spec.param_names, output_names=outs, opset_version=OPSET,
                 optimize=True, verbose=verbose,
             )

@@ -1,0 +1,242 @@
+"""A hand-derived image gradient for plain conv / ReLU / 2x2-pool stacks (every VGG).
+
+`gradient.py` traces torch autograd, which is general but leaves work in the graph that ONNX
+Runtime's CPU provider runs slowly (profiled at 256 px, VGG19: ~36% of a training step outside the
+convolutions). For the sequential backbones that nearly everyone uses, this module writes the
+backward pass out by hand in torch ops (traced by make_fx without autograd), choosing each op for
+the runtime:
+
+- ReLU backward: ``g * float(y > 0)`` with the mask kept as 1-byte bool from the forward pass (autograd's
+  ``where(y <= 0, 0, g)`` is a broadcast Where, ~7x slower than a Mul on ORT's CPU provider).
+- 2x2 max pool: MaxPool without indices (ORT's NCHWc kernel), and a backward from an equality mask
+  ``y == up(p)`` instead of int64 indices scattered into zeros (MaxPool with indices + ConstantOfShape +
+  ScatterElements). Ties share the gradient equally (an average subgradient; torch gives it all to the
+  first maximum: both are valid subgradients and agree wherever the maximum is unique). A ReLU right
+  before the pool folds into the same mask (zero windows get no gradient), so its own Mul disappears.
+- Gram: one batched MatMul forward and ONE MatMul backward (``dF = sym(dG) F``; autograd does two and
+  adds them), with no Expand / Transpose copies and no ReduceSum over a single style.
+- squares as Mul, not Pow (Pow is not vectorized on ORT's CPU provider); TV gradient with Pads, no
+  ScatterND.
+- what the backward keeps from the forward: one bool per ReLU activation (pools: one float mask per
+  pool input), the tapped features, the content differences. Conv inputs are not kept: only the
+  image is differentiated, so no weight gradient is needed.
+
+Everything else (the loss definition, weights as inputs, dynamic sizes, the graph's names) is exactly
+the traced path's; tests/test_gradient.py checks the result against float64 torch autograd.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from onnxscript import opset18 as op
+
+from .backbones import Backbone, SequentialTaps
+
+# --- two custom ops, so that each lowers to exactly one ONNX node ------------------------------------
+
+
+@torch.library.custom_op("nst::up2", mutates_args=())
+def up2(x: torch.Tensor) -> torch.Tensor:
+    """Nearest-neighbour 2x upsampling of the last two dims."""
+    return x.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
+
+
+@up2.register_fake
+def _(x):
+    return x.new_empty(x.shape[0], x.shape[1], 2 * x.shape[2], 2 * x.shape[3])
+
+
+@torch.library.custom_op("nst::maxpool2", mutates_args=())
+def maxpool2(x: torch.Tensor) -> torch.Tensor:
+    """2x2 / stride 2 max pooling (floor mode), values only."""
+    return F.max_pool2d(x, 2, 2)
+
+
+@maxpool2.register_fake
+def _(x):
+    return x.new_empty(x.shape[0], x.shape[1], x.shape[2] // 2, x.shape[3] // 2)
+
+
+def _onnx_up2(x):
+    return op.Resize(x, None, op.Constant(value_floats=[1.0, 1.0, 2.0, 2.0]), mode="nearest",
+                     coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+
+
+def _onnx_maxpool2(x):
+    y, _ = op.MaxPool(x, kernel_shape=[2, 2], strides=[2, 2])  # the unused indices output is pruned
+    return y
+
+
+TRANSLATIONS = {
+    torch.ops.nst.up2.default: _onnx_up2,
+    torch.ops.nst.maxpool2.default: _onnx_maxpool2,
+}
+
+_TINY = float(torch.finfo(torch.float32).tiny)  # smallest normal float: a max-pool mask sentinel
+
+
+# --- which networks this covers --------------------------------------------------------------------
+
+
+def _pool_ok(m: nn.Module) -> bool:
+    k, s = m.kernel_size, m.stride
+    k = tuple(k) if isinstance(k, (tuple, list)) else (k, k)
+    s = tuple(s) if isinstance(s, (tuple, list)) else (s, s)
+    p = m.padding if isinstance(m.padding, (tuple, list)) else (m.padding, m.padding)
+    if k != (2, 2) or s != (2, 2) or tuple(p) != (0, 0) or m.ceil_mode:
+        return False
+    if isinstance(m, nn.MaxPool2d):
+        d = m.dilation if isinstance(m.dilation, (tuple, list)) else (m.dilation, m.dilation)
+        return tuple(d) == (1, 1) and not m.return_indices
+    return m.divisor_override is None
+
+
+def plan(backbone: Backbone) -> list[tuple[str, str, nn.Module]] | None:
+    """[(name, kind, module)] of the body, or None if this module cannot do the network."""
+    net = backbone.module
+    if not isinstance(net, SequentialTaps):
+        return None
+    steps = []
+    for name, m in net.body.named_children():
+        if isinstance(m, nn.Conv2d):
+            pad = m.padding if isinstance(m.padding, (tuple, list)) else None
+            if (m.groups != 1 or tuple(m.stride) != (1, 1) or tuple(m.dilation) != (1, 1) or pad is None
+                    or m.padding_mode != "zeros" or m.bias is None):
+                return None
+            steps.append((name, "conv", m))
+        elif isinstance(m, nn.ReLU):
+            steps.append((name, "relu", m))
+        elif isinstance(m, nn.MaxPool2d) and _pool_ok(m):
+            steps.append((name, "maxpool", m))
+        elif isinstance(m, nn.AvgPool2d) and _pool_ok(m):
+            steps.append((name, "avgpool", m))
+        else:
+            return None
+    return steps
+
+
+# --- the training function -------------------------------------------------------------------------
+
+
+def _pad_to(t: torch.Tensor, hw, value: float = 0.0) -> torch.Tensor:
+    """Pad the bottom/right of t [.., 2h, 2w] up to hw = (H, W) (odd sizes: floor-mode pools)."""
+    return F.pad(t, (0, hw[1] - t.shape[3], 0, hw[0] - t.shape[2]), value=value)
+
+
+def make_train_fn(backbone: Backbone, spec):
+    """train_fn(image, masks, clw, slw, sw, tw, *content_targets, *style_targets, *params) ->
+    (total, content_losses, style_losses, tv, image_grad), or None if `plan` refuses the network."""
+    steps = plan(backbone)
+    if steps is None:
+        return None
+    net = backbone.module
+    flip = net.pre.flip
+    taps = set(spec.taps)
+    nc, ns = len(spec.content), len(spec.style)
+    # A ReLU whose output only feeds a max pool (not tapped) gets its mask from the pool's.
+    fused_relu = {i for i, (name, kind, _) in enumerate(steps)
+                  if kind == "relu" and name not in taps and i + 1 < len(steps) and steps[i + 1][1] == "maxpool"}
+
+    def train_fn(image, masks, clw, slw, sw, tw, *rest):
+        ct, st, params = rest[:nc], rest[nc:nc + ns], rest[nc + ns:]
+        P = dict(zip(spec.param_names, params))
+        scale = P["pre.scale"]
+        x = image.flip(1) if flip else image
+        h = x * scale + P["pre.shift"]
+
+        # forward: keep only what the backward needs
+        saved: dict[int, tuple] = {}
+        feats: dict[str, torch.Tensor] = {}
+        for i, (name, kind, m) in enumerate(steps):
+            if kind == "conv":
+                h = F.conv2d(h, P[f"body.{name}.weight"], P[f"body.{name}.bias"], padding=tuple(m.padding))
+            elif kind == "relu":
+                h = torch.relu(h)
+                if i not in fused_relu:
+                    saved[i] = (h > 0,)
+            elif kind == "maxpool":
+                p = maxpool2(h)
+                # after a ReLU, zero windows must get no gradient: compare with max(p, tiny) so
+                # that y == 0 never matches (the ReLU's own mask is then not needed).
+                ref = torch.clamp_min(p, _TINY) if (i - 1) in fused_relu else p
+                hit = (h == _pad_to(up2(ref), h.shape[2:], float("nan"))).to(h.dtype)  # float mask [1, C, H, W]
+                count = F.avg_pool2d(hit, 2, 2) * 4.0  # maxima per window (ties share)
+                saved[i] = (hit, 1.0 / torch.clamp_min(count, 1.0))
+                h = p
+            else:  # avgpool
+                saved[i] = (h.shape[2:],)  # only the size: the backward needs no activation
+                h = F.avg_pool2d(h, 2, 2)
+            if name in taps:
+                feats[name] = h
+
+        # loss terms and their gradients at the taps
+        tap_grads: dict[str, torch.Tensor] = {}
+
+        def add_grad(name, g):
+            tap_grads[name] = g if name not in tap_grads else tap_grads[name] + g
+
+        closses = []
+        for j, (name, target) in enumerate(zip(spec.content, ct)):
+            d = feats[name] - target
+            closses.append((d * d).mean())
+            add_grad(name, d * (tw[0] * clw[j] * (2.0 / d.numel())))
+        slosses = []
+        for j, (name, target) in enumerate(zip(spec.style, st)):
+            f = feats[name]
+            c, hh, ww = f.shape[1], f.shape[2], f.shape[3]
+            m = F.interpolate(masks, size=(hh, ww), mode="bilinear", align_corners=False)
+            m = m.reshape(m.shape[0], 1, hh * ww)  # [K, 1, M]
+            f2 = f.reshape(1, c, hh * ww)
+            fm = f2 * m  # [K, C, M]
+            area = m.sum(dim=2, keepdim=True).clamp_min(1e-6)  # [K, 1, 1]
+            grams = torch.bmm(fm, fm.transpose(1, 2)) / area  # [K, C, C]
+            diff = grams - target
+            per_style = (diff * diff).mean(dim=(1, 2))  # [K]
+            slosses.append((per_style * sw).sum())
+            # dL/dG_k = coef * w_k * (G_k - A_k); dL/dF = sum_k sym(dL/dG_k) / a_k @ (F * m_k^2)
+            e = diff * (sw * (tw[1] * slw[j] * (2.0 / (c * c)))).reshape(-1, 1, 1)
+            e = (e + e.transpose(1, 2)) / area  # [K, C, C]
+            k = e.shape[0]
+            lhs = e.transpose(0, 1).reshape(c, k * c)  # [C, K*C]
+            rhs = (f2 * (m * m)).reshape(k * c, hh * ww)  # [K*C, M]
+            add_grad(name, torch.mm(lhs, rhs).reshape(1, c, hh, ww))
+        closs = torch.stack(closses)
+        sloss = torch.stack(slosses)
+        dx = x[:, :, :, 1:] - x[:, :, :, :-1]
+        dy = x[:, :, 1:, :] - x[:, :, :-1, :]
+        tv = (dx * dx).mean() + (dy * dy).mean()
+        total = tw[0] * (closs * clw).sum() + tw[1] * (sloss * slw).sum() + tw[2] * tv
+
+        # backward through the body
+        g = None
+        for i in reversed(range(len(steps))):
+            name, kind, m = steps[i]
+            if name in tap_grads:
+                g = tap_grads[name] if g is None else g + tap_grads[name]
+            if g is None:
+                continue
+            if kind == "conv":
+                w = P[f"body.{name}.weight"]
+                kh, kw = w.shape[2], w.shape[3]
+                wt = w.transpose(0, 1).flip(2, 3)  # constant: ORT folds it at load time
+                g = F.conv2d(g, wt, padding=(kh - 1 - m.padding[0], kw - 1 - m.padding[1]))
+            elif kind == "relu":
+                if i not in fused_relu:
+                    g = g * saved[i][0].to(g.dtype)
+            elif kind == "maxpool":
+                hit, inv = saved[i]
+                g = _pad_to(up2(g * inv), hit.shape[2:]) * hit
+            else:
+                (hw,) = saved[i]
+                g = _pad_to(up2(g * 0.25), hw)
+        g = g * scale
+        if flip:
+            g = g.flip(1)
+        # total variation
+        tvx = dx * (tw[2] * 2.0 / dx.numel())
+        tvy = dy * (tw[2] * 2.0 / dy.numel())
+        g = g + (F.pad(tvx, (1, 0)) - F.pad(tvx, (0, 1))) + (F.pad(tvy, (0, 0, 1, 0)) - F.pad(tvy, (0, 0, 0, 1)))
+        return total, closs, sloss, tv, g
+
+    return train_fn
