@@ -30,8 +30,8 @@ PRESETS = {
 }
 
 
-class _Interrupted(Exception):
-    pass
+class _Interrupted(BaseException):
+    """SIGTERM, raised like KeyboardInterrupt: no `except Exception` on the way may swallow it."""
 
 
 def _csv_floats(text: str, what: str) -> list[float]:
@@ -55,8 +55,14 @@ def _layer_weights(text: str) -> dict[str, float]:
     return out
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        # argparse prints the whole usage (a dozen lines here) first: one line, like every other error.
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="nst-ort",
         description="Neural style transfer (Gatys et al.) on ONNX Runtime. "
         "nst-ort CONTENT STYLE [STYLE ...] -o OUT; CONTENT may be a folder (batch); --texture for no content.",
@@ -248,7 +254,7 @@ def _check_memory(stylizer, cfg: Config) -> None:
     sizes = [stylizer._size_at(long_side) for long_side, _ in stylizer.schedule]
     what = str(cfg.content) if cfg.content is not None else "texture"
     memory.check(what, stylizer.artifacts.manifest["layers"], sizes, cfg.optim.name, cfg.optim.history,
-                 stylizer.artifacts.min_size, cfg.style_scale, on_host=stylizer.placement.device == "cpu")
+                 stylizer.artifacts.min_size, cfg.style_scale, on_host=stylizer.graphs.placement.device == "cpu")
 
 
 def stylize_one(cfg: Config, out: Path, args, artifacts, settings: dict) -> None:
@@ -287,6 +293,13 @@ def stylize_one(cfg: Config, out: Path, args, artifacts, settings: dict) -> None
             print(file=sys.stderr)  # end the progress line
         done = f"wrote the current image to {out}" if stylizer.x is not None else "nothing written"
         raise Interrupted(f"{out}: interrupted at iteration {stylizer.step}; {done}") from None
+    except (OutOfMemory, MemoryError) as e:  # despite the estimate (other processes, a GPU): keep what there is
+        msg = str(e) if isinstance(e, OutOfMemory) else "out of memory (MemoryError); try a smaller --size"
+        if stylizer.best is None:
+            raise OutOfMemory(f"{cfg.content or 'texture'}: {msg}") from None
+        stylizer.x, stylizer.average = stylizer.best, None
+        finish("out of memory")
+        raise OutOfMemory(f"{out}: {msg}; wrote the last image") from None
     except NumericalError:
         what = f"{out}: the loss is not finite (NaN or Inf) at iteration {stylizer.step + 1}; stopped"
         hint = "try a smaller --lr or smaller loss weights"

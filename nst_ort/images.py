@@ -65,16 +65,14 @@ def _bomb_error(path: Path, e: Exception) -> ImageError:
 def _open(path: Path) -> Image.Image:
     """Decode the whole file (so that damage shows here); every decoder failure is an ImageError."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                w, h = im.size
-                if w * h > MAX_PIXELS:
-                    raise ImageError(f"{path}: {w}x{h} = {w * h:,} pixels is over the limit of {MAX_PIXELS:,} "
-                                     "(possible image bomb); refused")
-                im.load()
-                img = im.copy()
-                img.info = dict(im.info)
+        with Image.open(path) as im:
+            w, h = im.size
+            if w * h > MAX_PIXELS:
+                raise ImageError(f"{path}: {w}x{h} = {w * h:,} pixels is over the limit of {MAX_PIXELS:,} "
+                                 "(possible image bomb); refused")
+            im.load()
+            img = im.copy()
+            img.info = dict(im.info)
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -133,7 +131,14 @@ def load_image(path: str | Path, notes: list[str] | None = None) -> np.ndarray:
             raise ImageError(f"{path}: empty file")
     except OSError as e:
         raise ImageError(f"{path}: cannot read ({e.strerror})") from None
-    img = _upright(_open(path), path, notes)
+    with warnings.catch_warnings(record=True) as caught:
+        # Pillow warns (on stderr, several lines) about damaged metadata it skips: one note instead.
+        warnings.simplefilter("always")
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        img = _upright(_open(path), path, notes)
+    if caught:
+        more = f" (and {len(caught) - 1} more)" if len(caught) > 1 else ""
+        notes.append(f"{path}: {str(caught[0].message).strip()}{more}")
     gray, icc = _sixteen_bit(img), img.info.get("icc_profile")
     if gray is not None and icc:
         # lcms has no 16-bit gray path here: go through 8 bits so that the profile still applies.

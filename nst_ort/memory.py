@@ -6,27 +6,36 @@ CLI checks first. The estimate is linear in the pixel count:
     graph     = GRAPH_FACTOR * 4 bytes * H * W * sum(channels / stride^2 over the manifest's layers)
     optimizer = float32 vectors of 3*H*W: L-BFGS keeps 2*history of them, Adam a few
     need      = FIXED + graph + optimizer            (resident memory, compared with MemAvailable)
-    address   = FIXED + 2 * graph + optimizer        (compared with RLIMIT_AS, e.g. `ulimit -v`)
+    address   = FIXED + ADDRESS_EXTRA + 1.5 * graph + optimizer   (compared with RLIMIT_AS, `ulimit -v`)
 
 GRAPH_FACTOR was calibrated with benchmarks/memory_calibrate.py (peak RSS minus the RSS after the
-sessions were made, VGG16, CPU provider, 256-1024 px): the upper envelope of the measured bytes per
-pixel, so the estimate is high by up to ~1.6x at sizes where onnxruntime's arena happens to fit
-tightly. The address-space figure doubles the graph term because the arena reserves its regions in
-power-of-two steps before touching them. NST_ORT_MEMORY_CHECK=0 skips the check.
+sessions were made, VGG16, CPU provider, onnxruntime 1.32, 256-1024 px; factors 6-12.6), set a
+little above the largest, so the estimate is high by up to ~1.8x where onnxruntime's arena happens
+to fit tightly (1024 px: 4.8 GB estimated, 2.7 GB measured, with Adam). The address-space figure
+is larger (measured VmPeak growth: 1.3-1.4x the RSS growth, plus up to ~300 MB at small sizes)
+because onnxruntime's arena and malloc reserve address space before touching it.
+NST_ORT_MEMORY_CHECK=0 skips the check.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
-import resource
 from pathlib import Path
+
+try:
+    import resource
+except ImportError:  # Windows: no RLIMIT_AS
+    resource = None
 
 from .errors import OutOfMemory
 
-GRAPH_FACTOR = 12.0  # bytes of activations (forward + backward + arena slack) per tapped float, measured
+GRAPH_FACTOR = 13.0  # bytes of activations (forward + backward + arena slack) per tapped float; measured 8-12
 EVAL_FACTOR = 4.0  # the eval graph (style and content targets) keeps no backward state
 FIXED = 64 << 20  # per-run overhead measured at the smallest sizes (targets, bindings, numpy temporaries)
+ADDRESS_EXTRA = 256 << 20  # address space reserved but not touched (malloc arenas, thread stacks), measured
+ADDRESS_FACTOR = 1.5  # the arena's reserved/touched ratio for the graph, measured
 FLOAT = 4
+SUGGEST_SHARE = 0.85  # the size we suggest fits in 85% of what is available now, so that it fits next time
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +61,7 @@ def estimate(layers: list[dict], size: tuple[int, int], optimizer: str = "lbfgs"
         graph = 0.0  # activations live on the device; only the optimizer state stays in host memory
     vectors = 2 * history + 4 if optimizer == "lbfgs" else 5
     opt = vectors * FLOAT * 3 * w * h
-    return Need(int(FIXED + graph + opt), int(FIXED + 2 * graph + opt))
+    return Need(int(FIXED + graph + opt), int(FIXED + ADDRESS_EXTRA + ADDRESS_FACTOR * graph + opt))
 
 
 def _status_kib(key: str) -> int | None:
@@ -91,6 +100,8 @@ def _cgroup_available() -> int | None:
 
 
 def _address_space_left() -> int | None:
+    if resource is None:
+        return None
     soft, _ = resource.getrlimit(resource.RLIMIT_AS)
     if soft == resource.RLIM_INFINITY:
         return None
@@ -102,26 +113,25 @@ def _address_space_left() -> int | None:
 class Available:
     resident: int | None  # bytes of memory the run may still use; None: unknown
     address: int | None  # bytes of address space left under RLIMIT_AS; None: no limit
-    source: str
 
-    def fits(self, need: Need) -> bool:
-        return ((self.resident is None or need.resident <= self.resident)
-                and (self.address is None or need.address <= self.address))
+    def fits(self, need: Need, share: float = 1.0) -> bool:
+        """share < 1 keeps headroom: what is free now varies from run to run by tens of MB."""
+        return ((self.resident is None or need.resident <= share * self.resident)
+                and (self.address is None or need.address <= share * self.address))
 
-    def binding(self, need: Need) -> tuple[int, int]:
-        """(bytes needed, bytes available) of the limit that is exceeded (or the tighter one)."""
+    def binding(self, need: Need) -> tuple[int, int, str]:
+        """(bytes needed, bytes available, which limit) for the limit exceeded by more."""
         if self.address is not None and (self.resident is None or need.address - self.address
                                          > need.resident - self.resident):
-            return need.address, self.address
-        return need.resident, self.resident or 0
+            return need.address, self.address, "address space left under RLIMIT_AS"
+        return need.resident, self.resident or 0, "MemAvailable"
 
 
 def available() -> Available:
     host = [v for v in (_mem_available(), _cgroup_available()) if v is not None]
     resident = min(host) if host else None
     address = _address_space_left()
-    parts = [name for name, v in (("MemAvailable", resident), ("RLIMIT_AS", address)) if v is not None]
-    return Available(resident, address, " and ".join(parts) or "unknown")
+    return Available(resident, address)
 
 
 def _gib(n: int) -> str:
@@ -160,11 +170,13 @@ def check(what: str, layers: list[dict], sizes: list[tuple[int, int]], optimizer
     need = need_at(long_side)
     if avail.fits(need):
         return
-    needed, have = avail.binding(need)
-    best = largest_fitting(lambda s: avail.fits(need_at(s)), max(1, min_side), long_side)
+    needed, have, source = avail.binding(need)
+    best = largest_fitting(lambda s: avail.fits(need_at(s), SUGGEST_SHARE), max(1, min_side), long_side)
+    if best and best >= 2 * min_side:
+        best -= best % 8  # a round number; the estimate is not that precise anyway
     advice = (f"the largest size that fits is about --size {best}" if best else
               "not even the smallest size the network accepts fits; free memory or use a GPU")
     if optimizer == "lbfgs" and history > 10:
         advice += f" (or lower --history, now {history}: L-BFGS keeps 2 x history copies of the image)"
     raise OutOfMemory(f"{what}: {w}x{h} needs about {_gib(needed)} of memory, {_gib(have)} is available "
-                      f"({avail.source}); {advice}")
+                      f"({source}); {advice}")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from typing import Callable
 
 import onnxruntime as ort
 
@@ -16,6 +17,13 @@ class Placement:
     providers: list  # for InferenceSession(providers=...)
     device: str  # "cpu" or "cuda": where IOBinding puts buffers
     threads: int | None = None
+    # `auto` picked CUDA: if sessions cannot use it after all (no driver, missing cuDNN), session.py
+    # falls back to the CPU and says so once through `warn`, instead of failing.
+    fallback: bool = False
+    warn: Callable[[str], None] | None = dataclasses.field(default=None, compare=False, repr=False)
+
+    def on_cpu(self) -> "Placement":
+        return Placement(["CPUExecutionProvider"], "cpu", self.threads)
 
     def session_options(self) -> ort.SessionOptions:
         so = ort.SessionOptions()
@@ -58,7 +66,8 @@ def choose(device: str = "auto", provider: str | None = None, threads: int | Non
         raise DeviceError(f"unknown device {device!r}: use auto, cpu or cuda (or --provider NAME)")
     if device in ("auto", "cuda") and "CUDAExecutionProvider" in available:
         _preload_cuda()
-        return Placement(["CUDAExecutionProvider", "CPUExecutionProvider"], "cuda", threads)
+        return Placement(["CUDAExecutionProvider", "CPUExecutionProvider"], "cuda", threads,
+                         fallback=device == "auto", warn=warn)
     if device == "cuda":
         raise DeviceError("CUDA was asked for but this onnxruntime has no CUDAExecutionProvider "
                           f"(installed: onnxruntime {ort.__version__}; pip install onnxruntime-gpu)")
@@ -69,6 +78,7 @@ def choose(device: str = "auto", provider: str | None = None, threads: int | Non
 
 
 def _gpu_present() -> bool:
+    """An NVIDIA driver is loaded (Linux): then a CPU-only run is worth one warning."""
     import os
 
-    return os.path.exists("/dev/nvidia0") or sys.platform == "win32" and False
+    return sys.platform.startswith("linux") and (os.path.exists("/dev/nvidia0") or os.path.exists("/dev/nvidiactl"))

@@ -5,6 +5,8 @@ device for the whole scale; per call only the image goes in and the gradient com
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import onnxruntime as ort
 
@@ -15,7 +17,11 @@ from .providers import Placement
 
 def _session(path, placement: Placement) -> ort.InferenceSession:
     try:
-        return ort.InferenceSession(str(path), placement.session_options(), providers=placement.providers)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # ORT's provider warnings: get_providers() is checked below
+            # enable_fallback=0: ORT would otherwise print a banner on stdout and quietly use the CPU.
+            sess = ort.InferenceSession(str(path), placement.session_options(), providers=placement.providers,
+                                        enable_fallback=0)
     except Exception as e:  # noqa: BLE001 - ORT raises bare RuntimeErrors/Fail
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         if isinstance(e, MemoryError) or "bad_alloc" in msg or "alloc" in msg.lower() and "memory" in msg.lower():
@@ -23,6 +29,10 @@ def _session(path, placement: Placement) -> ort.InferenceSession:
         if "CUDA" in msg or "cuda" in msg:
             raise DeviceError(f"{path}: cannot create a session on {placement.providers[0]} ({msg})") from None
         raise ArtifactError(f"{path}: onnxruntime cannot load this graph ({msg})") from None
+    if placement.device == "cuda" and placement.providers[0] not in sess.get_providers():
+        raise DeviceError(f"{path}: {placement.providers[0]} is installed but could not be used (onnxruntime "
+                          f"placed the graph on {sess.get_providers()[0]}; check the driver, CUDA and cuDNN)")
+    return sess
 
 
 def _run_error(e: Exception, what: str) -> Exception:
@@ -37,8 +47,17 @@ class Graphs:
 
     def __init__(self, artifacts: Artifacts, placement: Placement):
         self.artifacts, self.placement = artifacts, placement
-        self.eval = _session(artifacts.graph_path("eval"), placement)
-        self.train = _session(artifacts.graph_path("train"), placement)
+        try:
+            self.eval = _session(artifacts.graph_path("eval"), placement)
+            self.train = _session(artifacts.graph_path("train"), placement)
+        except DeviceError as e:
+            if not placement.fallback:
+                raise
+            if placement.warn is not None:
+                placement.warn(f"{e}; running on the CPU")
+            self.placement = placement = placement.on_cpu()
+            self.eval = _session(artifacts.graph_path("eval"), placement)
+            self.train = _session(artifacts.graph_path("train"), placement)
         expected = set(artifacts.content_layers) | set(artifacts.style_layers)
         outs = {o.name.split(".", 1)[1] for o in self.eval.get_outputs()}
         if outs != expected:

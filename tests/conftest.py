@@ -53,13 +53,27 @@ def vgg19_avg_random(tmp_path_factory):
     return _export(tmp_path_factory, "vgg19-avg-random", arch="vgg19", weights="random", pool="avg", seed=1)
 
 
-def run_cli(args: list[str], block_torch: bool = True, cwd: Path | None = None, timeout: int = 900, env=None):
-    """Run `nst-ort` in a subprocess; with block_torch, `import torch` fails there."""
+def cli_command(args: list, block_torch: bool = True, prelude: str = "") -> list[str]:
+    """The argv of an `nst-ort` subprocess; with block_torch, `import torch` fails there.
+
+    prelude: Python statements run before the CLI (tests use it to stand in for hardware).
+    """
+    start = "import sys; sys.modules['torch'] = None; " if block_torch else "import sys; "
+    code = start + prelude + "from nst_ort.cli import main; sys.exit(main(sys.argv[1:]))"
+    return [sys.executable, "-c", code, *map(str, args)]
+
+
+def cli_env(env=None) -> dict:
+    return {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+
+
+def run_cli(args: list[str], block_torch: bool = True, cwd: Path | None = None, timeout: int = 900, env=None,
+            prelude: str = "", **kwargs):
+    """Run `nst-ort` in a subprocess; with block_torch, `import torch` fails there.
+
+    kwargs go to subprocess.run (e.g. preexec_fn to set resource limits).
+    """
     import subprocess
 
-    prelude = "import sys; sys.modules['torch'] = None; " if block_torch else ""
-    code = prelude + "from nst_ort.cli import main; sys.exit(main(sys.argv[1:]))" if block_torch else \
-        "import sys; from nst_ort.cli import main; sys.exit(main(sys.argv[1:]))"
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd or ROOT, timeout=timeout, env=full_env)
+    return subprocess.run(cli_command(args, block_torch, prelude), capture_output=True, text=True,
+                          cwd=cwd or ROOT, timeout=timeout, env=cli_env(env), **kwargs)
