@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
         "nst-ort CONTENT STYLE [STYLE ...] -o OUT; CONTENT may be a folder (batch); --texture for no content.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("images", nargs="+", help="content image (or folder) then style image(s); with --texture, style image(s) only")
+    p.add_argument("images", nargs="*", help="content image (or folder) then style image(s); with --texture, style image(s) only")
     p.add_argument("-o", "--output", required=False, help="output image (or folder for a batch)")
     g = p.add_argument_group("size and schedule")
     g.add_argument("--size", type=int, default=512, help="long side of the output in pixels")
@@ -168,7 +168,7 @@ def build_config(args, artifacts) -> tuple[Config, Path | None]:
     loss, preset = _apply_preset(args, artifacts)
     optim_cfg = OptimConfig(
         name=args.optimizer or preset.get("optimizer", "lbfgs"),
-        iterations=args.iterations or preset.get("iterations", 500),
+        iterations=args.iterations if args.iterations is not None else preset.get("iterations", 500),
         lr=args.lr, history=args.history or preset.get("history", 100), average=args.average,
     )
     texture_size = None
@@ -355,6 +355,8 @@ def _main(args) -> int:
     import onnxruntime
 
     settings["onnxruntime"] = onnxruntime.__version__
+    if not args.images:
+        raise UsageError("no images: nst-ort CONTENT STYLE [STYLE ...] -o OUT (or --texture STYLE -o OUT)")
     first = Path(args.images[0])
     if not args.texture and first.is_dir():
         return _batch(args, artifacts, settings)
