@@ -20,7 +20,7 @@ from .optim_graphs import write_optimizer_graphs
 
 SCHEMA_VERSION = 1
 WEIGHTS_FILE = "weights.bin"
-FILES = {"eval": "eval.onnx", "train": "train.onnx"}
+FILES = {"eval": "eval.onnx", "train": "train.onnx", "train_cpu": "train_cpu.onnx"}
 _ALIGN = 64
 
 
@@ -89,10 +89,10 @@ def _io(model: onnx.ModelProto) -> dict:
 
 
 def write_artifacts(backbone: Backbone, out: str | Path, weights_dtype: str = "fp16", command: str = "",
-                    gradient: str = "auto") -> Path:
+                    gradient: str = "auto", cpu_variant: bool = True) -> Path:
     """Export both graphs and write the folder atomically (a temp folder renamed into place)."""
     out = Path(out)
-    spec, eval_proto, train_proto = export_graphs(backbone, gradient=gradient)
+    spec, eval_proto, train_proto = export_graphs(backbone, gradient=gradient, cpu_variant=cpu_variant)
     params = graph_tensors(backbone)
     dtypes = stored_dtypes(backbone, weights_dtype)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -100,7 +100,11 @@ def write_artifacts(backbone: Backbone, out: str | Path, weights_dtype: str = "f
     tmp.chmod(0o755)
     layout = write_weights(params, tmp / WEIGHTS_FILE, dtypes)
     graphs = {}
-    for role, proto in (("eval", eval_proto), ("train", train_proto)):
+    roles = [("eval", eval_proto), ("train", train_proto)]
+    if getattr(spec, "train_cpu", None) is not None:
+        # Optional (schema 1): the training graph the CPU provider runs (Winograd convolutions).
+        roles.append(("train_cpu", spec.train_cpu))
+    for role, proto in roles:
         bind_weights(proto, params, layout, dtypes)
         onnx.save(proto, str(tmp / FILES[role]))
         onnx.checker.check_model(str(tmp / FILES[role]))
@@ -137,7 +141,7 @@ def build_manifest(backbone: Backbone, spec: GraphSpec, graphs: dict, weights_dt
         "content_layers": spec.content,
         "style_layers": spec.style,
         "defaults": backbone.defaults,
-        "graphs": {role: {"file": FILES[role], **graphs[role]} for role in FILES},
+        "graphs": {role: {"file": FILES[role], **graphs[role]} for role in graphs},
         "opset": OPSET,
         "loss": {
             "normalization": "content: mean((F-P)^2); gram: F F^T / positions; style: mean((G-A)^2) "

@@ -178,26 +178,31 @@ def example_inputs(backbone: Backbone, height: int = 67, width: int = 75, styles
     return image, masks, weights, ct, st, params
 
 
-def export_graphs(backbone: Backbone, verbose: bool = False, gradient: str = "auto"):
+def export_graphs(backbone: Backbone, verbose: bool = False, gradient: str = "auto", cpu_variant: bool = False):
     """Lower both graphs; returns (spec, eval ModelProto, train ModelProto) with weights as inputs.
 
     gradient: "manual" (manual_grad.py: a hand-derived backward chosen for ONNX Runtime; plain
     conv/ReLU/2x2-pool stacks only), "autograd" (traced torch autograd: any network), or "auto" (manual
     where it applies, else autograd).
+    cpu_variant: also lower the manual training graph with Winograd F(4x4, 3x3) convolutions where they
+    are faster on the CPU provider; it is put in `spec.train_cpu` (None when the manual gradient does
+    not apply). Same inputs, outputs and weights as train.onnx.
     """
     from . import manual_grad
 
     spec, eval_fn, train_fn = make_functions(backbone)
     if gradient not in ("auto", "manual", "autograd"):
         raise ValueError(f"gradient must be auto, manual or autograd, not {gradient!r}")
+    spec.gradient, spec.train_cpu = "autograd", None
+    cpu_fn = None
     if gradient != "autograd":
         manual = manual_grad.make_train_fn(backbone, spec)
         if manual is None and gradient == "manual":
             raise ValueError(f"{backbone.name}: the manual gradient covers only conv/ReLU/2x2-pool stacks")
-        train_fn = manual or train_fn
-        spec.gradient = "manual" if manual else "autograd"
-    else:
-        spec.gradient = "autograd"
+        if manual is not None:
+            train_fn, spec.gradient = manual, "manual"
+            if cpu_variant:
+                cpu_fn = manual_grad.make_train_fn(backbone, spec, winograd=True)
     translations = {**TRANSLATIONS, **manual_grad.TRANSLATIONS}
     image, masks, weights, ct, st, params = example_inputs(backbone)
     hw = {2: Dim.AUTO, 3: Dim.AUTO}
@@ -209,11 +214,12 @@ def export_graphs(backbone: Backbone, verbose: bool = False, gradient: str = "au
     train_dyn = (hw, {0: Dim.AUTO, 2: Dim.AUTO, 3: Dim.AUTO}, None, None, {0: Dim.AUTO}, None) \
         + tuple(hw for _ in ct) + tuple({0: Dim.AUTO} for _ in st) + (None,) * len(params)
 
+    jobs = [(eval_fn, eval_args, eval_dyn, spec.eval_inputs, spec.eval_outputs),
+            (train_fn, train_args, train_dyn, spec.train_inputs, spec.train_outputs)]
+    if cpu_fn is not None:
+        jobs.append((cpu_fn, train_args, train_dyn, spec.train_inputs, spec.train_outputs))
     protos = []
-    for fn, args, dyn, ins, outs in (
-        (eval_fn, eval_args, eval_dyn, spec.eval_inputs, spec.eval_outputs),
-        (train_fn, train_args, train_dyn, spec.train_inputs, spec.train_outputs),
-    ):
+    for fn, args, dyn, ins, outs in jobs:
         gm = make_fx(fn, decomposition_table=decomp, tracing_mode="symbolic")(*args)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -223,4 +229,6 @@ def export_graphs(backbone: Backbone, verbose: bool = False, gradient: str = "au
                 optimize=True, verbose=verbose,
             )
         protos.append(program.model_proto)
+    if cpu_fn is not None:
+        spec.train_cpu = protos[2]
     return spec, protos[0], protos[1]

@@ -136,7 +136,7 @@ class Artifacts:
             if digest != info.get("sha256"):
                 raise ArtifactError(f"{p}: sha256 mismatch (file changed or truncated: "
                                     f"{p.stat().st_size} bytes, manifest says {info.get('bytes')}); re-export or re-download")
-        for role in ("eval", "train"):
+        for role in ("eval", "train") + (("train_cpu",) if "train_cpu" in self.manifest["graphs"] else ()):
             name = self.manifest["graphs"][role]["file"]
             if name not in self.manifest["files"]:
                 raise ArtifactError(f"{self.path / 'manifest.json'}: graph {name} has no sha256 entry")
@@ -203,6 +203,16 @@ class Artifacts:
         """Smallest image side the graphs accept: every tapped layer must keep at least one row."""
         return max(2 * int(layer["stride"]) if layer["name"].startswith("pool") else int(layer["stride"])
                    for layer in self.manifest["layers"])
+
+    def train_graph_path(self, device: str) -> Path:
+        """The training graph for a device: the optional CPU variant (train_cpu.onnx: Winograd
+        convolutions, same inputs and outputs) on the CPU provider, else train.onnx.
+        NST_ORT_TRAIN_GRAPH=train forces train.onnx (comparisons)."""
+        import os
+
+        if device == "cpu" and "train_cpu" in self.manifest["graphs"] and os.environ.get("NST_ORT_TRAIN_GRAPH") != "train":
+            return self.graph_path("train_cpu")
+        return self.graph_path("train")
 
     def graph_path(self, role: str) -> Path:
         return self._file(self.manifest["graphs"][role]["file"])

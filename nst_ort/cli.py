@@ -103,6 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default="auto", help="auto, cpu or cuda")
     r.add_argument("--provider", help="any onnxruntime execution provider by name, e.g. TensorrtExecutionProvider")
     r.add_argument("--threads", type=int, help="intra-op threads (default: onnxruntime's)")
+    r.add_argument("--precision", choices=["fp32", "tf32", "fp16"], default="fp32",
+                   help="CUDA: fp32 (TF32 off, the default) or tf32 (TensorFloat-32 convolutions); the CPU "
+                   "computes in fp32; fp16 needs an fp16 export (not yet)")
+    r.add_argument("--loop", choices=["auto", "device", "host"], default="auto",
+                   help="device: image, gradient and optimizer state stay in device buffers (needs the model's "
+                   "optimizer graphs); host: optimizer in numpy; auto: device when the model has them")
     out = p.add_argument_group("progress and results")
     out.add_argument("--save-every", type=int, default=0, help="write the current image every N iterations")
     out.add_argument("--report", help="write a JSON report (settings, per-iteration losses, timings)")
@@ -188,7 +194,7 @@ def build_config(args, artifacts) -> tuple[Config, Path | None]:
         size=size, texture_size=texture_size, scales=scales, scale_iterations=scale_iters,
         style_scale=args.style_scale, init=args.init, seed=args.seed, color=args.color, loss=loss, optim=optim_cfg,
         model=Path(args.model) if args.model else None, device=args.device, provider=args.provider,
-        threads=args.threads,
+        threads=args.threads, precision=args.precision, loop=args.loop,
     )
     try:
         cfg.schedule()

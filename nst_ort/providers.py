@@ -21,6 +21,14 @@ class Placement:
     # falls back to the CPU and says so once through `warn`, instead of failing.
     fallback: bool = False
     warn: Callable[[str], None] | None = dataclasses.field(default=None, compare=False, repr=False)
+    # Provider options for providers[0] on CUDA (use_tf32 from --precision, NST_ORT_CUDA_OPTIONS).
+    cuda_options: tuple = ()
+
+    def ort_providers(self) -> list:
+        """`providers` as InferenceSession takes them: options attached to the CUDA provider."""
+        if not self.cuda_options:
+            return list(self.providers)
+        return [(p, dict(self.cuda_options)) if p == "CUDAExecutionProvider" else p for p in self.providers]
 
     def on_cpu(self) -> "Placement":
         return Placement(["CPUExecutionProvider"], "cpu", self.threads)
@@ -28,6 +36,9 @@ class Placement:
     def session_options(self) -> ort.SessionOptions:
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # The memory pattern (one block per run, planned from the first) kept ~170 MB more resident
+        # at 256 px (VGG19 training step) for no measurable speed; the arena alone reuses freed chunks.
+        so.enable_mem_pattern = False
         # Fatal only: failures reach the user once, as our one-line error, not also as ORT's log line.
         so.log_severity_level = 4
         if self.threads:
@@ -51,8 +62,49 @@ def _preload_cuda() -> None:
             pass
 
 
-def choose(device: str = "auto", provider: str | None = None, threads: int | None = None, warn=None) -> Placement:
-    """device: auto | cpu | cuda; provider: any ORT provider name, overrides device."""
+PRECISIONS = ("fp32", "tf32", "fp16")
+
+
+def cuda_options(precision: str = "fp32") -> tuple:
+    """CUDA provider options for a precision, plus NST_ORT_CUDA_OPTIONS (a JSON object of provider
+    options, e.g. '{"prefer_nhwc": "1", "gpu_mem_limit": "8589934592",
+    "arena_extend_strategy": "kSameAsRequested"}': see benchmarks/gpu_check.py).
+
+    fp32: TF32 off (onnxruntime's CUDA provider turns it on by default on Ampere and later, which
+    makes convolutions ~10-bit-mantissa accurate); tf32: on. Unmeasured here (no GPU)."""
+    import json
+    import os
+
+    if precision not in PRECISIONS:
+        raise DeviceError(f"unknown precision {precision!r}: use {', '.join(PRECISIONS)}")
+    if precision == "fp16":
+        raise DeviceError("precision fp16 needs an fp16 training graph, which this export does not have "
+                          "(benchmarks/gpu_check.py converts one to measure it); use fp32 or tf32")
+    opts = {"use_tf32": "1" if precision == "tf32" else "0"}
+    extra = os.environ.get("NST_ORT_CUDA_OPTIONS")
+    if extra:
+        try:
+            opts.update({str(k): str(v) for k, v in json.loads(extra).items()})
+        except (ValueError, AttributeError):
+            raise DeviceError(f"NST_ORT_CUDA_OPTIONS is not a JSON object of provider options: {extra!r}") from None
+    return tuple(sorted(opts.items()))
+
+
+def choose(device: str = "auto", provider: str | None = None, threads: int | None = None, warn=None,
+           precision: str = "fp32") -> Placement:
+    """device: auto | cpu | cuda; provider: any ORT provider name, overrides device.
+    precision: fp32 | tf32 (CUDA; the CPU provider always computes in fp32) | fp16 (not yet)."""
+    placement = _choose(device, provider, threads, warn)
+    if placement.device == "cuda" and "CUDAExecutionProvider" in placement.providers:
+        return dataclasses.replace(placement, cuda_options=cuda_options(precision))
+    if precision not in PRECISIONS:
+        raise DeviceError(f"unknown precision {precision!r}: use {', '.join(PRECISIONS)}")
+    if precision != "fp32" and warn is not None:
+        warn(f"precision {precision} applies to CUDA; the CPU provider computes in fp32")
+    return placement
+
+
+def _choose(device: str, provider: str | None, threads: int | None, warn) -> Placement:
     global _warned
     available = ort.get_available_providers()
     if provider:

@@ -20,7 +20,7 @@ def _session(path, placement: Placement) -> ort.InferenceSession:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # ORT's provider warnings: get_providers() is checked below
             # enable_fallback=0: ORT would otherwise print a banner on stdout and quietly use the CPU.
-            sess = ort.InferenceSession(str(path), placement.session_options(), providers=placement.providers,
+            sess = ort.InferenceSession(str(path), placement.session_options(), providers=placement.ort_providers(),
                                         enable_fallback=0)
     except Exception as e:  # noqa: BLE001 - ORT raises bare RuntimeErrors/Fail
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
@@ -42,6 +42,22 @@ def _run_error(e: Exception, what: str) -> Exception:
     return DeviceError(f"{what}: onnxruntime failed ({msg.splitlines()[0][:200] if msg else type(e).__name__})")
 
 
+def _release_freed_memory() -> None:
+    """Give the heap that session creation freed back to the OS (glibc only). Constant folding
+    (fp16 -> fp32 weights, flipped kernels, Winograd transforms) leaves hundreds of MB freed but
+    resident: measured 442 -> 219 MB (VGG19, train.onnx) and 1029 -> 514 MB (train_cpu.onnx)."""
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 class Graphs:
     """The two sessions of one artifact folder on one placement."""
 
@@ -49,7 +65,7 @@ class Graphs:
         self.artifacts, self.placement = artifacts, placement
         try:
             self.eval = _session(artifacts.graph_path("eval"), placement)
-            self.train = _session(artifacts.graph_path("train"), placement)
+            self.train = _session(artifacts.train_graph_path(placement.device), placement)
         except DeviceError as e:
             if not placement.fallback:
                 raise
@@ -57,7 +73,8 @@ class Graphs:
                 placement.warn(f"{e}; running on the CPU")
             self.placement = placement = placement.on_cpu()
             self.eval = _session(artifacts.graph_path("eval"), placement)
-            self.train = _session(artifacts.graph_path("train"), placement)
+            self.train = _session(artifacts.train_graph_path(placement.device), placement)
+        _release_freed_memory()
         expected = set(artifacts.content_layers) | set(artifacts.style_layers)
         outs = {o.name.split(".", 1)[1] for o in self.eval.get_outputs()}
         if outs != expected:

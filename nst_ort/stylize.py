@@ -95,7 +95,8 @@ class Stylizer:
         self.config = config
         self.warn = warn or (lambda msg: None)
         self.artifacts = artifacts or Artifacts(config.model)
-        self.placement = choose(config.device, config.provider, config.threads, warn=self.warn)
+        self.placement = choose(config.device, config.provider, config.threads, warn=self.warn,
+                                precision=getattr(config, "precision", "fp32"))
         self.graphs = Graphs(self.artifacts, self.placement)
         self.weights = resolve_weights(config, self.artifacts)
         self.schedule = config.schedule()
@@ -226,18 +227,35 @@ class Stylizer:
             size = self._size_at(long_side)
             if self.x is None or self.x.shape[2:] != (size[1], size[0]):
                 self.x = self._initial(size)
-            step_fn = TrainStep(self.graphs, self._feeds(size, self.x), self.x.shape)
-            if self.optimizer is None:
-                self.optimizer = optim.make(cfg.optim.name, self.x.size, cfg.optim.learning_rate(), cfg.optim.history)
+            feeds = self._feeds(size, self.x)
+            loop = self._device_loop(feeds)
+            if loop is None:
+                step_fn = TrainStep(self.graphs, feeds, self.x.shape)
+                if self.optimizer is None:
+                    self.optimizer = optim.make(cfg.optim.name, self.x.size, cfg.optim.learning_rate(), cfg.optim.history)
+            del feeds
             tw = self.weights.terms
             while self.iteration < iterations:
                 t0 = time.perf_counter()
-                total, closs, sloss, tv, grad = step_fn(self.x)
-                if not (np.isfinite(total) and np.isfinite(grad).all()):
-                    raise NumericalError(f"loss became {total} at iteration {self.step + 1}; stopped and kept the "
-                                         "last finite image (try a smaller learning rate or weights)")
-                self.best = self.x
-                self.x = self.optimizer.step(self.x.reshape(-1), grad.reshape(-1)).reshape(self.x.shape)
+                if loop is not None:
+                    # Image, gradient and optimizer state stay on the device; x and best are fetched
+                    # only when asked for (current(), state()).
+                    total, closs, sloss, tv, finite = loop.step()
+                    if not finite:
+                        self._stale = False
+                        self._x = loop.image()
+                        if loop.opt.k:
+                            self._best = loop.previous()
+                        raise NumericalError(f"loss became {total} at iteration {self.step + 1}; stopped and kept "
+                                             "the last finite image (try a smaller learning rate or weights)")
+                    self._stale = True
+                else:
+                    total, closs, sloss, tv, grad = step_fn(self.x)
+                    if not (np.isfinite(total) and np.isfinite(grad).all()):
+                        raise NumericalError(f"loss became {total} at iteration {self.step + 1}; stopped and kept "
+                                             "the last finite image (try a smaller learning rate or weights)")
+                    self.best = self.x
+                    self.x = self.optimizer.step(self.x.reshape(-1), grad.reshape(-1)).reshape(self.x.shape)
                 if cfg.optim.average:
                     # Iterate averaging (EMA of the image, as style-transfer-pytorch): the output is the
                     # average, which smooths L-BFGS's last jumps.
@@ -252,6 +270,62 @@ class Stylizer:
                     tv=float(tw[2] * tv), style_layers=[float(v) for v in sloss],
                     seconds=time.perf_counter() - t0,
                 )
+
+    # -- the device loop ----------------------------------------------------------------------
+    _loop = None  # DeviceLoop of the scale being run, if any
+    _stale = False  # x and best are on the device, newer than _x and _best
+    _x = None
+    _best = None
+
+    @property
+    def x(self) -> np.ndarray | None:
+        """The current image [1, 3, H, W] (fetched from the device loop when it has moved on)."""
+        if self._stale:
+            self._sync()
+        return self._x
+
+    @x.setter
+    def x(self, value) -> None:
+        if self._stale:
+            self._sync()
+        self._x, self._loop = value, None
+
+    @property
+    def best(self) -> np.ndarray | None:
+        if self._stale:
+            self._sync()
+        return self._best
+
+    @best.setter
+    def best(self, value) -> None:
+        if self._stale:
+            self._sync()
+        self._best = value
+
+    def _sync(self) -> None:
+        self._stale = False
+        self._x, self._best = self._loop.image(), self._loop.previous()
+
+    def _device_loop(self, feeds):
+        """A DeviceLoop for this scale, or None for the host loop (config.loop, no optimizer graphs in
+        the model, or iterate averaging, which the device loop does not do)."""
+        cfg = self.config
+        mode = getattr(cfg, "loop", "auto")
+        if mode == "host" or cfg.optim.average:
+            return None
+        from .device_loop import DeviceLoop, optimizer_runners
+
+        runners = optimizer_runners(self.graphs, cfg.optim.name)
+        if runners is None:
+            if mode == "device":
+                raise UsageError(f"{self.artifacts.path}: this model has no {cfg.optim.name} optimizer graphs "
+                                 "(re-export it, or: python -m export.optim_graphs MODEL); use --loop host")
+            return None
+        state = self.optimizer.state_dict() if self.optimizer is not None else None
+        loop = DeviceLoop(self.graphs, feeds, self.x, cfg.optim.name, cfg.optim.learning_rate(),
+                          cfg.optim.history, runners=runners, state=state)
+        self.optimizer, self._loop = loop, loop  # state() asks it for the optimizer's state_dict
+        return loop
 
     # -- results and state -------------------------------------------------------------------
     def current(self) -> np.ndarray:

@@ -1,0 +1,337 @@
+"""The whole iteration on the device: training graph and optimizer update, IOBinding throughout.
+
+The image, its gradient and the optimizer state (L-BFGS history, Adam moments) live in device buffers
+(host memory on the CPU provider, GPU memory on CUDA), bound by pointer. Per iteration only scalars
+cross to the host: the loss terms, a few dot products, and for L-BFGS the history projections
+(2 x history floats) and the coefficients that come back. The optimizer graphs are written at export
+time (export/optim_graphs.py, listed in manifest.json under "optimizers"); without them the Stylizer
+uses the host loop (session.TrainStep + optim.py), which gives the same iterates up to rounding.
+
+L-BFGS here is nst_ort.optim.LBFGS (torch.optim.LBFGS without line search, plus its documented
+steepest-descent deviation) in the compact form of Byrd, Nocedal & Schnabel (see optim_graphs.py):
+the k x k algebra in float64 on the host, every O(n) operation in the graphs. The state_dict format
+is optim.py's, so checkpoints move freely between the two loops.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+
+from .errors import ArtifactError
+from .session import _run_error, _session
+
+F32 = 4  # bytes
+
+
+class _Buffer:
+    """A float32 device buffer [rows, n]; views are (pointer, shape) pairs for IOBinding."""
+
+    def __init__(self, device: str, rows: int, n: int, zero: bool = True):
+        self.device, self.rows, self.n = device, rows, n
+        host = np.zeros((rows, n), np.float32)
+        if device == "cpu":
+            self.host = host  # OrtValue shares this memory; zero pages are only touched when written
+            self.value = ort.OrtValue.ortvalue_from_numpy(host)
+        else:
+            self.host = None
+            self.value = (ort.OrtValue.ortvalue_from_numpy(host, device, 0) if zero else
+                          ort.OrtValue.ortvalue_from_shape_and_type([rows, n], np.float32, device, 0))
+        self.ptr = self.value.data_ptr()
+
+    def row(self, i: int) -> int:
+        return self.ptr + i * self.n * F32
+
+    def fetch(self, rows=None) -> np.ndarray:
+        if self.host is not None:
+            return (self.host if rows is None else self.host[rows]).copy()
+        a = self.value.numpy()
+        return a if rows is None else a[rows]
+
+    def upload(self, row: int, data: np.ndarray) -> None:
+        data = np.ascontiguousarray(data, np.float32).reshape(-1)
+        if self.host is not None:
+            self.host[row] = data
+        else:
+            full = self.value.numpy()
+            full[row] = data
+            self.value.update_inplace(full)
+
+
+class _Runner:
+    """One optimizer graph: bind by pointer, scalars through the host, run."""
+
+    def __init__(self, path, placement):
+        self.sess = _session(path, placement)
+        self.device = placement.device
+        self.outputs = [o.name for o in self.sess.get_outputs()]
+
+    def __call__(self, dev: dict, host: dict, out_dev: dict, what: str) -> dict:
+        """dev/out_dev: name -> (pointer, shape); host: name -> numpy array. Returns host outputs."""
+        b = self.sess.io_binding()
+        keep = []
+        for name, (ptr, shape) in dev.items():
+            b.bind_input(name, self.device, 0, np.float32, list(shape), ptr)
+        for name, arr in host.items():
+            arr = np.ascontiguousarray(arr, np.float32)
+            keep.append(arr)
+            b.bind_cpu_input(name, arr)
+        host_out = [n for n in self.outputs if n not in out_dev]
+        for name in self.outputs:
+            if name in out_dev:
+                ptr, shape = out_dev[name]
+                b.bind_output(name, self.device, 0, np.float32, list(shape), ptr)
+            else:
+                b.bind_output(name, "cpu")
+        try:
+            self.sess.run_with_iobinding(b)
+        except Exception as e:  # noqa: BLE001
+            raise _run_error(e, what) from None
+        vals = b.get_outputs()  # in binding order, which is the graph's output order
+        return {name: vals[i].numpy() for i, name in enumerate(self.outputs) if name in host_out}
+
+
+class DeviceLBFGS:
+    def __init__(self, runners: dict, device: str, n: int, lr: float = 1.0, history: int = 100):
+        self.r, self.device, self.n = runners, device, n
+        self.lr, self.m = float(lr), int(history)
+        self.S = _Buffer(device, self.m + 1, n)  # one spare slot: a new pair is written before it is accepted
+        self.Y = _Buffer(device, self.m + 1, n)
+        self.d = _Buffer(device, 1, n)
+        self.order: list[int] = []  # slots, oldest first
+        self.R = np.zeros((0, 0))  # R[i, j] = s_i . y_j (i <= j), in `order`
+        self.YY = np.zeros((0, 0))
+        self.k = 0
+        self.h_diag = 1.0
+        self.t = 0.0
+        self.restarts = 0
+        self.sd_steps = 0
+        self.max_step = 0.01  # as optim.LBFGS
+
+    def _free(self) -> int:
+        used = set(self.order)
+        return next(i for i in range(self.m + 1) if i not in used)
+
+    def _drop_oldest(self) -> None:
+        self.order.pop(0)
+        self.R, self.YY = self.R[1:, 1:], self.YY[1:, 1:]
+
+    def step(self, x: int, g: int, g_prev: int, x_out: int) -> bool:
+        """Pointers to [n] buffers: x, g (in), g_prev (the last step's gradient), x_out (new image).
+        Returns False (and changes nothing) if the gradient is not finite."""
+        n = self.n
+        f = self._free()
+        first_iter = self.k == 0
+        sc = self.r["pair"](
+            {"g": (g, [n]), "g_prev": (g if first_iter else g_prev, [n]), "d": (self.d.ptr, [n])},
+            {"t": np.array(0.0 if first_iter else self.t, np.float32)},
+            {"s": (self.S.row(f), [n]), "y": (self.Y.row(f), [n])}, "L-BFGS pair graph")
+        ys, yy, gg, gl1, gmax = (float(sc[k]) for k in ("ys", "yy", "gg", "g_l1", "g_max"))
+        if not (np.isfinite(gl1) and np.isfinite(gg)):
+            return False
+        accepted = not first_iter and ys > 1e-10  # curvature condition, as torch
+        if accepted:
+            self.order.append(f)
+            self.h_diag = ys / yy
+        count = len(self.order)
+        rows = max(self.order + [f]) + 1
+        d, t = None, self.t
+        if count:
+            t = self.lr
+            proj = self.r["project"](
+                {"S": (self.S.ptr, [rows, n]), "Y": (self.Y.ptr, [rows, n]), "g": (g, [n]), "y": (self.Y.row(f), [n])},
+                {}, {}, "L-BFGS projection graph")
+            sp, yp = proj["SP"].astype(np.float64), proj["YP"].astype(np.float64)
+            if accepted:
+                k = count
+                R = np.zeros((k, k))
+                R[: k - 1, : k - 1] = self.R
+                R[:, k - 1] = sp[self.order, 1]
+                R[k - 1, k - 1] = ys
+                YY = np.zeros((k, k))
+                YY[: k - 1, : k - 1] = self.YY
+                YY[:, k - 1] = YY[k - 1, :] = yp[self.order, 1]
+                self.R, self.YY = R, YY
+                if count > self.m:
+                    self._drop_oldest()
+                    count -= 1
+            u, v = sp[self.order, 0], yp[self.order, 0]
+            gamma = self.h_diag
+            try:
+                w = np.linalg.solve(self.R, u)
+                p = np.linalg.solve(self.R.T, (np.diag(np.diag(self.R)) + gamma * self.YY) @ w - gamma * v)
+            except np.linalg.LinAlgError:
+                w = p = None
+            if w is not None and np.isfinite(w).all() and np.isfinite(p).all():
+                a = np.zeros(rows)
+                b = np.zeros(rows)
+                a[self.order] = -p
+                b[self.order] = gamma * w
+                d = (a, b, -gamma)
+                gd = -gamma * gg - float(u @ p) + gamma * float(v @ w)
+            else:
+                gd = 0.0  # numerically broken history: restart below
+        if d is None or gd >= 0.0:
+            # optim.LBFGS's deviation from torch: steepest descent from torch's first-step size,
+            # doubling while no pair is accepted, capped per pixel; an uphill direction restarts.
+            if count:
+                self.order, self.R, self.YY = [], np.zeros((0, 0)), np.zeros((0, 0))
+                self.restarts += 1
+            first = min(1.0, 1.0 / max(gl1, 1e-30)) * self.lr
+            grown = t * 2.0 if self.k > 0 and self.sd_steps > 0 else first
+            cap = self.max_step * self.lr / max(gmax, 1e-30)
+            t = max(first, min(grown, cap))
+            self.sd_steps += 1
+            rows = 1
+            d = (np.zeros(1), np.zeros(1), -1.0)
+        else:
+            self.sd_steps = 0
+        self.t = t
+        a, b, c = d
+        self.r["direction"](
+            {"S": (self.S.ptr, [rows, n]), "Y": (self.Y.ptr, [rows, n]), "g": (g, [n]), "x": (x, [n])},
+            {"a": a.reshape(1, -1), "b": b.reshape(1, -1), "c": np.array(c, np.float32), "t": np.array(t, np.float32)},
+            {"d": (self.d.ptr, [n]), "x_new": (x_out, [n])}, "L-BFGS direction graph")
+        self.k += 1
+        return True
+
+    # -- state (optim.LBFGS's format) --------------------------------------------------------------
+    def state_dict(self, g_prev: np.ndarray) -> dict:
+        rho = 1.0 / np.diag(self.R) if len(self.order) else np.zeros(0)
+        return {"kind": "lbfgs", "lr": self.lr, "m": self.m, "S": self.S.fetch(self.order),
+                "Y": self.Y.fetch(self.order), "rho": rho, "k": self.k, "h_diag": self.h_diag,
+                "d": self.d.fetch()[0], "t": self.t, "g_prev": g_prev, "restarts": self.restarts,
+                "sd_steps": self.sd_steps}
+
+    def load_state_dict(self, s: dict) -> None:
+        S, Y = np.asarray(s["S"], np.float32), np.asarray(s["Y"], np.float32)
+        c = min(len(s["rho"]), self.m)
+        S, Y = S[len(S) - c:], Y[len(Y) - c:]
+        for i in range(c):
+            self.S.upload(i, S[i])
+            self.Y.upload(i, Y[i])
+        self.order = list(range(c))
+        self.R = np.triu((S @ Y.T).astype(np.float64)) if c else np.zeros((0, 0))
+        if c:
+            np.fill_diagonal(self.R, 1.0 / np.asarray(s["rho"], np.float64)[len(s["rho"]) - c:])
+        self.YY = (Y @ Y.T).astype(np.float64) if c else np.zeros((0, 0))
+        self.d.upload(0, s["d"])
+        self.k, self.h_diag, self.t = int(s["k"]), float(s["h_diag"]), float(s["t"])
+        self.restarts, self.sd_steps = int(s["restarts"]), int(s["sd_steps"])
+
+
+class DeviceAdam:
+    def __init__(self, runners: dict, device: str, n: int, lr: float = 0.02, betas=(0.9, 0.999), eps: float = 1e-8):
+        self.r, self.n = runners, n
+        self.lr, self.b1, self.b2, self.eps = float(lr), betas[0], betas[1], eps
+        self.m1 = _Buffer(device, 2, n)  # ping-pong: a graph's output never aliases its input
+        self.m2 = _Buffer(device, 2, n)
+        self.cur = 0
+        self.k = 0
+
+    def step(self, x: int, g: int, g_prev: int, x_out: int) -> bool:
+        n, c, o = self.n, self.cur, 1 - self.cur
+        k = self.k + 1
+        self.r["update"](
+            {"x": (x, [n]), "g": (g, [n]), "m1": (self.m1.row(c), [n]), "m2": (self.m2.row(c), [n])},
+            {"lr_c1": np.array(self.lr / (1 - self.b1**k), np.float32), "beta1": np.array(self.b1, np.float32),
+             "beta2": np.array(self.b2, np.float32), "c2": np.array(1.0 / (1 - self.b2**k), np.float32),
+             "eps": np.array(self.eps, np.float32)},
+            {"x_new": (x_out, [n]), "m1_new": (self.m1.row(o), [n]), "m2_new": (self.m2.row(o), [n])},
+            "Adam graph")
+        self.k, self.cur = k, o
+        return True
+
+    def state_dict(self, g_prev=None) -> dict:
+        return {"kind": "adam", "lr": self.lr, "m1": self.m1.fetch(self.cur), "m2": self.m2.fetch(self.cur), "k": self.k}
+
+    def load_state_dict(self, s: dict) -> None:
+        self.m1.upload(self.cur, s["m1"])
+        self.m2.upload(self.cur, s["m2"])
+        self.k = int(s["k"])
+
+
+def optimizer_runners(graphs, kind: str) -> dict | None:
+    """The optimizer graphs of an artifact as sessions, or None if it has none for `kind`."""
+    art = graphs.artifacts
+    entry = art.manifest.get("optimizers")
+    files = entry.get(kind) if isinstance(entry, dict) else None
+    if not isinstance(files, dict) or not files:
+        return None
+    for name in files.values():
+        if not isinstance(name, str) or name not in art.manifest["files"]:
+            raise ArtifactError(f"{art.path / 'manifest.json'}: optimizer graph {name!r} has no sha256 entry")
+    return {role: _Runner(art._file(name), graphs.placement) for role, name in files.items()}
+
+
+class DeviceLoop:
+    """Training graph + optimizer graphs over device buffers; `step()` is one iteration."""
+
+    SCALARS = ("loss", "content_losses", "style_losses", "tv_loss")
+
+    def __init__(self, graphs, feeds: dict[str, np.ndarray], x0: np.ndarray, optimizer: str, lr: float,
+                 history: int = 100, runners: dict | None = None, state: dict | None = None):
+        self.placement = graphs.placement
+        device = self.placement.device
+        self.sess = graphs.train
+        self.shape = tuple(x0.shape)
+        n = self.n = int(np.prod(self.shape))
+        runners = runners or optimizer_runners(graphs, optimizer)
+        if runners is None:
+            raise ArtifactError(f"{graphs.artifacts.path}: no {optimizer} optimizer graphs in this model")
+        self.x = _Buffer(device, 2, n)  # ping-pong: current image and the next one
+        self.g = _Buffer(device, 2, n)  # ping-pong: this gradient and the previous one
+        self.x.upload(0, x0)
+        self.cur = 0
+        self._keep = []
+        self.bindings = []
+        values = {}
+        for name, arr in feeds.items():  # targets and weights: on the device once, for the whole scale
+            v = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(arr, dtype=np.float32), device, 0)
+            self._keep.append(v)
+            values[name] = v
+        for p in (0, 1):
+            b = self.sess.io_binding()
+            for name, v in values.items():
+                b.bind_ortvalue_input(name, v)
+            b.bind_input("image", device, 0, np.float32, list(self.shape), self.x.row(p))
+            for name in self.SCALARS:
+                b.bind_output(name, "cpu")
+            b.bind_output("image_grad", device, 0, np.float32, list(self.shape), self.g.row(p))
+            self.bindings.append(b)
+        cls = DeviceLBFGS if optimizer == "lbfgs" else DeviceAdam
+        kw = {"history": history} if optimizer == "lbfgs" else {}
+        self.opt = cls(runners, device, n, lr=lr, **kw)
+        if state is not None:
+            self.opt.load_state_dict(state)
+            if optimizer == "lbfgs" and state.get("g_prev") is not None and self.opt.k > 0:
+                self.g.upload(1, state["g_prev"])  # the previous gradient lives in the other slot
+
+    def step(self):
+        """One evaluation at the current image and its update. Returns (total, content_losses,
+        style_losses, tv, finite); when not finite the image is left as it was."""
+        c = self.cur
+        b = self.bindings[c]
+        try:
+            self.sess.run_with_iobinding(b)
+        except Exception as e:  # noqa: BLE001
+            raise _run_error(e, f"training graph at {self.shape[3]}x{self.shape[2]}") from None
+        outs = b.get_outputs()
+        total, closs, sloss, tv = (outs[i].numpy() for i in range(4))
+        total = float(total)
+        if not np.isfinite(total):
+            return total, closs.astype(np.float64), sloss.astype(np.float64), float(tv), False
+        ok = self.opt.step(self.x.row(c), self.g.row(c), self.g.row(1 - c), self.x.row(1 - c))
+        if ok:
+            self.cur = 1 - c
+        return total, closs.astype(np.float64), sloss.astype(np.float64), float(tv), ok
+
+    def image(self) -> np.ndarray:
+        """The current image [1, 3, H, W] (a copy on the host)."""
+        return self.x.fetch(self.cur).reshape(self.shape)
+
+    def previous(self) -> np.ndarray:
+        """The image the last evaluation saw (the last finite one) [1, 3, H, W]."""
+        return self.x.fetch(1 - self.cur).reshape(self.shape)
+
+    def state_dict(self) -> dict:
+        return self.opt.state_dict(self.g.fetch(1 - self.cur))
