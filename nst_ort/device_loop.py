@@ -48,12 +48,13 @@ class _Buffer:
         return a if rows is None else a[rows]
 
     def upload(self, row: int, data: np.ndarray) -> None:
-        data = np.ascontiguousarray(data, np.float32).reshape(-1)
+        """Rows row.. of the buffer from data [k, n] or [n] (one host-to-device copy of the buffer)."""
+        data = np.ascontiguousarray(data, np.float32).reshape(-1, self.n)
         if self.host is not None:
-            self.host[row] = data
+            self.host[row:row + len(data)] = data
         else:
             full = self.value.numpy()
-            full[row] = data
+            full[row:row + len(data)] = data
             self.value.update_inplace(full)
 
 
@@ -206,9 +207,9 @@ class DeviceLBFGS:
         S, Y = np.asarray(s["S"], np.float32), np.asarray(s["Y"], np.float32)
         c = min(len(s["rho"]), self.m)
         S, Y = S[len(S) - c:], Y[len(Y) - c:]
-        for i in range(c):
-            self.S.upload(i, S[i])
-            self.Y.upload(i, Y[i])
+        if c:
+            self.S.upload(0, S)
+            self.Y.upload(0, Y)
         self.order = list(range(c))
         self.R = np.triu((S @ Y.T).astype(np.float64)) if c else np.zeros((0, 0))
         if c:

@@ -63,6 +63,14 @@ def test_device_lbfgs_matches_host_lbfgs(optimizer_graphs, history):
     x1 = host.step(xh, grad(xh))
     x2 = again.step(xh, grad(xh))
     assert np.abs(x1 - x2).max() <= 1e-5 * np.abs(x1).max()
+    # and the other way: a host state_dict loaded into a fresh device optimizer
+    dev2 = DeviceLBFGS(optimizer_graphs["lbfgs"], "cpu", n, lr=1.0, history=history)
+    dev2.load_state_dict(again.state_dict())
+    x, g = _Buffer("cpu", 2, n), _Buffer("cpu", 2, n)
+    x.host[0], g.host[0], g.host[1] = x2, grad(x2), again.g_prev
+    assert dev2.step(x.row(0), g.row(0), g.row(1), x.row(1))
+    x3 = again.step(x2, grad(x2))
+    assert np.abs(x.host[1] - x3).max() <= 1e-5 * np.abs(x3).max()
 
 
 @needs_onnx
