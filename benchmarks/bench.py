@@ -162,6 +162,12 @@ def _torch_backbone(model: Path, manifest: dict):
         raise SystemExit(f"bench: {model} has no initializers for {missing[:3]}... (graph from another backbone?)")
     state = {n: torch.from_numpy(inits[n]).reshape(wanted[n].shape) for n in wanted}
     backbone.module.load_state_dict(state, strict=False)
+    # The channel order is not a tensor: take it from the manifest (weights="random" builds RGB).
+    from export.backbones import PreprocessLayer
+
+    for m in backbone.module.modules():
+        if isinstance(m, PreprocessLayer):
+            m.flip = manifest["preprocess"]["order"] == "BGR"
     return backbone
 
 
