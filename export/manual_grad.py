@@ -110,13 +110,16 @@ def _onnx_conv3x3_winograd(x, w, transposed):
     folding makes no flipped copy."""
     gg = np.kron(_G, _G)  # [36, 9], column 3 a + b for tap (a, b)
     if transposed:
-        c, k = int(w.shape[0]), int(w.shape[1])  # w [C_fwd_out, C_fwd_in]: this conv maps C -> K
-        w9 = op.Reshape(op.Transpose(w, perm=[2, 3, 1, 0]), _ints(9, k * c))
-        gg = gg[:, ::-1]  # tap (a, b) of the flipped kernel is tap (2 - a, 2 - b): column 8 - (3 a + b)
+        # w [C_fwd_out, C_fwd_in] and this conv maps C_fwd_out -> C_fwd_in; tap (a, b) of the flipped
+        # kernel is tap (2 - a, 2 - b): column 8 - (3 a + b)
+        c, k = int(w.shape[0]), int(w.shape[1])
+        gg, equation = gg[:, ::-1], "ckab,xab->xkc"
     else:
         k, c = int(w.shape[0]), int(w.shape[1])
-        w9 = op.Reshape(op.Transpose(w, perm=[2, 3, 0, 1]), _ints(9, k * c))
-    u = op.Reshape(op.MatMul(_const(gg), w9), _ints(36, k, c))  # [36, K, C]
+        equation = "kcab,xab->xkc"
+    # One Einsum straight from the weights: folding it materializes U [36, K, C] and nothing else
+    # (a Transpose/Reshape/MatMul chain left ~1 GB of intermediate initializers at load, VGG19).
+    u = op.Einsum(w, _const(gg.reshape(36, 3, 3)), equation=equation)  # [36, K, C]
     hw = op.Slice(op.Shape(x), _ints(2), _ints(4))  # [H, W]
     tiles = op.Div(op.Add(hw, _ints(3, 3)), _ints(4, 4))  # ceil(hw / 4)
     tiles1 = op.Add(tiles, _ints(1, 1))

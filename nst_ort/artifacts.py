@@ -27,6 +27,23 @@ def default_model_dir() -> Path:
     raise ArtifactError("no default model found (looked in the installed package and ./models/vgg16); use --model PATH")
 
 
+def _graph_io(path: Path) -> tuple[list[str], list[str]]:
+    """Input and output names of an ONNX graph, read without the onnx package."""
+    from .onnx_scan import _fields
+
+    inputs, outputs = [], []
+    try:
+        for field, wire, value in _fields(path.read_bytes()):
+            if field == 7 and wire == 2:  # ModelProto.graph
+                for f2, w2, v2 in _fields(value):
+                    if f2 in (11, 12) and w2 == 2:  # GraphProto.input / .output: ValueInfoProto
+                        name = next((v3.decode("utf-8", "replace") for f3, w3, v3 in _fields(v2) if f3 == 1 and w3 == 2), "")
+                        (inputs if f2 == 11 else outputs).append(name)
+    except ScanError as e:
+        raise ArtifactError(f"{path}: not a readable ONNX model ({e})") from None
+    return inputs, outputs
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -141,6 +158,12 @@ class Artifacts:
             if name not in self.manifest["files"]:
                 raise ArtifactError(f"{self.path / 'manifest.json'}: graph {name} has no sha256 entry")
             self._check_external_data(self._file(name))
+        if "train_cpu" in self.manifest["graphs"]:
+            # The CPU runs train_cpu.onnx, CUDA train.onnx: they must be the same function's graphs.
+            train, cpu = self.graph_path("train"), self.graph_path("train_cpu")
+            if _graph_io(train) != _graph_io(cpu):
+                raise ArtifactError(f"{train}: its inputs and outputs differ from {cpu.name}'s "
+                                    "(graph from another backbone?); re-export the model")
 
     def _check_external_data(self, graph: Path) -> None:
         try:
