@@ -209,6 +209,10 @@ def save_image(arr: np.ndarray, path: str | Path) -> Path:
             img.save(f, format=fmt, **kwargs)
             f.flush()
             os.fsync(f.fileno())
+        # mkstemp makes the file 0600; an output image gets the usual mode (0666 less the umask).
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException as e:
         try:
