@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
+from .atomic import atomic_write
 from .stylize import IterationRecord
 
 
@@ -46,19 +45,11 @@ class Progress:
 
 
 def write_json_atomic(path: str | Path, data: dict) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent if str(path.parent) else ".")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, default=str)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    def write(f):
+        json.dump(data, f, indent=1, default=str)
+        f.write("\n")
+
+    atomic_write(path, write, mode="w")
 
 
 class Report:
