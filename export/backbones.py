@@ -32,6 +32,8 @@ class Preprocess:
 IMAGENET_TORCHVISION = Preprocess("RGB", 1.0, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 # Caffe convention of the original VGG release and of Keras' VGG16: BGR, 0..255, mean subtracted.
 CAFFE = Preprocess("BGR", 255.0, (103.939, 116.779, 123.68), (1.0, 1.0, 1.0))
+# A network trained on RGB in [0, 1] as it is.
+RAW = Preprocess("RGB", 1.0, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
 
 
 class PreprocessLayer(nn.Module):
@@ -183,15 +185,19 @@ def fold_bn(weight: torch.Tensor, bias: torch.Tensor | None, gamma: torch.Tensor
 # --- weights ------------------------------------------------------------------------------------
 
 
-def _random_init(module: nn.Module, seed: int) -> None:
-    """Deterministic stand-in weights for tests: torchvision's conv init, random BN statistics.
+def _random_init(module: nn.Module, seed: int, forward: Callable | None = None) -> None:
+    """Deterministic stand-in weights for tests: torchvision's conv init, calibrated batch norms.
 
-    Convs get kaiming normal (fan_out, relu) and zero bias, in module order, from one generator;
-    batch norms get statistics far from identity (from a second generator, so that a network's
-    convs get the same numbers with and without BN), so that folding is exercised.
+    Convs get kaiming normal (fan_out, relu) and zero bias, in module order, from one generator.
+    Batch norms get a random affine part (from a second generator, so that a network's convs get
+    the same numbers with and without BN) and running statistics measured on noise through
+    `forward` (the network's own forward pass), as training would leave them: without that, a deep
+    random network's activations grow block after block (ResNet50: to ~100) and its float32
+    gradient drifts from float64 by more than any test could allow. Either way folding is exercised.
     """
     gen = torch.Generator().manual_seed(seed)
     bn_gen = torch.Generator().manual_seed(seed + 7919)
+    bns = []
     with torch.no_grad():
         for m in module.modules():
             if isinstance(m, nn.Conv2d):
@@ -203,8 +209,18 @@ def _random_init(module: nn.Module, seed: int) -> None:
                 c = m.num_features
                 m.weight.copy_(0.5 + torch.rand(c, generator=bn_gen))
                 m.bias.copy_(0.1 * torch.randn(c, generator=bn_gen))
-                m.running_mean.copy_(0.2 * torch.randn(c, generator=bn_gen))
-                m.running_var.copy_(0.5 + 1.5 * torch.rand(c, generator=bn_gen))
+                bns.append(m)
+        if bns:
+            if forward is None:
+                raise ValueError("random batch-norm statistics need the network's forward pass")
+            for m in bns:
+                m.reset_running_stats()
+                m.momentum = None  # cumulative: one batch gives exactly its statistics
+            module.train()
+            forward(torch.randn(2, 3, 96, 96, generator=bn_gen))
+            module.eval()
+            for m in bns:
+                m.momentum = 0.1
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
@@ -219,7 +235,7 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
 def torchvision_weights(arch: str, weights: str) -> tuple[dict[str, torch.Tensor] | None, dict]:
     """(state dict or None for random, manifest `weights` entry) for --weights imagenet | PATH | random."""
     if weights == "random":
-        return None, {"source": "random (kaiming normal; BN statistics random, folded)", "license": "none (synthetic)"}
+        return None, {"source": "random", "license": "none (synthetic)"}
     if weights == "imagenet":
         url = TORCHVISION_URLS[arch]
         state = torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=True)
@@ -363,9 +379,9 @@ def build_vgg(
             source["license"] = "CC BY 4.0 (Simonyan & Zisserman)"
         if state is None:
             source["source"] = f"random (seed {seed}, kaiming normal" + (
-                "; BN statistics random, folded)" if bn else ")")
+                "; BN statistics measured on noise, folded)" if bn else ")")
             ref = vgg_reference(arch)
-            _random_init(ref, seed)
+            _random_init(ref, seed, forward=ref.features)
             state = ref.state_dict()
     preprocess = preprocess or default_pre
 
@@ -451,7 +467,8 @@ class Entry:
         p = self.preprocess
         lines.append(f"  preprocess: {describe_preprocess(p)}")
         lines.append(f"  weights:    " + "; ".join(f"{k} = {v}" for k, v in self.weights.items()))
-        lines.append(f"  content:    {self.content_layers[0]} (weight 1; also {', '.join(self.content_layers[1:])})")
+        also = f"; also {', '.join(self.content_layers[1:])}" if len(self.content_layers) > 1 else ""
+        lines.append(f"  content:    {self.content_layers[0]} (weight 1{also})")
         lines.append(f"  style:      {', '.join(self.style_layers)}")
         if self.quick_layers:
             lines.append(f"  quick cut:  {', '.join(self.quick_layers)} (tests)")
@@ -474,7 +491,7 @@ class Entry:
 
 
 def describe_preprocess(p: Preprocess) -> str:
-    known = {IMAGENET_TORCHVISION: "torchvision", CAFFE: "caffe"}
+    known = {IMAGENET_TORCHVISION: "torchvision", CAFFE: "caffe", RAW: "raw"}
     name = known.get(p)
     detail = f"{p.order}, scale {p.scale:g}, mean {', '.join(f'{m:g}' for m in p.mean)}, std {', '.join(f'{s:g}' for s in p.std)}"
     return f"{name} ({detail})" if name else detail

@@ -13,13 +13,9 @@ import shlex
 import sys
 import time
 
-from .backbones import CAFFE, IMAGENET_TORCHVISION, REGISTRY, VGG_DEFAULT_CONTENT, VGG_DEFAULT_STYLE, Preprocess
+from .backbones import CAFFE, IMAGENET_TORCHVISION, RAW, REGISTRY, VGG_DEFAULT_CONTENT, VGG_DEFAULT_STYLE, Preprocess
 
-PREPROCESS = {
-    "torchvision": IMAGENET_TORCHVISION,
-    "caffe": CAFFE,
-    "raw": Preprocess("RGB", 1.0, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
-}
+PREPROCESS = {"torchvision": IMAGENET_TORCHVISION, "caffe": CAFFE, "raw": RAW}
 
 
 def _layers(text: str | None) -> list[str] | None:

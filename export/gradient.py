@@ -220,7 +220,11 @@ def export_graphs(backbone: Backbone, verbose: bool = False, gradient: str = "au
         jobs.append((cpu_fn, train_args, train_dyn, spec.train_inputs, spec.train_outputs))
     protos = []
     for fn, args, dyn, ins, outs in jobs:
-        gm = make_fx(fn, decomposition_table=decomp, tracing_mode="symbolic")(*args)
+        # No duck sizing: by default make_fx gives input dims that happen to be equal in the example
+        # one symbol, e.g. the 2 example styles and the [2] weights of 2 style (or content) layers;
+        # the static one then pins the other, and the training graph takes exactly 2 styles.
+        with torch.fx.experimental._config.patch(use_duck_shape=False):
+            gm = make_fx(fn, decomposition_table=decomp, tracing_mode="symbolic")(*args)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(

@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .backbones import Backbone, Layer, Preprocess, PreprocessLayer, _sha256, fold_bn
+from .backbones import RAW, Backbone, Layer, Preprocess, PreprocessLayer, _sha256, fold_bn
 
 # Ops whose outputs are offered as layers (they carry features, not layout or padding).
 FEATURE_OPS = {"Conv", "Relu", "LeakyRelu", "PRelu", "Clip", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish",
@@ -462,9 +462,8 @@ class Value:
 
 @dataclasses.dataclass
 class Step:
-    key: str  # module name in OnnxTaps.nodes
-    node: object  # the NodeProto (Conv, with `bn` folded in when set)
-    bn: object | None
+    key: str  # module name in OnnxTaps.nodes (the node's layer name)
+    module: nn.Module  # runs the node (a Conv with its batch norm folded in, where there was one)
     inputs: list[str]  # runtime inputs (constants are inside the module)
     outputs: list[str]
 
@@ -485,10 +484,6 @@ class Plan:
                     fold[id(conv)] = n
                     folded_bn.add(id(n))
         nodes = [n for n in g.nodes if id(n) not in folded_bn]
-        rename = {}  # conv output -> bn output (the conv now makes the BN's tensor)
-        for n in nodes:
-            if id(n) in fold:
-                rename[n.output[0]] = fold[id(n)].output[0]
 
         def outs(n):
             return [fold[id(n)].output[0]] if id(n) in fold else [o for o in n.output if o]
@@ -514,6 +509,7 @@ class Plan:
         self.steps: list[Step] = []
         self.values: dict[str, Value] = {}
         self.stops: list[tuple[str, str]] = []  # (op, node name) of unsupported nodes met
+        self.stop_reasons: dict[str, str] = {}  # node name -> why, for supported ops it cannot run
         input_perm = IDENTITY if g.layout == "nchw" else (0, 2, 3, 1)
         self.values[g.input_name] = Value(g.input_name, "input", "input", "", input_perm, False, False)
         for n in nodes:
@@ -530,7 +526,13 @@ class Plan:
                         "Choose earlier layers (`nst-ort-export inspect`) or rewrite that part of the model")
                 self.stops.append((n.op_type, n.name))
                 continue
-            self._add(n, fold.get(id(n)), outs(n), ins)
+            try:
+                self._add(n, fold.get(id(n)), outs(n), ins)
+            except UnsupportedOp as e:
+                if needed is not None:
+                    raise
+                self.stops.append((n.op_type, n.name))
+                self.stop_reasons[n.name] = str(e)
 
     def _add(self, n, bn, outputs: list[str], ins: list[str]) -> None:
         g, op = self.g, n.op_type
@@ -551,11 +553,14 @@ class Plan:
             src = g.producer.get(n.input[0])
             block = src is not None and src.op_type in ("Add", "Sum") and len(ins) == 1 \
                 and sum(1 for i in src.input if g.const(i) is None) >= 2
+        # Built here, so that an op the interpreter cannot run (attributes, computed weights) is
+        # found by `inspect` as well as by the import.
+        module = ConvOp(n, g, bn=bn) if bn is not None else OP_MODULES[op](n, g)
         layer = g.name_of(bn if bn is not None else n)
         for k, o in enumerate(outputs):
             self.values[o] = Value(o, layer if k == 0 else f"{layer}_{k}", op, (bn or n).name,
                                    perm if k == 0 else None, after_conv, block, op + ("+BN" if bn is not None else ""))
-        self.steps.append(Step(g.name_of(n), n, bn, ins, outputs))
+        self.steps.append(Step(g.name_of(n), module, ins, outputs))
 
 
 def _nchw_shape(shape: tuple, perm: tuple) -> tuple:
@@ -578,11 +583,7 @@ class OnnxTaps(nn.Module):
         self.plan = []
         for step in plan.steps:
             key = step.key if not hasattr(self.nodes, step.key) else f"node_{step.key}"
-            if step.bn is not None:
-                module = ConvOp(step.node, g, bn=step.bn)
-            else:
-                module = OP_MODULES[step.node.op_type](step.node, g)
-            self.nodes[key] = module
+            self.nodes[key] = step.module
             self.plan.append((key, step.inputs, step.outputs))
         self.taps = [(v.name, None if v.perm == IDENTITY else [v.perm.index(i) for i in range(4)]) for v in taps]
         self.tap_values = list(taps)
@@ -633,6 +634,7 @@ class Inspection:
     stops: list[tuple[str, str]]
     content_layers: list[str]
     style_layers: list[str]
+    stop_reasons: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def by_name(self) -> dict[str, Candidate]:
         return {c.name: c for c in self.candidates}
@@ -651,6 +653,8 @@ class Inspection:
             ops = sorted({op for op, _ in self.stops})
             lines.append(f"not importable (the network is cut before these): {', '.join(ops)} "
                          f"(first: node {self.stops[0][1]!r})")
+            for node, why in list(self.stop_reasons.items())[:3]:
+                lines.append(f"  {why}")
         lines.append("suggested (* above; nst-ort-export import uses these unless told otherwise):")
         lines.append(f"  --content-layers {','.join(self.content_layers)}")
         lines.append(f"  --style-layers {','.join(self.style_layers)}")
@@ -662,7 +666,8 @@ class Inspection:
             "input": {"name": self.input_name, "dims": self.input_dims, "layout": self.layout},
             "probe": list(self.probe),
             "candidates": [{**dataclasses.asdict(c), "shape": list(c.shape)} for c in self.candidates],
-            "not_importable": [{"op": op, "node": name} for op, name in self.stops],
+            "not_importable": [{"op": op, "node": name, **({"why": self.stop_reasons[name]} if name in self.stop_reasons
+                                                          else {})} for op, name in self.stops],
             "content_layers": self.content_layers, "style_layers": self.style_layers,
         }
 
@@ -680,7 +685,7 @@ def inspect(path: str | Path, input_layout: str | None = None, size: tuple[int, 
     plan = Plan(g)
     h, w = size or probe_size(g)
     values = [v for v in plan.values.values() if v.name != g.input_name]
-    module = OnnxTaps(g, IDENTITY_PRE, plan, [])
+    module = OnnxTaps(g, RAW, plan, [])
     with torch.no_grad():
         env = module.values(torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(0)))
     cands = []
@@ -697,10 +702,7 @@ def inspect(path: str | Path, input_layout: str | None = None, size: tuple[int, 
     content, style = suggest_layers(cands)
     producer = f"{g.model.producer_name or 'unknown producer'} {g.model.producer_version}".strip()
     return Inspection(g.path, producer, g.opset, g.input_name, g.input_dims, g.layout, (h, w), cands, plan.stops,
-                      content, style)
-
-
-IDENTITY_PRE = Preprocess("RGB", 1.0, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+                      content, style, plan.stop_reasons)
 
 
 def suggest_layers(cands: list[Candidate]) -> tuple[list[str], list[str]]:

@@ -251,8 +251,8 @@ def build_resnet(
     ref = resnet_reference(arch)
     state, source = torchvision_weights(arch, weights)
     if state is None:
-        source["source"] = f"random (seed {seed}, kaiming normal; BN statistics random, folded)"
-        _random_init(ref, seed)
+        source["source"] = f"random (seed {seed}, kaiming normal; BN statistics measured on noise, folded)"
+        _random_init(ref, seed, forward=ref.taps)
     else:
         load_resnet_state(ref, state, weights)
     preprocess = preprocess or IMAGENET_TORCHVISION

