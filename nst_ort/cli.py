@@ -55,6 +55,16 @@ def _layer_weights(text: str) -> dict[str, float]:
     return out
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a default only where there is one to show (not None/False, not already in the text)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):
         # argparse prints the whole usage (a dozen lines here) first: one line, like every other error.
@@ -66,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="nst-ort",
         description="Neural style transfer (Gatys et al.) on ONNX Runtime. "
         "nst-ort CONTENT STYLE [STYLE ...] -o OUT; CONTENT may be a folder (batch); --texture for no content.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     p.add_argument("images", nargs="*", help="content image (or folder) then style image(s); with --texture, style image(s) only")
     p.add_argument("-o", "--output", required=False, help="output image (or folder for a batch)")
