@@ -270,7 +270,8 @@ def _check_memory(stylizer, cfg: Config) -> None:
     sizes = [stylizer._size_at(long_side) for long_side, _ in stylizer.schedule]
     what = str(cfg.content) if cfg.content is not None else "texture"
     memory.check(what, stylizer.artifacts.manifest["layers"], sizes, cfg.optim.name, cfg.optim.history,
-                 stylizer.artifacts.min_size, cfg.style_scale, on_host=stylizer.graphs.placement.device == "cpu")
+                 stylizer.artifacts.min_size, cfg.style_scale, on_host=stylizer.graphs.placement.device == "cpu",
+                 factor=memory.graph_factor(stylizer.artifacts.manifest))
 
 
 def stylize_one(cfg: Config, out: Path, args, artifacts, settings: dict) -> None:

@@ -9,11 +9,16 @@ CLI checks first. The estimate is linear in the pixel count:
     address   = FIXED + ADDRESS_EXTRA + 1.5 * graph + optimizer   (compared with RLIMIT_AS, `ulimit -v`)
 
 GRAPH_FACTOR was calibrated with benchmarks/memory_calibrate.py (peak RSS minus the RSS after the
-sessions were made, VGG16, CPU provider, onnxruntime 1.32, 256-1024 px; factors 6-12.6), set a
-little above the largest, so the estimate is high by up to ~1.8x where onnxruntime's arena happens
-to fit tightly (1024 px: 4.8 GB estimated, 2.7 GB measured, with Adam). The address-space figure
-is larger (measured VmPeak growth: 1.3-1.4x the RSS growth, plus up to ~300 MB at small sizes)
-because onnxruntime's arena and malloc reserve address space before touching it.
+sessions were made, VGG16, CPU provider, onnxruntime 1.32, Adam, 1 thread). It depends on how the
+training graph's backward was made (the manifest's "gradient"):
+- "manual" (export/manual_grad.py: the backward keeps bool masks, not activations): factors 5.1,
+  5.8, 5.5 at 256, 512, 1024 px, and 5.7 for a whole 2048x1536 multi-scale run (peak RSS 9.9 GiB
+  with 3 L-BFGS pairs stored); MANUAL_GRAPH_FACTOR = 7 keeps ~20% headroom.
+- "autograd" (torch's own backward, traced): factors 6-12.6 at 256-1024 px; GRAPH_FACTOR = 13,
+  high by up to ~1.8x where onnxruntime's arena happens to fit tightly.
+The address-space figure is larger (measured VmPeak growth: 1.3-1.6x the RSS growth, plus up to
+~300 MB at small sizes) because onnxruntime's arena and malloc reserve address space before
+touching it.
 NST_ORT_MEMORY_CHECK=0 skips the check.
 """
 from __future__ import annotations
@@ -29,7 +34,8 @@ except ImportError:  # Windows: no RLIMIT_AS
 
 from .errors import OutOfMemory
 
-GRAPH_FACTOR = 13.0  # bytes of activations (forward + backward + arena slack) per tapped float; measured 8-12
+GRAPH_FACTOR = 13.0  # bytes of activations (forward + backward + arena slack) per tapped float; measured 6-12.6
+MANUAL_GRAPH_FACTOR = 7.0  # the same for a manual backward (manifest "gradient": "manual"); measured 5.1-5.8
 EVAL_FACTOR = 4.0  # the eval graph (style and content targets) keeps no backward state
 FIXED = 64 << 20  # per-run overhead measured at the smallest sizes (targets, bindings, numpy temporaries)
 ADDRESS_EXTRA = 256 << 20  # address space reserved but not touched (malloc arenas, thread stacks), measured
@@ -49,12 +55,18 @@ def _per_pixel(layers: list[dict]) -> float:
     return sum(float(layer["channels"]) / float(layer["stride"]) ** 2 for layer in layers)
 
 
+def graph_factor(manifest: dict) -> float:
+    """Bytes per tapped float that the training graph needs, by how its backward was made."""
+    return MANUAL_GRAPH_FACTOR if manifest.get("gradient") == "manual" else GRAPH_FACTOR
+
+
 def estimate(layers: list[dict], size: tuple[int, int], optimizer: str = "lbfgs", history: int = 100,
-             style_size: tuple[int, int] | None = None, on_host: bool = True) -> Need:
+             style_size: tuple[int, int] | None = None, on_host: bool = True,
+             factor: float = GRAPH_FACTOR) -> Need:
     """Bytes one scale at size (w, h) adds; style_size: the largest style image fed to the eval graph."""
     w, h = size
     per_px = _per_pixel(layers) * FLOAT
-    graph = GRAPH_FACTOR * per_px * w * h
+    graph = factor * per_px * w * h
     if style_size is not None:
         graph = max(graph, EVAL_FACTOR * per_px * style_size[0] * style_size[1])
     if not on_host:
@@ -152,7 +164,8 @@ def largest_fitting(fits, low: int, high: int) -> int | None:
 
 
 def check(what: str, layers: list[dict], sizes: list[tuple[int, int]], optimizer: str, history: int,
-          min_side: int, style_scale: float = 1.0, on_host: bool = True, avail: Available | None = None) -> None:
+          min_side: int, style_scale: float = 1.0, on_host: bool = True, avail: Available | None = None,
+          factor: float = GRAPH_FACTOR) -> None:
     """Raise OutOfMemory if the largest scale in `sizes` [(w, h)] would not fit; name the size that would."""
     if os.environ.get("NST_ORT_MEMORY_CHECK", "1") == "0":
         return
@@ -165,7 +178,7 @@ def check(what: str, layers: list[dict], sizes: list[tuple[int, int]], optimizer
     def need_at(side: int) -> Need:
         sw, sh = max(1, round(w * side / long_side)), max(1, round(h * side / long_side))
         style = (max(1, round(sw * style_scale)), max(1, round(sh * style_scale)))
-        return estimate(layers, (sw, sh), optimizer, history, style, on_host)
+        return estimate(layers, (sw, sh), optimizer, history, style, on_host, factor)
 
     need = need_at(long_side)
     if avail.fits(need):
