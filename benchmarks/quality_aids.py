@@ -2,7 +2,8 @@
 
     python benchmarks/quality_aids.py [--size 256] [--iterations 200] [--optimizer lbfgs]
 
-Prints a table and writes benchmarks/quality_aids.json. The record losses are those of the iterate;
+Prints a table and writes JSON (--json; default benchmarks/results/quality_aids_OPTIMIZER.json).
+The record losses are those of the iterate;
 here the output image (the average, when averaging) is evaluated by the training graph itself.
 """
 from __future__ import annotations
@@ -35,6 +36,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--iterations", type=int, default=200)
     ap.add_argument("--optimizer", default="lbfgs")
+    ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--pairs", default="tuebingen_neckarfront.jpg:starry_night.jpg,chelsea_cat.jpg:great_wave.jpg")
     args = ap.parse_args()
     rows = []
@@ -51,7 +53,8 @@ def main() -> None:
     print(f"\n{'pair':50s} {'average':8s} {'content':>12s} {'style':>12s} {'total':>12s}")
     for r in rows:
         print(f"{r['pair']:50s} {str(r['average']):8s} {r['content']:12.4g} {r['style']:12.4g} {r['total']:12.4g}")
-    (HERE / "quality_aids.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1) + "\n")
+    out = args.json or HERE / "results" / f"quality_aids_{args.optimizer}.json"
+    out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

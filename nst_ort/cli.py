@@ -107,7 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--history", type=int, default=None, help="L-BFGS history size (default 100)")
     o.add_argument("--init", default="content", help="content, noise, or an image path")
     o.add_argument("--seed", type=int, default=0, help="seed for noise init")
-    o.add_argument("--average", action="store_true", help="output the running average of the iterates")
+    o.add_argument("--average", action="store_true",
+                   help="output a running average of the iterates (EMA, decay 0.9); off by default: "
+                        "no gain measured at 256 px (benchmarks/RESULTS.md)")
     r = p.add_argument_group("runtime")
     r.add_argument("--model", help="artifact folder (default: the embedded VGG16)")
     r.add_argument("--device", default="auto", help="auto, cpu or cuda")
