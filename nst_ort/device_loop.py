@@ -201,20 +201,37 @@ class DeviceLBFGS:
         return {"kind": "lbfgs", "lr": self.lr, "m": self.m, "S": self.S.fetch(self.order),
                 "Y": self.Y.fetch(self.order), "rho": rho, "k": self.k, "h_diag": self.h_diag,
                 "d": self.d.fetch()[0], "t": self.t, "g_prev": g_prev, "restarts": self.restarts,
-                "sd_steps": self.sd_steps}
+                "sd_steps": self.sd_steps,
+                # The host-side dot products exactly as accumulated (float32 on the device, one pair
+                # at a time): recomputing them from S and Y on load rounds differently, and the
+                # resumed run would drift from the uninterrupted one by a few ulps per step.
+                "R": self.R, "YY": self.YY,
+                # Which buffer row holds each pair: the projection and direction graphs sum over
+                # rows in slot order, so the same slots give the same rounding after a resume.
+                "slots": np.asarray(self.order, np.int64)}
 
     def load_state_dict(self, s: dict) -> None:
         S, Y = np.asarray(s["S"], np.float32), np.asarray(s["Y"], np.float32)
         c = min(len(s["rho"]), self.m)
         S, Y = S[len(S) - c:], Y[len(Y) - c:]
+        slots = [int(i) for i in np.asarray(s.get("slots", []), np.int64).reshape(-1)][len(s["rho"]) - c:]
+        if len(slots) != c or len(set(slots)) != c or not all(0 <= i <= self.m for i in slots):
+            slots = list(range(c))  # a host-loop checkpoint, or another history size: pack them
         if c:
-            self.S.upload(0, S)
-            self.Y.upload(0, Y)
-        self.order = list(range(c))
-        self.R = np.triu((S @ Y.T).astype(np.float64)) if c else np.zeros((0, 0))
-        if c:
-            np.fill_diagonal(self.R, 1.0 / np.asarray(s["rho"], np.float64)[len(s["rho"]) - c:])
-        self.YY = (Y @ Y.T).astype(np.float64) if c else np.zeros((0, 0))
+            rows = max(slots) + 1
+            for buf, data in ((self.S, S), (self.Y, Y)):
+                full = np.zeros((rows, self.n), np.float32)
+                full[slots] = data
+                buf.upload(0, full)
+        self.order = slots
+        R, YY = s.get("R"), s.get("YY")
+        if R is not None and YY is not None and np.shape(R) == (c, c) and np.shape(YY) == (c, c):
+            self.R, self.YY = np.asarray(R, np.float64), np.asarray(YY, np.float64)
+        else:  # a host-loop checkpoint (optim.LBFGS keeps no dot products): recompute them
+            self.R = np.triu((S @ Y.T).astype(np.float64)) if c else np.zeros((0, 0))
+            if c:
+                np.fill_diagonal(self.R, 1.0 / np.asarray(s["rho"], np.float64)[len(s["rho"]) - c:])
+            self.YY = (Y @ Y.T).astype(np.float64) if c else np.zeros((0, 0))
         self.d.upload(0, s["d"])
         self.k, self.h_diag, self.t = int(s["k"]), float(s["h_diag"]), float(s["t"])
         self.restarts, self.sd_steps = int(s["restarts"]), int(s["sd_steps"])

@@ -121,6 +121,7 @@ class Stylizer:
         self.x: np.ndarray | None = None  # [1, 3, H, W]
         self.best: np.ndarray | None = None  # last finite image
         self.optimizer = None
+        self._resume_optimizer: dict | None = None  # a checkpoint's optimizer state, for the device loop
         self.average: np.ndarray | None = None
 
     # -- sizes and targets -------------------------------------------------------------------
@@ -221,7 +222,8 @@ class Stylizer:
                 if self.scale + 1 >= len(self.schedule):
                     return
                 self.scale, self.iteration = self.scale + 1, 0
-                self.optimizer = None  # each scale starts a fresh L-BFGS history (as neural-style's multires)
+                # each scale starts a fresh L-BFGS history (as neural-style's multires)
+                self.optimizer = self._resume_optimizer = None
                 self.average = None
                 continue
             size = self._size_at(long_side)
@@ -321,7 +323,9 @@ class Stylizer:
                 raise UsageError(f"{self.artifacts.path}: this model has no {cfg.optim.name} optimizer graphs "
                                  "(re-export it, or: python -m export.optim_graphs MODEL); use --loop host")
             return None
-        state = self.optimizer.state_dict() if self.optimizer is not None else None
+        state = self._resume_optimizer if self._resume_optimizer is not None else (
+            self.optimizer.state_dict() if self.optimizer is not None else None)
+        self._resume_optimizer = None
         loop = DeviceLoop(self.graphs, feeds, self.x, cfg.optim.name, cfg.optim.learning_rate(),
                           cfg.optim.history, runners=runners, state=state)
         self.optimizer, self._loop = loop, loop  # state() asks it for the optimizer's state_dict
@@ -360,3 +364,7 @@ class Stylizer:
             o = s["optimizer"]
             self.optimizer = optim.make(o["kind"], self.x.size, float(o["lr"]), int(o.get("m", 100)))
             self.optimizer.load_state_dict(o)
+            # The device loop takes the checkpoint's own dict: it carries what the host optimizer
+            # does not keep (the device L-BFGS's dot products and buffer slots), without which a
+            # resumed run rounds differently from an uninterrupted one.
+            self._resume_optimizer = o

@@ -49,9 +49,11 @@ def test_same_seed_same_bytes(tmp_path, examples):
     assert _sha(out) != outs[0]
 
 
-def test_resume_equals_uninterrupted(tmp_path, examples):
-    """5 iterations + checkpoint, then resume to 10 == 10 in one go (L-BFGS history included)."""
-    args = [examples / "chelsea_cat.jpg", examples / "starry_night.jpg", "--size", "96", *FAST]
+@pytest.mark.parametrize("loop", ["device", "host"])
+def test_resume_equals_uninterrupted(tmp_path, examples, loop):
+    """5 iterations + checkpoint, then resume to 10 == 10 in one go (L-BFGS history included), with
+    the optimizer in device buffers (the default model's CPU path) and on the host."""
+    args = [examples / "chelsea_cat.jpg", examples / "starry_night.jpg", "--size", "96", "--loop", loop, *FAST]
     full, part, ck = tmp_path / "full.png", tmp_path / "part.png", tmp_path / "ck.npz"
     assert run_cli([*args, "-o", full, "--iterations", "10"]).returncode == 0
     assert run_cli([*args, "-o", part, "--iterations", "5", "--checkpoint", ck]).returncode == 0
