@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "optimizer graphs); host: optimizer in numpy; auto: device when the model has them")
     out = p.add_argument_group("progress and results")
     out.add_argument("--save-every", type=int, default=0, help="write the current image every N iterations")
-    out.add_argument("--report", help="write a JSON report (settings, per-iteration losses, timings)")
+    out.add_argument("--report", help="write a JSON report (settings, what ran, per-iteration losses, timings)")
     out.add_argument("--checkpoint", help="write a checkpoint here (every --save-every and at the end or on Ctrl-C)")
     out.add_argument("--resume", help="resume from this checkpoint (same inputs and settings)")
     out.add_argument("--info", action="store_true", help="print the model's layers and defaults, then exit")
@@ -294,6 +294,11 @@ def stylize_one(cfg: Config, out: Path, args, artifacts, settings: dict) -> None
         if args.checkpoint and stylizer.x is not None:
             checkpoint.save(args.checkpoint, stylizer.state(), fingerprint)
         if args.report:
+            g = stylizer.graphs
+            report.runtime = {"providers": g.train.get_providers(), "device": g.placement.device,
+                              "train_graph": Path(g.train._model_path).name
+                              if getattr(g.train, "_model_path", None) else None,
+                              "loop": "device" if stylizer._loop is not None else "host"}
             report.write(args.report, status)
 
     try:

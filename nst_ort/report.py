@@ -58,6 +58,7 @@ class Report:
     def __init__(self, settings: dict):
         self.settings = settings
         self.records: list[dict] = []
+        self.runtime: dict = {}  # what actually ran (providers, training graph, loop): flags say "auto"
         self.t0 = time.perf_counter()
 
     def __call__(self, r: IterationRecord) -> None:
@@ -76,5 +77,5 @@ class Report:
         return out
 
     def write(self, path: str | Path, status: str = "done") -> None:
-        write_json_atomic(path, {"status": status, "settings": self.settings, "summary": self.summary(),
-                                 "records": self.records})
+        write_json_atomic(path, {"status": status, "settings": self.settings, "runtime": self.runtime,
+                                 "summary": self.summary(), "records": self.records})

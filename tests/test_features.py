@@ -205,3 +205,7 @@ def test_save_every_and_report(tmp_path, examples):
     assert data["status"] == "done" and len(data["records"]) == 4
     assert {"loss", "content", "style", "tv", "seconds", "style_layers"} <= set(data["records"][0])
     assert data["settings"]["size"] == 64
+    # What actually ran, where the flags said "auto": the default model on the CPU runs its
+    # Winograd training graph with the optimizer in device buffers.
+    assert data["runtime"] == {"providers": ["CPUExecutionProvider"], "device": "cpu",
+                               "train_graph": "train_cpu.onnx", "loop": "device"}
