@@ -7,13 +7,13 @@ from __future__ import annotations
 import io
 import os
 import re
-import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
+from .atomic import atomic_write
 from .errors import ImageError, OutOfMemory, OutputError
 
 # Pillow's own guard against decompression bombs, made an error (it only warns below 2x).
@@ -200,26 +200,11 @@ def save_image(arr: np.ndarray, path: str | Path) -> Path:
     if fmt is None:
         raise OutputError(f"{path}: unknown image extension {path.suffix!r} (use .png, .jpg, .webp, .tif)")
     img = Image.fromarray(to_uint8(arr), mode="RGB")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    kwargs = {"icc_profile": _SRGB_BYTES}
+    if fmt == "JPEG":
+        kwargs.update(quality=95, subsampling=0)
     try:
-        with os.fdopen(fd, "wb") as f:
-            kwargs = {"icc_profile": _SRGB_BYTES}
-            if fmt == "JPEG":
-                kwargs.update(quality=95, subsampling=0)
-            img.save(f, format=fmt, **kwargs)
-            f.flush()
-            os.fsync(f.fileno())
-        # mkstemp makes the file 0600; an output image gets the usual mode (0666 less the umask).
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(e, OSError):
-            raise OutputError(f"{path}: cannot write ({e.strerror or e})") from None
-        raise
+        atomic_write(path, lambda f: img.save(f, format=fmt, **kwargs))
+    except OSError as e:
+        raise OutputError(f"{path}: cannot write ({e.strerror or e})") from None
     return path
