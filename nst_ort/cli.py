@@ -294,11 +294,7 @@ def stylize_one(cfg: Config, out: Path, args, artifacts, settings: dict) -> None
         if args.checkpoint and stylizer.x is not None:
             checkpoint.save(args.checkpoint, stylizer.state(), fingerprint)
         if args.report:
-            g = stylizer.graphs
-            report.runtime = {"providers": g.train.get_providers(), "device": g.placement.device,
-                              "train_graph": Path(g.train._model_path).name
-                              if getattr(g.train, "_model_path", None) else None,
-                              "loop": "device" if stylizer._loop is not None else "host"}
+            report.runtime = stylizer.runtime()
             report.write(args.report, status)
 
     try:

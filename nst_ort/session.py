@@ -70,7 +70,8 @@ class Graphs:
         self.artifacts, self.placement = artifacts, placement
         try:
             self.eval = _session(artifacts.graph_path("eval"), placement, arena=False)
-            self.train = _session(artifacts.train_graph_path(placement.device), placement)
+            self.train_path = artifacts.train_graph_path(placement.device)
+            self.train = _session(self.train_path, placement)
         except DeviceError as e:
             if not placement.fallback:
                 raise
@@ -78,7 +79,8 @@ class Graphs:
                 placement.warn(f"{e}; running on the CPU")
             self.placement = placement = placement.on_cpu()
             self.eval = _session(artifacts.graph_path("eval"), placement, arena=False)
-            self.train = _session(artifacts.train_graph_path(placement.device), placement)
+            self.train_path = artifacts.train_graph_path(placement.device)
+            self.train = _session(self.train_path, placement)
         _release_freed_memory()
         expected = set(artifacts.content_layers) | set(artifacts.style_layers)
         outs = {o.name.split(".", 1)[1] for o in self.eval.get_outputs()}

@@ -121,7 +121,10 @@ class Stylizer:
         self.x: np.ndarray | None = None  # [1, 3, H, W]
         self.best: np.ndarray | None = None  # last finite image
         self.optimizer = None
-        self._resume_optimizer: dict | None = None  # a checkpoint's optimizer state, for the device loop
+        # A checkpoint's optimizer state, until the loop that resumes it (host or device) takes it
+        # whole: the device L-BFGS's dict carries what the host optimizer keeps no copy of (its dot
+        # products and buffer slots), without which a resumed run rounds differently.
+        self._optimizer_state: dict | None = None
         self.average: np.ndarray | None = None
 
     # -- sizes and targets -------------------------------------------------------------------
@@ -223,7 +226,7 @@ class Stylizer:
                     return
                 self.scale, self.iteration = self.scale + 1, 0
                 # each scale starts a fresh L-BFGS history (as neural-style's multires)
-                self.optimizer = self._resume_optimizer = None
+                self.optimizer = self._optimizer_state = None
                 self.average = None
                 continue
             size = self._size_at(long_side)
@@ -233,8 +236,13 @@ class Stylizer:
             loop = self._device_loop(feeds)
             if loop is None:
                 step_fn = TrainStep(self.graphs, feeds, self.x.shape)
-                if self.optimizer is None:
+                o = self._optimizer_state
+                if self.optimizer is None and o is None:
                     self.optimizer = optim.make(cfg.optim.name, self.x.size, cfg.optim.learning_rate(), cfg.optim.history)
+                elif self.optimizer is None:  # resumed from a checkpoint
+                    self.optimizer = optim.make(o["kind"], self.x.size, float(o["lr"]), int(o.get("m", 100)))
+                    self.optimizer.load_state_dict(o)
+                    self._optimizer_state = None
             del feeds
             tw = self.weights.terms
             while self.iteration < iterations:
@@ -323,9 +331,9 @@ class Stylizer:
                 raise UsageError(f"{self.artifacts.path}: this model has no {cfg.optim.name} optimizer graphs "
                                  "(re-export it, or: python -m export.optim_graphs MODEL); use --loop host")
             return None
-        state = self._resume_optimizer if self._resume_optimizer is not None else (
+        state = self._optimizer_state if self._optimizer_state is not None else (
             self.optimizer.state_dict() if self.optimizer is not None else None)
-        self._resume_optimizer = None
+        self._optimizer_state = None
         loop = DeviceLoop(self.graphs, feeds, self.x, cfg.optim.name, cfg.optim.learning_rate(),
                           cfg.optim.history, runners=runners, state=state)
         self.optimizer, self._loop = loop, loop  # state() asks it for the optimizer's state_dict
@@ -344,12 +352,19 @@ class Stylizer:
 
     result = current
 
+    def runtime(self) -> dict:
+        """What runs, where the config says "auto": providers, training graph, loop (for the report)."""
+        return {"providers": self.graphs.train.get_providers(), "device": self.graphs.placement.device,
+                "train_graph": self.graphs.train_path.name, "loop": "device" if self._loop is not None else "host"}
+
     def state(self) -> dict:
         """Everything needed to resume: the CheckpointState (checkpoint.py writes it)."""
         s = {"scale": self.scale, "iteration": self.iteration, "step": self.step, "x": self.x,
              "rng": self.rng.bit_generator.state}
         if self.optimizer is not None:
             s["optimizer"] = self.optimizer.state_dict()
+        elif self._optimizer_state is not None:  # resumed, not stepped since
+            s["optimizer"] = self._optimizer_state
         if self.average is not None:
             s["average"] = self.average
         return s
@@ -360,11 +375,4 @@ class Stylizer:
         self.best = self.x
         self.rng.bit_generator.state = s["rng"]
         self.average = s.get("average")
-        if "optimizer" in s:
-            o = s["optimizer"]
-            self.optimizer = optim.make(o["kind"], self.x.size, float(o["lr"]), int(o.get("m", 100)))
-            self.optimizer.load_state_dict(o)
-            # The device loop takes the checkpoint's own dict: it carries what the host optimizer
-            # does not keep (the device L-BFGS's dot products and buffer slots), without which a
-            # resumed run rounds differently from an uninterrupted one.
-            self._resume_optimizer = o
+        self.optimizer, self._optimizer_state = None, s.get("optimizer")
