@@ -335,7 +335,22 @@ def _sigterm(signum, frame):
     raise _Interrupted()
 
 
+# `nst-ort NAME ...` for each NAME here runs "module:function"(argv[1:]) instead of stylizing. Each
+# subcommand owns its parser; the module is imported only when asked for (start-up stays small).
+SUBCOMMANDS: dict[str, str] = {}
+
+
+def _subcommand(argv: list[str]) -> int:
+    import importlib
+
+    module, _, func = SUBCOMMANDS[argv[0]].partition(":")
+    return getattr(importlib.import_module(module), func)(argv[1:])
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in SUBCOMMANDS:
+        return _subcommand(argv)
     args = build_parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _sigterm)
     try:
