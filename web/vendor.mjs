@@ -1,0 +1,43 @@
+// Copies the minimal set of onnxruntime-web files the page loads from node_modules (installed from
+// package-lock.json: `npm ci`) into web/vendor/onnxruntime-web/, with their sha256 in SOURCES.json.
+// The copies are committed so that `pip install .` ships a working app without node or npm;
+// tests/test_web.py checks that they are byte-identical to the locked npm package.
+//   npm ci --ignore-scripts && npm run vendor
+import { createHash } from 'node:crypto';
+import { copyFileSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const FILES = [
+  // wasm backend (every browser): the API module, its emscripten loader and the SIMD+threads binary
+  'ort.wasm.min.mjs', 'ort-wasm-simd-threaded.mjs', 'ort-wasm-simd-threaded.wasm',
+  // WebGPU backend (also runs wasm kernels for ops WebGPU lacks): its own build of the same
+  'ort.webgpu.min.mjs', 'ort-wasm-simd-threaded.asyncify.mjs', 'ort-wasm-simd-threaded.asyncify.wasm',
+];
+
+const root = dirname(dirname(fileURLToPath(import.meta.url)));
+const pkg = join(root, 'node_modules', 'onnxruntime-web');
+const out = join(root, 'web', 'vendor', 'onnxruntime-web');
+
+if (process.argv[1] === fileURLToPath(import.meta.url)) {
+  const version = JSON.parse(readFileSync(join(pkg, 'package.json'), 'utf8')).version;
+  const lock = JSON.parse(readFileSync(join(root, 'package-lock.json'), 'utf8'));
+  const locked = lock.packages['node_modules/onnxruntime-web'];
+  rmSync(out, { recursive: true, force: true });
+  mkdirSync(out, { recursive: true });
+  const files = {};
+  for (const name of FILES) {
+    copyFileSync(join(pkg, 'dist', name), join(out, name));
+    const data = readFileSync(join(out, name));
+    files[name] = { sha256: createHash('sha256').update(data).digest('hex'), bytes: data.length };
+  }
+  const sources = {
+    package: 'onnxruntime-web', version, resolved: locked.resolved, integrity: locked.integrity,
+    license: 'MIT (Copyright (c) Microsoft Corporation; the notice is at the top of each .mjs file)',
+    note: 'copied from node_modules/onnxruntime-web/dist by `npm run vendor` (web/vendor.mjs); do not edit',
+    files,
+  };
+  writeFileSync(join(out, 'SOURCES.json'), JSON.stringify(sources, null, 2) + '\n');
+  const total = Object.values(files).reduce((a, f) => a + f.bytes, 0);
+  console.log(`vendored onnxruntime-web ${version}: ${readdirSync(out).length - 1} files, ${(total / 2 ** 20).toFixed(1)} MiB`);
+}
