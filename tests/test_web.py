@@ -1,0 +1,339 @@
+"""The browser app (web/) and `nst-ort web`, checked in a real browser: headless Chromium driven by
+puppeteer-core (tests/web/drive.mjs) through the page's own controls, against `nst-ort web`.
+
+The browser tests skip (saying why) where Chromium or node is missing; `.ci/run` installs both, so CI
+runs them. The server, the vendored onnxruntime-web files and the image code need less.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nst_ort.images import fit_size, load_image, resize
+
+ROOT = Path(__file__).resolve().parent.parent
+WEB = ROOT / "web"
+VENDOR = WEB / "vendor" / "onnxruntime-web"
+DRIVER = ROOT / "tests" / "web" / "drive.mjs"
+MODEL = ROOT / "models" / "vgg16"
+EXAMPLES = ROOT / "examples"
+
+NODE = shutil.which("node")
+CHROMIUM = next((p for p in (os.environ.get("NST_ORT_CHROMIUM"), shutil.which("chromium"),
+                             shutil.which("chromium-browser"), "/usr/bin/chromium") if p and Path(p).is_file()), None)
+
+needs_node = pytest.mark.skipif(NODE is None, reason="node is not installed (apt-get install nodejs npm)")
+needs_browser = pytest.mark.skipif(NODE is None or CHROMIUM is None,
+                                   reason="needs node and Chromium (apt-get install chromium nodejs npm; .ci/run does)")
+
+
+@pytest.fixture(scope="session")
+def puppeteer():
+    """puppeteer-core from package-lock.json (npm ci, as .ci/run does), installed here if missing."""
+    if not (ROOT / "node_modules" / "puppeteer-core").is_dir():
+        npm = shutil.which("npm")
+        r = subprocess.run([npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund"], cwd=ROOT,
+                           capture_output=True, text=True) if npm else None
+        if r is None or r.returncode != 0:
+            pytest.skip("puppeteer-core is not installed and `npm ci` failed (no npm or no registry): "
+                        + (r.stderr.strip().splitlines()[-1] if r is not None and r.stderr.strip() else "npm missing"))
+    return ROOT / "node_modules" / "puppeteer-core"
+
+
+@contextlib.contextmanager
+def serve(model: Path | None = None, *extra: str):
+    """`nst-ort web --port 0` in a subprocess; yields the URL it prints."""
+    cmd = [sys.executable, "-m", "nst_ort", "web", "--port", "0", *extra] + (["--model", str(model)] if model else [])
+    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = p.stdout.readline()
+        found = re.search(r"http://[^\s]+/", line)
+        if not found:
+            p.kill()
+            raise AssertionError(f"nst-ort web printed {line!r}; stderr: {p.stderr.read()[-2000:]}")
+        yield found.group(0)
+    finally:
+        p.terminate()
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def drive(job: dict, timeout: int = 420) -> dict:
+    job = {"chromium": CHROMIUM, "timeout_s": timeout - 30, **job}
+    r = subprocess.run([NODE, str(DRIVER), json.dumps(job)], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0 and r.stdout.strip(), f"driver failed ({r.returncode}): {r.stderr[-3000:]}"
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert "error" not in out, (f"{out['error']}; page state {out.get('state')!r}, message {out.get('message')!r}, "
+                                f"progress {out.get('progress')!r}, page errors {out.get('pageErrors')}")
+    return out
+
+
+def save_png(src: Path, long_side: int, out: Path) -> Path:
+    """A PNG made with the runtime's own loader and Lanczos resize: exact pixels on both sides."""
+    from PIL import Image
+
+    img = load_image(src)
+    w, h = fit_size(img.shape[1], img.shape[0], long_side)
+    Image.fromarray((np.clip(resize(img, (w, h)), 0, 1) * 255 + 0.5).astype(np.uint8)).save(out)
+    return out
+
+
+def rel(a, b) -> float:
+    return abs(a - b) / max(abs(b), 1e-30)
+
+
+# -- the server ------------------------------------------------------------------------------------
+def _get(url: str):
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return r.status, r.headers, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, b""
+
+
+def test_server_types_isolation_and_what_it_serves(tmp_path):
+    with serve() as url:
+        status, headers, body = _get(url)
+        assert status == 200 and headers["Content-Type"].startswith("text/html") and b"nst-ort" in body
+        # wasm threads need cross-origin isolation: both headers on every response
+        assert headers["Cross-Origin-Opener-Policy"] == "same-origin"
+        assert headers["Cross-Origin-Embedder-Policy"] == "require-corp"
+        status, headers, body = _get(url + "vendor/onnxruntime-web/ort-wasm-simd-threaded.wasm")
+        assert status == 200 and headers["Content-Type"] == "application/wasm" and body[:4] == b"\0asm"
+        status, headers, _ = _get(url + "vendor/onnxruntime-web/ort.wasm.min.mjs")
+        assert status == 200 and headers["Content-Type"].startswith("text/javascript")
+        assert headers["Cross-Origin-Embedder-Policy"] == "require-corp"
+        status, headers, body = _get(url + "model/manifest.json")
+        assert status == 200 and json.loads(body)["backbone"] == "vgg16"
+        status, _, body = _get(url + "model/weights.bin")
+        assert status == 200 and hashlib.sha256(body).hexdigest() == json.loads(
+            (MODEL / "manifest.json").read_text())["files"]["weights.bin"]["sha256"]
+        # only the manifest's files from the model folder, nothing above the app folder, no listings
+        for path in ("model/MODEL_CARD.md", "model/../pyproject.toml", "model/%2e%2e/manifest.json", "..%2fpyproject.toml",
+                     "%2e%2e/README.md", "vendor/", ".gitignore", "js/%2e%2e/%2e%2e/pyproject.toml"):
+            status, _, _ = _get(url + path)
+            assert status == 404, path
+
+
+def test_server_bad_model_and_busy_port(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "nst_ort", "web", "--model", str(tmp_path / "nope")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 4 and r.stderr.count("\n") == 1 and "nope: model folder does not exist" in r.stderr
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        r = subprocess.run([sys.executable, "-m", "nst_ort", "web", "--port", str(port)],
+                           capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and f"--port {port}: address already in use" in r.stderr
+
+
+def test_vendored_onnxruntime_web_is_the_locked_package():
+    """web/vendor/ holds byte copies of the npm package that package-lock.json pins (npm run vendor)."""
+    sources = json.loads((VENDOR / "SOURCES.json").read_text())
+    lock = json.loads((ROOT / "package-lock.json").read_text())["packages"]["node_modules/onnxruntime-web"]
+    assert sources["version"] == lock["version"] and sources["integrity"] == lock["integrity"]
+    installed = ROOT / "node_modules" / "onnxruntime-web"
+    for name, entry in sources["files"].items():
+        data = (VENDOR / name).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == entry["sha256"], name
+        if installed.is_dir() and json.loads((installed / "package.json").read_text())["version"] == lock["version"]:
+            assert (installed / "dist" / name).read_bytes() == data, f"{name} differs from the npm package"
+    assert sorted(p.name for p in VENDOR.iterdir()) == sorted([*sources["files"], "SOURCES.json"])
+
+
+# -- image code (node, no browser) -------------------------------------------------------------------
+@needs_node
+def test_resize_and_fit_size_match_the_runtime(tmp_path):
+    """web/js/images.js resizes as nst_ort.images.resize (Pillow's float Lanczos) bit for bit, and sizes
+    as fit_size (Python's round: halves to even); so PNG inputs give both sides the same pixels."""
+    src = load_image(EXAMPLES / "starry_night.jpg")[:77, :101]
+    (tmp_path / "src.bin").write_bytes(np.ascontiguousarray(src, np.float32).tobytes())
+    sizes = [(50, 33), (101, 40), (60, 77), (203, 150), (37, 77), (101, 77), (13, 200)]
+    rng = np.random.default_rng(0)
+    fits = [(int(w), int(h), int(L)) for w, h, L in rng.integers(1, 700, (300, 3))] + [(5, 3, 5), (3, 5, 7), (640, 427, 256), (1, 9, 3)]
+    script = tmp_path / "resize.mjs"
+    script.write_text(f"""
+import {{ resize, fitSize }} from {json.dumps((WEB / 'js' / 'images.js').as_uri())};
+import {{ readFileSync, writeFileSync }} from 'node:fs';
+const buf = readFileSync({json.dumps(str(tmp_path / 'src.bin'))});
+const data = new Float32Array(buf.buffer, buf.byteOffset, buf.length / 4);
+const out = {json.dumps([list(s) for s in sizes])}.map(([w, h]) => Array.from(resize({{ width: 101, height: 77, data }}, w, h).data));
+const fits = {json.dumps(fits)}.map(([w, h, l]) => fitSize(w, h, l));
+writeFileSync({json.dumps(str(tmp_path / 'out.json'))}, JSON.stringify({{ out, fits }}));
+""")
+    subprocess.run([NODE, str(script)], check=True, timeout=120)
+    got = json.loads((tmp_path / "out.json").read_text())
+    for (w, h), arr in zip(sizes, got["out"]):
+        np.testing.assert_array_equal(np.array(arr, np.float32).reshape(h, w, 3), resize(src, (w, h)), err_msg=f"{w}x{h}")
+    assert [tuple(f) for f in got["fits"]] == [fit_size(w, h, L) for w, h, L in fits]
+
+
+# -- in the browser ------------------------------------------------------------------------------------
+def _python_reference(content: Path, style: Path, size: int, loop: str) -> list:
+    """The Python runtime (public API), CPU provider, on the same files the page loads."""
+    from nst_ort import Config, StyleInput, Stylizer
+    from nst_ort.config import OptimConfig
+
+    cfg = Config(content=content, styles=[StyleInput(style)], size=size, model=MODEL, device="cpu", threads=2,
+                 loop=loop, optim=OptimConfig(name="lbfgs", iterations=10))
+    return list(Stylizer(cfg).run())
+
+
+@needs_browser
+def test_parity_first_10_lbfgs_iterations(tmp_path, puppeteer):
+    """(1) The page and the Python runtime (CPU provider, device loop) on the same pixels, weights and
+    settings: the first 10 L-BFGS iterations' losses agree within 1e-3 relative.
+
+    Same pixels: PNGs (decoded exactly by both) that both sides Lanczos-resize to 64x42 with the same
+    arithmetic; the page reports the sha256 of its starting image's float32 bytes, which must equal
+    Python's. 64 px: L-BFGS's first curvature pair comes from a step of L1 norm 1 (torch's first step),
+    so float32 rounding enters it; how much later iterations amplify that depends on the settings. At
+    128 px with the default pair even the runtime's own host and device loops differ by up to 6% by
+    iteration 10 (benchmarks/RESULTS.md, "Browser"). This pair at 64 px is well conditioned: the
+    runtime's loops agree to 1e-4 and the page to 1.3e-4."""
+    content = save_png(EXAMPLES / "chelsea_cat.jpg", 80, tmp_path / "content.png")
+    style = save_png(EXAMPLES / "great_wave.jpg", 76, tmp_path / "style.png")
+    ref = _python_reference(content, style, 64, "device")
+    host = _python_reference(content, style, 64, "host")
+    with serve() as url:
+        out = drive({"url": url + "?backend=wasm", "steps": [
+            {"upload": "#content-file", "files": [str(content)]}, {"upload": "#style-files", "files": [str(style)]},
+            {"set": {"size": 64, "iterations": 10, "optimizer": "lbfgs", "history": 100}},
+            {"click": "#start"}, {"until": "['done', 'error'].includes(a.state)"}]})
+    assert out["state"] == "done", out["message"]
+    assert out["backend"]["ep"] == "wasm" and out["model"]["trainGraph"] == "train_cpu.onnx"
+    img = load_image(content)
+    size = fit_size(img.shape[1], img.shape[0], 64)
+    x0 = np.ascontiguousarray(resize(img, size).transpose(2, 0, 1), np.float32)
+    assert out["initDigest"] == hashlib.sha256(x0.tobytes()).hexdigest(), "the page did not start from the same pixels"
+    web = out["records"]
+    assert [r["iteration"] for r in web] == list(range(1, 11)) and (web[0]["width"], web[0]["height"]) == size
+    # The first evaluation, term by term (the same image: the graphs, targets and weights agree).
+    for name, i in zip(("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"), range(5)):
+        assert rel(web[0]["style_layers"][i], ref[0].style_layers[i]) < 1e-3, name
+    # The trajectory: total loss, and each weighted term to 1e-3 of the total.
+    diffs = [rel(w["loss"], r.loss) for w, r in zip(web, ref)]
+    terms = [max(abs(w[k] - getattr(r, k)) / r.loss for k in ("content", "style", "tv")) for w, r in zip(web, ref)]
+    spread = max(rel(h.loss, r.loss) for h, r in zip(host, ref))
+    print(f"\nparity: browser vs Python device loop, max relative difference of the loss over 10 L-BFGS iterations "
+          f"{max(diffs):.2e} (per iteration {' '.join(f'{d:.0e}' for d in diffs)}); terms {max(terms):.2e}; "
+          f"the runtime's host loop vs its device loop: {spread:.2e}")
+    assert max(diffs) < 1e-3 and max(terms) < 1e-3, (
+        f"browser vs Python: {max(diffs):.2e} (per iteration {diffs}); the runtime's own host vs device loops "
+        f"differ by {spread:.2e} on these settings (if that is large too, the settings amplify float32 rounding)")
+
+
+@needs_browser
+def test_page_run_128px_50_iterations_stop_resume_download(tmp_path, puppeteer):
+    """(2) A 128 px, 50-iteration run started from the page's own controls (JPEGs, default weights,
+    L-BFGS), stopped at iteration 20 and resumed, finishes; its style loss falls at least 10x; the
+    image is drawn as it goes and downloads as a 128x96 PNG."""
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    with serve() as url:
+        out = drive({"url": url, "steps": [
+            {"upload": "#content-file", "files": [str(EXAMPLES / "tuebingen_neckarfront.jpg")]},
+            {"upload": "#style-files", "files": [str(EXAMPLES / "starry_night.jpg")]},
+            {"set": {"size": 128, "iterations": 50}},
+            {"click": "#start"},
+            {"until": "a.records.length >= 20 || ['done', 'error'].includes(a.state)"},
+            {"click": "#stop"},
+            {"until": "['stopped', 'done', 'error'].includes(a.state)"},
+            {"snapshot": "stopped"},
+            {"click": "#resume"},
+            {"until": "['done', 'error'].includes(a.state)"},
+            {"download": str(downloads)}]}, timeout=900)
+    stopped = out["snapshots"]["stopped"]
+    assert stopped["state"] == "stopped" and 20 <= len(stopped["records"]) < 50 and stopped["hasImage"], stopped["message"]
+    assert out["state"] == "done", out["message"]
+    recs = out["records"]
+    assert [r["iteration"] for r in recs] == list(range(1, 51)) and (recs[0]["width"], recs[0]["height"]) == (128, 96)
+    assert all(np.isfinite(r["loss"]) for r in recs)
+    print(f"\n128 px, 50 iterations in the page ({out['backend']['label']}): style {recs[0]['style']:.3g} -> "
+          f"{recs[-1]['style']:.3g} ({recs[0]['style'] / recs[-1]['style']:.1f}x), "
+          f"{np.mean([r['seconds'] for r in recs]):.2f} s per iteration")
+    assert recs[-1]["style"] * 10 <= recs[0]["style"]
+    assert out["download"] == "completed"
+    (png,) = downloads.iterdir()
+    result = load_image(png)
+    assert result.shape == (96, 128, 3) and result.std() > 0.05
+
+
+@needs_browser
+def test_bad_input_gets_a_message_in_the_page(tmp_path, puppeteer):
+    """(3) Not an image, an empty file, a size that cannot fit in the browser's memory, and a model
+    folder with a tampered file: each gets a clear message in the page (naming the file), no error in
+    the console, no uncaught exception."""
+    notes = tmp_path / "notes.jpg"
+    notes.write_text("this is not a picture\n")
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    with serve() as url:
+        out = drive({"url": url + "?backend=wasm", "steps": [
+            {"upload": "#content-file", "files": [str(notes)]}, {"snapshot": "not an image"},
+            {"upload": "#style-files", "files": [str(empty)]}, {"snapshot": "empty"},
+            {"upload": "#content-file", "files": [str(EXAMPLES / "chelsea_cat.jpg")]},
+            {"upload": "#style-files", "files": [str(EXAMPLES / "great_wave.jpg")]},
+            {"set": {"size": 3000}}, {"click": "#start"}, {"until": "a.messageKind === 'error'"}, {"snapshot": "too big"}]})
+    s = out["snapshots"]
+    assert s["not an image"]["messageKind"] == "error"
+    assert re.fullmatch(r"notes\.jpg: not an image this browser can decode \(.*22 bytes\)", s["not an image"]["message"])
+    assert s["empty"]["message"] == "empty.png: empty file"
+    big = s["too big"]
+    assert big["state"] == "ready" and not big["records"]  # refused before anything ran
+    assert re.fullmatch(r"refused before starting: \d+x\d+ needs about [\d.]+ GiB of WebAssembly memory; a page's "
+                        r"wasm heap holds at most 4\.00 GiB; the largest size that fits is about \d+ px \(or lower the "
+                        r"L-BFGS history, now 100: .*\)", big["message"]), big["message"]
+    fits = int(re.search(r"about (\d+) px", big["message"]).group(1))
+    assert 600 <= fits <= 1200
+    assert out["pageErrors"] == [] and out["consoleErrors"] == []
+
+    tampered = tmp_path / "tampered"
+    shutil.copytree(MODEL, tampered)
+    data = bytearray((tampered / "weights.bin").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (tampered / "weights.bin").write_bytes(bytes(data))
+    with serve(tampered) as url:
+        out = drive({"url": url})
+    assert out["state"] == "model-error"
+    assert re.fullmatch(r"/model/weights\.bin: sha256 mismatch \(file changed or truncated: 19990220 bytes, manifest says "
+                        r"19990220\); re-export or re-download the model", out["message"]), out["message"]
+    assert out["pageErrors"] == [] and out["consoleErrors"] == []
+
+
+@pytest.mark.slow
+@needs_browser
+def test_webgpu_parity_on_swiftshader(tmp_path, puppeteer):
+    """The WebGPU path (graphs on the GPU, image, gradient and L-BFGS history in GPU buffers) on Chromium's
+    software Vulkan (SwiftShader): slow (about 10 s per iteration at 32 px), so not in CI. A real GPU is
+    not tested."""
+    content = save_png(EXAMPLES / "chelsea_cat.jpg", 40, tmp_path / "content.png")
+    style = save_png(EXAMPLES / "great_wave.jpg", 38, tmp_path / "style.png")
+    ref = _python_reference(content, style, 32, "device")
+    with serve() as url:
+        out = drive({"url": url + "?backend=webgpu", "chromium_args": [
+            "--enable-unsafe-webgpu", "--enable-features=Vulkan", "--use-angle=swiftshader",
+            "--use-webgpu-adapter=swiftshader", "--enable-unsafe-swiftshader"], "steps": [
+            {"upload": "#content-file", "files": [str(content)]}, {"upload": "#style-files", "files": [str(style)]},
+            {"set": {"size": 32, "iterations": 10}}, {"click": "#start"}, {"until": "['done', 'error'].includes(a.state)"}]},
+            timeout=1200)
+    assert out["state"] == "done" and out["backend"]["ep"] == "webgpu", out["message"]
+    diffs = [rel(w["loss"], r.loss) for w, r in zip(out["records"], ref)]
+    print(f"\nWebGPU (SwiftShader) vs Python device loop: max relative difference {max(diffs):.2e}")
+    assert len(diffs) == 10 and max(diffs) < 1e-3
