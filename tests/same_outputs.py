@@ -8,10 +8,10 @@ refactor, say); default: this one. Each case runs the real CLI in a subprocess o
 with one thread (the same inputs and thread count give the same bytes), in its own folder, with
 `--loop host` and `--loop device`. Compared per case: the exit code, stderr, every file written
 (images byte for byte; reports without their timings; checkpoints array by array and field by field,
-since a .npz carries the time it was zipped). Cases: single (L-BFGS and Adam), multi-scale, texture,
-masks, a two-style blend with histogram colors, an --init image with luminance colors, iterate
-averaging, resume (also across a scale), --save-every with checkpoints, a batch folder, and the
-NaN recovery (last finite image kept).
+since a .npz carries the time it was zipped). Cases: single (L-BFGS, also with a history of 3 that
+wraps, and Adam), multi-scale, texture, masks, a two-style blend with histogram colors, an --init
+image with luminance colors, iterate averaging, resume (also across a scale), --save-every with
+checkpoints, a batch folder, and the NaN recovery (last finite image kept).
 
 Exit 0: all the same; 1: differences (listed).
 """
@@ -39,6 +39,8 @@ LOOPS = ("host", "device")
 # name -> list of CLI invocations (each a list of arguments), run in order in the case's folder.
 CASES: dict[str, list[list[str]]] = {
     "single-lbfgs": [[CAT, STARRY, "-o", "out.png", "--size", "80", "--iterations", "8", "--report", "r.json"]],
+    "lbfgs-short-history": [[CAT, STARRY, "-o", "out.png", "--size", "64", "--iterations", "12", "--history", "3",
+                             "--report", "r.json", "--checkpoint", "ck.npz"]],
     "single-adam": [[CAT, STARRY, "-o", "out.png", "--size", "80", "--iterations", "8", "--optimizer", "adam",
                      "--report", "r.json"]],
     "multiscale": [[CAT, STARRY, "-o", "out.png", "--size", "96", "--scales", "64,96", "--scale-iterations", "4,3",
@@ -171,6 +173,9 @@ def compare_trees(before: Path, after: Path) -> list[str]:
     cases_a, cases_b = before / "cases", after / "cases"
     names = sorted(p.name for p in cases_b.iterdir())
     for name in names:
+        if not (cases_a / name).is_dir():
+            problems.append(f"{name}: not in the recording {before}")
+            continue
         fa = {str(p.relative_to(cases_a / name)) for p in (cases_a / name).rglob("*") if p.is_file()}
         fb = {str(p.relative_to(cases_b / name)) for p in (cases_b / name).rglob("*") if p.is_file()}
         if fa != fb:
