@@ -93,7 +93,7 @@ def choose_loop(config: Config, graphs: Graphs) -> str:
     if graphs.optimizer_sessions(config.optim.name) is None:
         if config.loop == "device":
             raise UsageError(f"{graphs.artifacts.path}: this model has no {config.optim.name} optimizer graphs "
-                             "(re-export it, or: python -m export.optim_graphs MODEL); use --loop host")
+                             "(re-export it, or: python -m nst_ort_export.optim_graphs MODEL); use --loop host")
         return "host"
     return "device"
 
