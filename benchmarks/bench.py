@@ -115,7 +115,7 @@ def child_ort(spec: dict) -> dict:
         records.append(r)
         if len(records) == 1:
             setup = time.perf_counter() - t0 - r.seconds
-    loop = "device" if type(st.optimizer).__name__ == "DeviceLoop" else "host"
+    loop = st.runtime()["loop"]
     return {"side": "ort", "times": [r.seconds for r in records], "losses": [r.loss for r in records],
             "setup_s": setup, "rss_base_mib": base, "setup_peak_rss_mib": setup_peak,
             "loop_peak_rss_mib": peak_rss_mib() if reset else None,
@@ -136,8 +136,8 @@ def _torch_backbone(model: Path, manifest: dict):
     from onnx import numpy_helper
 
     sys.path.insert(0, str(ROOT))
-    from export.backbones import REGISTRY
-    from export.gradient import graph_tensors
+    from nst_ort_export.backbones import REGISTRY
+    from nst_ort_export.gradient import graph_tensors
 
     name = manifest["backbone"]
     pool = "max"
@@ -163,7 +163,7 @@ def _torch_backbone(model: Path, manifest: dict):
     state = {n: torch.from_numpy(inits[n]).reshape(wanted[n].shape) for n in wanted}
     backbone.module.load_state_dict(state, strict=False)
     # The channel order is not a tensor: take it from the manifest (weights="random" builds RGB).
-    from export.backbones import PreprocessLayer
+    from nst_ort_export.backbones import PreprocessLayer
 
     for m in backbone.module.modules():
         if isinstance(m, PreprocessLayer):
@@ -182,7 +182,7 @@ def child_torch(spec: dict) -> dict:
         pass
     base = rss_mib()
     sys.path.insert(0, str(ROOT))
-    from export.loss import content_loss, gram, tv_loss
+    from nst_ort_export.loss import content_loss, gram, tv_loss
 
     dev = torch.device("cuda" if spec["device"] == "cuda" else "cpu")
     precision = spec.get("precision") or "fp32"

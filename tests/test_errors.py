@@ -253,7 +253,7 @@ def _external_data(location: bytes) -> Callable[[Path], None]:
 
 
 def _other_backbone(model: Path) -> None:
-    # tests/data/vgg11_relu2_1_train.onnx: `python -m export --backbone vgg11 --weights random
+    # tests/data/vgg11_relu2_1_train.onnx: `python -m nst_ort_export --backbone vgg11 --weights random
     # --style-layers relu1_1,relu2_1 --content-layers relu2_1`, its train.onnx only.
     shutil.copyfile(DATA / "vgg11_relu2_1_train.onnx", model / "train.onnx")
     _rehash(model, "train.onnx")
@@ -263,6 +263,10 @@ def _other_weights(model: Path) -> None:
     data = (model / "weights.bin").read_bytes()
     (model / "weights.bin").write_bytes(data[: len(data) // 3])  # a smaller network's weights, hashes fixed
     _rehash(model, "weights.bin")
+
+
+def _drop_project(m: dict) -> None:
+    del m["optimizers"]["lbfgs"]["project"]
 
 
 def _schema(m: dict) -> None:
@@ -347,6 +351,11 @@ CASES = [
          "{model}/train.onnx"),
     Case("graph-from-other-backbone", _artifact(_other_backbone), 4, "another backbone", "{model}/train.onnx"),
     Case("weights-from-other-export", _artifact(_other_weights), 4, "another export", "{model}/"),
+    Case("optimizer-graph-missing", _artifact(lambda m: _edit_manifest(m, _drop_project)), 4,
+         "optimizers.lbfgs must name the graphs pair, project, direction", "{model}/manifest.json"),
+    Case("loop-device-without-optimizer-graphs",
+         lambda d: [*_artifact(lambda m: _edit_manifest(m, lambda x: x.pop("optimizers")))(d), "--loop", "device"],
+         2, "no lbfgs optimizer graphs.*use --loop host", "{model}"),
     # device (5)
     Case("cuda-unavailable", lambda d: [*_args(d), "--device", "cuda"], 5, "CUDA was asked for", None),
     Case("unknown-provider", lambda d: [*_args(d), "--provider", "NoSuchExecutionProvider"], 5, "not available",
