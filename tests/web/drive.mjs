@@ -9,7 +9,7 @@
 //   { click: '#start' }
 //   { until: 'JS expression over window.nstApp (a)' } waits until it is true
 //   { snapshot: NAME }                                the page's state now, into result.snapshots[NAME]
-//   { screenshot: PATH }
+//   { screenshot: PATH, fullPage: bool }
 //   { download: DIR }                                 clicks Download, waits for the file in DIR
 // result: { state, message, messageKind, records, backend, model, heap, initDigest, resultSize,
 //           snapshots, pageErrors, consoleErrors, error? }
@@ -83,7 +83,8 @@ try {
     } else if (step.snapshot) {
       result.snapshots[step.snapshot] = await snapshotIn(page);
     } else if (step.screenshot) {
-      await page.screenshot({ path: step.screenshot });
+      await page.evaluate(() => window.scrollTo(0, 0)); // clicks scroll the page
+      await page.screenshot({ path: step.screenshot, fullPage: !!step.fullPage });
     } else if (step.download) {
       const client = await page.createCDPSession();
       await client.send('Browser.setDownloadBehavior', { behavior: 'allow', downloadPath: step.download, eventsEnabled: true });

@@ -176,40 +176,43 @@ function onRecord(r) {
 function drawChart() {
   const c = $('chart');
   const ctx = c.getContext('2d');
-  const W = c.width, H = c.height, pad = { l: 44, r: 96, t: 10, b: 20 };
+  const W = c.width, H = c.height, pad = { l: 46, r: 96, t: 10, b: 22 };
   ctx.clearRect(0, 0, W, H);
   const series = [['total', 'loss', '#1d232b'], ['style', 'style', '#2b5fab'], ['content', 'content', '#1f8a52'], ['TV', 'tv', '#9a7b1c']];
   const recs = app.records;
   if (!recs.length) return;
+  // terms below a millionth of the total (the content term at the content image: rounding noise) are not drawn
+  const shown = (r, k) => r[k] > 0 && r[k] >= 1e-6 * r.loss;
   let lo = Infinity, hi = -Infinity;
-  for (const r of recs) for (const [, k] of series) if (r[k] > 0) { lo = Math.min(lo, Math.log10(r[k])); hi = Math.max(hi, Math.log10(r[k])); }
+  for (const r of recs) for (const [, k] of series) if (shown(r, k)) { lo = Math.min(lo, Math.log10(r[k])); hi = Math.max(hi, Math.log10(r[k])); }
   if (!Number.isFinite(lo)) return;
   lo = Math.floor(lo); hi = Math.ceil(hi); if (hi === lo) hi = lo + 1;
   const n = Math.max(recs[recs.length - 1].iterations, recs.length);
   const X = (i) => pad.l + ((W - pad.l - pad.r) * i) / Math.max(1, n - 1);
   const Y = (v) => pad.t + ((H - pad.t - pad.b) * (hi - v)) / (hi - lo);
-  ctx.font = '10px system-ui, sans-serif';
+  ctx.font = '11px system-ui, sans-serif';
   ctx.fillStyle = '#5e6a78';
   ctx.strokeStyle = '#e3e7ec';
+  const every = Math.max(1, Math.ceil((hi - lo) / 5));
   for (let e = lo; e <= hi; e++) {
     ctx.beginPath(); ctx.moveTo(pad.l, Y(e)); ctx.lineTo(W - pad.r, Y(e)); ctx.stroke();
-    ctx.fillText(`1e${e}`, 4, Y(e) + 3);
+    if ((e - lo) % every === 0) ctx.fillText(`1e${e}`, 6, Y(e) + 4);
   }
-  ctx.fillText('iteration', W - pad.r - 40, H - 5);
+  ctx.fillText(`iteration ${recs.length} / ${n}`, W - pad.r - 90, H - 6);
   series.forEach(([label, k, color], j) => {
     ctx.strokeStyle = color;
-    ctx.lineWidth = 1.5;
+    ctx.lineWidth = 1.6;
     ctx.beginPath();
     let started = false;
     recs.forEach((r, i) => {
-      if (!(r[k] > 0)) return;
+      if (!shown(r, k)) { started = false; return; }
       const x = X(i), y = Y(Math.log10(r[k]));
       if (started) ctx.lineTo(x, y); else { ctx.moveTo(x, y); started = true; }
     });
     ctx.stroke();
     ctx.fillStyle = color;
-    ctx.fillRect(W - pad.r + 12, pad.t + 6 + j * 16, 14, 3);
-    ctx.fillText(label, W - pad.r + 32, pad.t + 10 + j * 16);
+    ctx.fillRect(W - pad.r + 14, pad.t + 7 + j * 17, 14, 3);
+    ctx.fillText(label, W - pad.r + 34, pad.t + 11 + j * 17);
   });
 }
 
