@@ -56,7 +56,10 @@ def puppeteer():
 @contextlib.contextmanager
 def serve(model: Path | None = None, *extra: str):
     """`nst-ort web --port 0` in a subprocess; yields the URL it prints."""
-    cmd = [sys.executable, "-m", "nst_ort", "web", "--port", "0", *extra] + (["--model", str(model)] if model else [])
+    # the README's command, `nst-ort web`, where the console script is installed beside this Python
+    script = Path(sys.executable).with_name("nst-ort")
+    prog = [str(script)] if script.is_file() else [sys.executable, "-m", "nst_ort"]
+    cmd = [*prog, "web", "--port", "0", *extra] + (["--model", str(model)] if model else [])
     p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = p.stdout.readline()
