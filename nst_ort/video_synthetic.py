@@ -120,3 +120,49 @@ def camera_clip(still: np.ndarray, size: tuple[int, int], frames: int = 6, pan: 
         inside = (lx >= 0) & (lx <= w - 1) & (ly >= 0) & (ly <= h - 1)
         out.visible.append(inside & (covered | ~in_object(t - 1, lx, ly)))
     return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m nst_ort.video_synthetic STILL OUT: a demo clip with known motion (a video or a folder)."""
+    import argparse
+    import sys
+    from fractions import Fraction
+    from pathlib import Path
+
+    from .errors import NstError
+    from .images import load_image, save_image, to_uint8
+
+    p = argparse.ArgumentParser(prog="python -m nst_ort.video_synthetic",
+                                description="Make a clip with a known camera motion (pan and zoom) over a still image.")
+    p.add_argument("still", help="the still image")
+    p.add_argument("output", help="video file (.mp4, .webm, .mkv, .mov) or a folder of PNG frames")
+    p.add_argument("--size", default="256x192", help="WxH of the frames (even numbers for a video)")
+    p.add_argument("--frames", type=int, default=24)
+    p.add_argument("--fps", type=int, default=12)
+    p.add_argument("--object", help="an image to cut a moving square from (occlusions for the mask)")
+    args = p.parse_args(argv)
+    try:
+        w, h = (int(v) for v in args.size.lower().split("x"))
+        obj = load_image(args.object) if args.object else None
+        clip = camera_clip(load_image(args.still), (w, h), frames=args.frames, obj=obj, obj_size=w // 5)
+        out = Path(args.output)
+        from .video_io import container_for, write_video
+
+        if container_for(out) is not None:
+            write_video(out, (to_uint8(f) for f in clip.frames), len(clip.frames), (w, h), Fraction(args.fps))
+        else:
+            out.mkdir(parents=True, exist_ok=True)
+            for i, f in enumerate(clip.frames):
+                save_image(f, out / f"{i + 1:06d}.png")
+    except NstError as e:
+        print(f"nst-ort: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except ValueError as e:
+        print(f"nst-ort: error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.output} ({args.frames} frames, {w}x{h})", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -183,3 +183,24 @@ def test_runtime_imports_without_the_video_extra():
                           timeout=120)
     assert done.returncode == 0, done.stderr
     assert "pip install 'nst-ort[video]'" in done.stdout and "opencv-python-headless" in done.stdout
+
+
+def test_docs_commands_run_as_written(tmp_path):
+    """The commands of docs/video.md, as written, in a folder that has the examples."""
+    import shlex
+    import sys
+
+    doc = (ROOT / "docs" / "video.md").read_text()
+    commands = [line.strip() for line in doc.splitlines()
+                if line.startswith(("    nst-ort video ", "    python -m nst_ort.video_synthetic "))]
+    assert len(commands) == 2, commands
+    (tmp_path / "examples").symlink_to(EXAMPLES)
+    for command in commands:
+        argv = shlex.split(command)
+        full = cli_command(argv[1:]) if argv[0] == "nst-ort" else [sys.executable, *argv[1:]]
+        done = subprocess.run(full, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, (command, done.stderr)
+    imgs, fps, _ = read_video(tmp_path / "clip_starry.mp4")
+    assert (len(imgs), imgs[0].shape, fps) == (4, (96, 128, 3), 12)
+    report = json.loads((tmp_path / "clip_starry.json").read_text())
+    assert len(report["frames"]) == 4 and report["summary"]["warping_error"] > 0
