@@ -45,6 +45,16 @@ def _sigterm(signum, frame):
     raise _Interrupted()
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a default only where there is one (as nst-ort's own help)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
@@ -60,7 +70,7 @@ def _fps(text: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="nst-ort video", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    p = _Parser(prog="nst-ort video", formatter_class=_HelpFormatter,
                 description="Stylize a video (mp4, webm, mkv, mov) or a folder of frames, frame by frame. "
                 "Frames are written as they finish; run the same command again to resume after a kill.")
     p.add_argument("input", help="video file, or a folder of frames (sorted by name)")
@@ -81,14 +91,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--style-weight", type=float, help="default: the model's")
     p.add_argument("--tv-weight", type=float, help="default: the model's")
     p.add_argument("--style-weights", help="blend weights of several styles, e.g. 0.7,0.3")
-    p.add_argument("--optimizer", choices=["lbfgs", "adam"], default="lbfgs")
+    p.add_argument("--optimizer", choices=["lbfgs", "adam"], default="lbfgs", help="optimizer per frame")
     p.add_argument("--lr", type=float, help="learning rate (lbfgs 1.0, adam 0.02)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed (kept per frame, so runs repeat)")
     p.add_argument("--model", help="artifact folder (default: the embedded VGG16)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--provider", help="an onnxruntime execution provider by name")
     p.add_argument("--threads", type=int, help="intra-op threads")
-    p.add_argument("--loop", choices=["auto", "device", "host"], default="auto")
+    p.add_argument("--loop", choices=["auto", "device", "host"], default="auto",
+                   help="device: image, gradient and optimizer state in device buffers; host: optimizer in numpy")
     p.add_argument("--report", help="write a JSON report: settings and every frame's losses, time and warping error")
     p.add_argument("--keep-frames", action="store_true", help="keep the frames folder (OUT.frames) after writing a video")
     p.add_argument("--restart", action="store_true", help="discard the frames of an earlier run of this output")
@@ -197,6 +208,12 @@ def run(args) -> int:
         raise UsageError(f"{len(styles)} style image(s) but {len(weights)} --style-weights")
     out = Path(args.output)
     kind, folder = _plan_output(out, [src.path, *styles])
+    if args.report:
+        report = Path(args.report)
+        if any(report.exists() and _same(report, p) for p in (src.path, *styles, out)) or report.is_dir():
+            raise OutputError(f"{report}: --report would overwrite an input, the output or a folder")
+        if not (report.parent if str(report.parent) else Path(".")).is_dir():
+            raise OutputError(f"{report}: report folder {report.parent} does not exist")
     if kind == "folder" and folder.exists() and _same(folder, src.path):
         raise OutputError(f"{out}: output folder is the input folder; give another")
     size = _even_size(src.width, src.height, args.size)
@@ -209,7 +226,7 @@ def run(args) -> int:
     remove_stray_temporaries(folder)
     if job.done and not args.quiet:
         print(f"nst-ort: resuming {folder} after frame {job.done}", file=sys.stderr)
-    limit = args.frames or src.count
+    limit = min(n for n in (args.frames, src.count) if n) if (args.frames or src.count) else None
     loss = LossConfig(content_weight=args.content_weight, style_weight=args.style_weight, tv_weight=args.tv_weight)
     tmp = Path(tempfile.mkdtemp(prefix="nst-ort-video-"))
     index = 0
@@ -280,22 +297,24 @@ def run(args) -> int:
                           "run the same command again to resume") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    if job.done == 0:
+    # A run resumed with a smaller --frames than before stops at it (the frames past it stay on disk).
+    count = min(job.done, index)
+    if count == 0:
         raise UsageError(f"{src.path}: no frames to stylize")
-    job.state["total"] = job.done
+    job.state["total"] = count
     job.save()
     audio = None
     if kind == "video":
-        frames = (np.asarray(_read_rgb8(p)) for p in job.frame_paths())
-        audio = write_video(out, frames, job.done, size, src.fps, audio_from=src.path if src.kind == "video" else None)
-        check_video(out, job.done, size, src.fps)
+        frames = (np.asarray(_read_rgb8(p)) for p in job.frame_paths()[:count])
+        audio = write_video(out, frames, count, size, src.fps, audio_from=src.path if src.kind == "video" else None)
+        check_video(out, count, size, src.fps)
     if args.report:
         _write_report(Path(args.report), job, settings, out, audio)
     if kind == "video" and not args.keep_frames:
         job.remove()
     if not args.quiet:
         extra = f"; {audio}" if audio else ""
-        print(f"wrote {out} ({job.done} frames, {size[0]}x{size[1]}, {src.fps} fps{extra})", file=sys.stderr)
+        print(f"wrote {out} ({count} frames, {size[0]}x{size[1]}, {src.fps} fps{extra})", file=sys.stderr)
     return 0
 
 
@@ -318,7 +337,9 @@ def _write_report(path: Path, job, settings: dict, out: Path, audio: str | None)
     from .atomic import atomic_write
 
     body = {"output": str(out), "input": job.state["input"], "fps": job.state["fps"], "size": job.state["size"],
-            "settings": settings, "audio": audio, "summary": summary(job.state["frames"]), "frames": job.state["frames"]}
+            "settings": settings, "audio": audio}
+    frames = [f for f in job.state["frames"] if f["frame"] <= job.state["total"]]
+    body.update(summary=summary(frames), frames=frames)
     text = json.dumps(body, indent=1, default=str) + "\n"
     try:
         atomic_write(path, lambda f: f.write(text), mode="w")

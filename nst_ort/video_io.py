@@ -295,9 +295,9 @@ def check_video(path: Path, count: int, size: tuple[int, int], fps: Fraction) ->
                           f"frames {src.width}x{src.height} at {src.fps} fps")
 
 
-def remove_stray_temporaries(folder: Path) -> None:
-    """Leftovers of writes killed midway (.NAME.XXXX.tmp, from atomic_write)."""
-    for p in folder.glob(".*.tmp"):
+def remove_stray_temporaries(folder: Path, names: tuple[str, ...] = ("[0-9]*.png", "nst-ort-video.json")) -> None:
+    """Leftovers of our writes killed midway (.NAME.XXXX.tmp, from atomic_write); others' files stay."""
+    for p in (q for name in names for q in folder.glob(f".{name}.*.tmp")):
         try:
             os.unlink(p)
         except OSError:
