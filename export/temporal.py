@@ -21,7 +21,7 @@ H and W are dynamic: one graph serves every size. The runtime has no `onnx` pack
 written at export time (export/artifacts.py) and listed in manifest.json under "terms" with its
 sha256. Existing model folders get it in place, without re-exporting the network:
 
-    python -m export.temporal MODEL_FOLDER
+    python -m nst_ort_export.temporal MODEL_FOLDER
 """
 from __future__ import annotations
 
@@ -97,5 +97,5 @@ if __name__ == "__main__":
     import sys
 
     if len(sys.argv) != 2:
-        sys.exit("usage: python -m export.temporal ARTIFACT_FOLDER   (adds temporal.onnx in place)")
+        sys.exit("usage: python -m nst_ort_export.temporal ARTIFACT_FOLDER   (adds temporal.onnx in place)")
     print(json.dumps(add_to_folder(sys.argv[1])))

@@ -26,7 +26,7 @@ def temporal_graph_path(artifacts):
     name = entry.get("file") if isinstance(entry, dict) else None
     if not isinstance(name, str):
         raise ArtifactError(f"{artifacts.path}: this model has no temporal term graph (re-export it, or add it in "
-                            f"place: python -m export.temporal {artifacts.path})")
+                            f"place: python -m nst_ort_export.temporal {artifacts.path})")
     if name not in artifacts.manifest["files"]:
         raise ArtifactError(f"{artifacts.path / 'manifest.json'}: term graph {name!r} has no sha256 entry")
     return artifacts._file(name)

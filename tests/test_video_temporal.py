@@ -15,7 +15,7 @@ import pytest
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from export import temporal as tg  # noqa: E402
+from nst_ort_export import temporal as tg  # noqa: E402
 
 # lambda_t in our [0, 1] units: Ruder et al.'s default 1e3 is 256^2 * 1e3 here (export/temporal.py),
 # so the weights users will run are large; 1 is checked too.
@@ -95,7 +95,7 @@ def test_temporal_graph_is_standard_ops_with_dynamic_size():
 
 
 def test_in_place_adder_and_runtime_term(tmp_path, default_model):
-    """`python -m export.temporal MODEL` on an existing folder: the folder still verifies (sha256 of
+    """`python -m nst_ort_export.temporal MODEL` on an existing folder: the folder still verifies (sha256 of
     every file), and the runtime's TemporalTerm gives the reference's loss and gradient."""
     from nst_ort.artifacts import Artifacts
     from nst_ort.errors import ArtifactError
@@ -110,7 +110,7 @@ def test_in_place_adder_and_runtime_term(tmp_path, default_model):
     manifest["files"].pop("temporal.onnx", None)
     (model / "manifest.json").write_text(json.dumps(manifest))
     placement = choose("cpu", None, 1)
-    with pytest.raises(ArtifactError, match="python -m export.temporal"):
+    with pytest.raises(ArtifactError, match="python -m nst_ort_export.temporal"):
         TemporalTerm(types.SimpleNamespace(artifacts=Artifacts(model), placement=placement))
 
     import subprocess
@@ -118,7 +118,7 @@ def test_in_place_adder_and_runtime_term(tmp_path, default_model):
 
     from conftest import ROOT
 
-    done = subprocess.run([sys.executable, "-m", "export.temporal", str(model)], cwd=ROOT, capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "nst_ort_export.temporal", str(model)], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     after = json.loads((model / "manifest.json").read_text())
