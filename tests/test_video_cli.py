@@ -49,8 +49,11 @@ def test_video_to_video_keeps_rate_and_audio(tmp_path, clip_frames):
     assert [f["init"] for f in r["frames"]] == ["content", "warped previous", "warped previous"]
     assert r["frames"][0]["warping_error"] is None and all(f["warping_error"] > 0 for f in r["frames"][1:])
     assert all(f["iterations"] == 4 and np.isfinite(f["loss"]) for f in r["frames"])
-    # the frames are stylized, not the input passed through
-    assert np.abs(imgs[1] / 255.0 - clip_frames[1]).mean() > 0.02
+    # the frames are stylized, not the input passed through: further from the clip than the input video's
+    # own encoding noise (4 iterations at 64 px: measured 2.2x; libx264 output varies in the low bits)
+    decoded_input, _, _ = read_video(src)
+    noise = np.abs(decoded_input[1] / 255.0 - clip_frames[1]).mean()
+    assert np.abs(imgs[1] / 255.0 - clip_frames[1]).mean() > 1.5 * noise
 
 
 def test_per_frame_mode_folder_to_webm(tmp_path, clip_frames):
