@@ -135,3 +135,19 @@ def test_in_place_adder_and_runtime_term(tmp_path, default_model):
     (model / "temporal.onnx").write_bytes((model / "temporal.onnx").read_bytes() + b"\0")
     with pytest.raises(ArtifactError, match="sha256"):
         Artifacts(model)
+
+
+def test_export_writes_the_temporal_graph(vgg16_random):
+    """A fresh export lists temporal.onnx under "terms" with its sha256 (the session fixture's export,
+    shared with the other tests: no export of its own)."""
+    from nst_ort.artifacts import Artifacts
+    from nst_ort.providers import choose
+    from nst_ort.temporal import TemporalTerm
+
+    _, folder = vgg16_random
+    art = Artifacts(folder)
+    assert art.manifest["terms"]["temporal"]["file"] == "temporal.onnx" and "temporal.onnx" in art.manifest["files"]
+    term = TemporalTerm(types.SimpleNamespace(artifacts=art, placement=choose("cpu", None, 1)))
+    x, g, t, c = _inputs(np.random.default_rng(5), 16, 16)
+    loss, _ = term(x, g, t, c, 1.0)
+    assert abs(loss - _reference(x, g, t, c, 1.0)[0]) <= 1e-5 * loss
