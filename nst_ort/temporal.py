@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import ArtifactError
-from .session import _run_error, _session
+from .session import make_session, run_error
 
 INPUTS = ("image", "image_grad_in", "target", "mask", "weight")
 OUTPUTS = ("temporal_loss", "image_grad_out")
@@ -29,13 +29,13 @@ def temporal_graph_path(artifacts):
                             f"place: python -m nst_ort_export.temporal {artifacts.path})")
     if name not in artifacts.manifest["files"]:
         raise ArtifactError(f"{artifacts.path / 'manifest.json'}: term graph {name!r} has no sha256 entry")
-    return artifacts._file(name)
+    return artifacts.path_of(name)
 
 
 class TemporalTerm:
     def __init__(self, graphs):
         self.path = temporal_graph_path(graphs.artifacts)
-        self.sess = _session(self.path, graphs.placement)
+        self.sess = make_session(self.path, graphs.placement)
         names = ([i.name for i in self.sess.get_inputs()], [o.name for o in self.sess.get_outputs()])
         if names != (list(INPUTS), list(OUTPUTS)):
             raise ArtifactError(f"{self.path}: inputs/outputs {names}, expected {list(INPUTS)} -> {list(OUTPUTS)}")
@@ -52,5 +52,5 @@ class TemporalTerm:
         try:
             loss, grad = self.sess.run(list(OUTPUTS), feeds)
         except Exception as e:  # noqa: BLE001
-            raise _run_error(e, f"temporal graph at {image.shape[3]}x{image.shape[2]}") from None
+            raise run_error(e, f"temporal graph at {image.shape[3]}x{image.shape[2]}") from None
         return float(loss), grad

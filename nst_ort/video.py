@@ -191,10 +191,10 @@ def run(args) -> int:
     require("cv2", "nst-ort video")
     from . import flow as F
     from . import memory
-    from .artifacts import Artifacts
+    from .artifacts import Artifacts, sha256_file
     from .stylize import Stylizer
     from .video_io import check_video, open_source, remove_stray_temporaries, write_video
-    from .video_job import Job, file_digest, fingerprint
+    from .video_job import Job, fingerprint
 
     if (args.iterations < 1 or args.size < 16 or (args.frames is not None and args.frames < 1)
             or (args.first_iterations is not None and args.first_iterations < 1)):
@@ -219,7 +219,7 @@ def run(args) -> int:
     size = _even_size(src.width, src.height, args.size)
     artifacts = Artifacts(args.model)
     settings = _settings(args, size, styles, weights)
-    settings["model_manifest"] = file_digest(artifacts.path / "manifest.json")
+    settings["model_manifest"] = sha256_file(artifacts.path / "manifest.json")
     fp = fingerprint([src.path, *styles], settings)
     job = Job(folder, fp, {"input": str(src.path), "fps": str(src.fps), "size": list(size), "settings": settings},
               restart=args.restart)
@@ -244,7 +244,7 @@ def run(args) -> int:
             content_path = tmp / "content.png"
             save_image(content, content_path)
             content = load_image(content_path)  # what the Stylizer sees (8 bits), for the flow too
-            init, werr = "content", None
+            start, werr = None, None
             if prev_content is not None:
                 back = F.optical_flow(content, prev_content, args.flow)
                 fwd = F.optical_flow(prev_content, content, args.flow)
@@ -254,20 +254,18 @@ def run(args) -> int:
                     warped, inside = F.warp(prev_out, back)
                     # Deviation: where the flow leaves the frame Ruder et al. start from the VGG mean
                     # pixel; here from the frame's own content (what per-frame mode starts from).
-                    init_img = np.where(inside[..., None], warped, content)
-                    init = str(tmp / "init.png")
-                    save_image(init_img, init)
+                    start = np.where(inside[..., None], warped, content).astype(np.float32)
             iterations = args.first_iterations if index == 1 and args.first_iterations else args.iterations
             cfg = Config(content=content_path, styles=[StyleInput(s, w) for s, w in zip(styles, weights)],
-                         size=max(size), init=init, seed=args.seed, loss=loss,
+                         size=max(size), seed=args.seed, loss=loss,
                          optim=OptimConfig(name=args.optimizer, iterations=iterations, lr=args.lr),
                          model=artifacts.path, device=args.device, provider=args.provider, threads=args.threads,
                          loop=args.loop)
             stylizer = Stylizer(cfg, artifacts=artifacts, warn=_warn)
             if index == job.done + 1:
-                memory.check(str(src.path), artifacts.manifest["layers"], [size], cfg.optim.name, cfg.optim.history,
-                             artifacts.min_size, 1.0, on_host=stylizer.graphs.placement.device == "cpu",
-                             factor=memory.graph_factor(artifacts.manifest))
+                memory.check(stylizer.memory_plan())
+            if start is not None:
+                stylizer.warm_start(start)
             record = None
             for record in stylizer.run():
                 pass
@@ -277,7 +275,7 @@ def run(args) -> int:
                 werr = F.warping_error(load_image(job.frame_path(index)), prev_out, back, mask)
             rec = {"loss": record.loss, "content": record.content, "style": record.style, "tv": record.tv,
                    "iterations": record.step, "seconds": round(time.perf_counter() - t0, 3), "warping_error": werr,
-                   "init": "warped previous" if init != "content" else "content"}
+                   "init": "warped previous" if start is not None else "content"}
             job.finish_frame(index, rec)
             prev_content = content
             if not args.quiet:

@@ -20,6 +20,7 @@ import json
 import shutil
 from pathlib import Path
 
+from .artifacts import sha256_file
 from .atomic import atomic_write
 from .errors import OutputError, UsageError
 
@@ -32,21 +33,13 @@ def frame_name(index: int) -> str:
     return f"{index:06d}.png"
 
 
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def fingerprint(inputs: list[Path], settings: dict) -> str:
     """The bytes of every input (a folder: each frame's) and the settings that shape the frames."""
     h = hashlib.sha256()
     for p in inputs:
         files = sorted(q for q in p.iterdir() if q.is_file()) if p.is_dir() else [p]
         for q in files:
-            h.update(q.name.encode() + b"\0" + file_digest(q).encode())
+            h.update(q.name.encode() + b"\0" + sha256_file(q).encode())
     h.update(json.dumps(settings, sort_keys=True, default=str).encode())
     return h.hexdigest()
 
