@@ -314,19 +314,27 @@ def test_page_run_128px_50_iterations_stop_resume_download(tmp_path, puppeteer):
 @needs_browser
 def test_bad_input_gets_a_message_in_the_page(tmp_path, puppeteer):
     """(3) Not an image, an empty file, a size that cannot fit in the browser's memory, and a model
-    folder with a tampered file: each gets a clear message in the page (naming the file), no error in
-    the console, no uncaught exception."""
+    folder with a tampered file (served by `nst-ort web --model`, and picked from disk in the page):
+    each gets a clear message in the page naming the file, no error in the console, no uncaught
+    exception."""
     notes = tmp_path / "notes.jpg"
     notes.write_text("this is not a picture\n")
     empty = tmp_path / "empty.png"
     empty.write_bytes(b"")
+    tampered = tmp_path / "tampered"
+    shutil.copytree(MODEL, tampered)
+    data = bytearray((tampered / "weights.bin").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (tampered / "weights.bin").write_bytes(bytes(data))
     with serve() as url:
         out = drive({"url": url + "?backend=wasm", "steps": [
             {"upload": "#content-file", "files": [str(notes)]}, {"snapshot": "not an image"},
             {"upload": "#style-files", "files": [str(empty)]}, {"snapshot": "empty"},
             {"upload": "#content-file", "files": [str(EXAMPLES / "chelsea_cat.jpg")]},
             {"upload": "#style-files", "files": [str(EXAMPLES / "great_wave.jpg")]},
-            {"set": {"size": 3000}}, {"click": "#start"}, {"until": "a.messageKind === 'error'"}, {"snapshot": "too big"}]})
+            {"set": {"size": 3000}}, {"click": "#start"}, {"until": "a.messageKind === 'error'"}, {"snapshot": "too big"},
+            {"upload": "#model-folder", "files": [str(tampered)], "images": False},
+            {"until": "a.state === 'model-error'"}, {"snapshot": "picked tampered"}]})
     s = out["snapshots"]
     assert s["not an image"]["messageKind"] == "error"
     assert re.fullmatch(r"notes\.jpg: not an image this browser can decode \(.*22 bytes\)", s["not an image"]["message"])
@@ -338,18 +346,16 @@ def test_bad_input_gets_a_message_in_the_page(tmp_path, puppeteer):
                         r"L-BFGS history, now 100: .*\)", big["message"]), big["message"]
     fits = int(re.search(r"about (\d+) px", big["message"]).group(1))
     assert 600 <= fits <= 1200
+    size = (tampered / "weights.bin").stat().st_size  # same size: one byte flipped
+    mismatch = (f"weights.bin: sha256 mismatch (file changed or truncated: {size} bytes, manifest says {size}); "
+                "re-export or re-download the model")
+    assert s["picked tampered"]["message"] == "tampered/" + mismatch
     assert out["pageErrors"] == [] and out["consoleErrors"] == []
 
-    tampered = tmp_path / "tampered"
-    shutil.copytree(MODEL, tampered)
-    data = bytearray((tampered / "weights.bin").read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    (tampered / "weights.bin").write_bytes(bytes(data))
     with serve(tampered) as url:
         out = drive({"url": url})
     assert out["state"] == "model-error"
-    assert re.fullmatch(r"/model/weights\.bin: sha256 mismatch \(file changed or truncated: 19990220 bytes, manifest says "
-                        r"19990220\); re-export or re-download the model", out["message"]), out["message"]
+    assert out["message"] == "/model/" + mismatch
     assert out["pageErrors"] == [] and out["consoleErrors"] == []
 
 

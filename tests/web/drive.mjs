@@ -4,7 +4,8 @@
 //
 // job: { url, chromium, timeout_s, chromium_args: [], viewport: [w, h], debug, steps: [step, ...] }
 // steps, in order (after the page has loaded its model, or refused it):
-//   { upload: '#content-file', files: [PATH, ...] }   file inputs (wait: the page has decoded them)
+//   { upload: '#content-file', files: [PATH, ...] }   file inputs (wait: the page has decoded them;
+//                                                     images: false for other inputs, e.g. #model-folder)
 //   { set: { element id: value } }                    form fields (a change event each)
 //   { click: '#start' }
 //   { until: 'JS expression over window.nstApp (a)' } waits until it is true
@@ -71,7 +72,7 @@ try {
       const before = await page.evaluate(() => window.nstApp.decoded);
       await (await page.$(step.upload)).uploadFile(...step.files);
       // decoding is asynchronous: wait until the page has decoded each file (or said what is wrong)
-      await until((n) => window.nstApp.decoded >= n, before + step.files.length);
+      if (step.images !== false) await until((n) => window.nstApp.decoded >= n, before + step.files.length);
     } else if (step.set) {
       for (const [id, value] of Object.entries(step.set)) {
         await page.$eval(`#${id}`, (el, v) => { el.value = String(v); el.dispatchEvent(new Event('change', { bubbles: true })); }, value);
