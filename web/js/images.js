@@ -70,7 +70,7 @@ export function resize(img, width, height) {
   const vert = taps(h0, height);
   const rowFirst = vert.first[0];
   const rowLast = vert.first[height - 1] + vert.count[height - 1];
-  let src = data, srcW = w0, srcRows = h0, rowOffset = 0;
+  let src = data, srcW = w0, rowOffset = 0;
   if (width !== w0) {
     const hor = taps(w0, width);
     const rows = rowLast - rowFirst;
@@ -94,7 +94,6 @@ export function resize(img, width, height) {
     }
     src = tmp;
     srcW = width;
-    srcRows = rows;
     rowOffset = rowFirst;
   }
   if (height === h0) {
@@ -118,7 +117,6 @@ export function resize(img, width, height) {
       out[q + 2] = b;
     }
   }
-  void srcRows;
   return { width, height, data: out };
 }
 

@@ -49,7 +49,7 @@ export class LBFGS {
   // x, g, gPrev: [n] tensors (gPrev: the last step's gradient). Returns the new image tensor, or null
   // (changing nothing) when the gradient is not finite.
   async step(x, g, gPrev) {
-    const { v, n } = this;
+    const { v } = this;
     const f = this.free();
     const firstIter = this.k === 0;
     const pair = await this.g.pair.run({
