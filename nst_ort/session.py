@@ -34,9 +34,11 @@ def _session(path, placement: Placement, arena: bool = True) -> ort.InferenceSes
         if "CUDA" in msg or "cuda" in msg:
             raise DeviceError(f"{path}: cannot create a session on {placement.providers[0]} ({msg})") from None
         raise ArtifactError(f"{path}: onnxruntime cannot load this graph ({msg})") from None
-    if placement.device == "cuda" and placement.providers[0] not in sess.get_providers():
+    if placement.providers[0] not in sess.get_providers():
+        # onnxruntime drops a provider that fails to initialize and runs everything on the next one.
+        why = "check the driver, CUDA and cuDNN" if placement.device == "cuda" else "check its --provider-option values"
         raise DeviceError(f"{path}: {placement.providers[0]} is installed but could not be used (onnxruntime "
-                          f"placed the graph on {sess.get_providers()[0]}; check the driver, CUDA and cuDNN)")
+                          f"placed the graph on {sess.get_providers()[0]}; {why})")
     return sess
 
 
@@ -70,7 +72,7 @@ class Graphs:
         self.artifacts, self.placement = artifacts, placement
         try:
             self.eval = _session(artifacts.graph_path("eval"), placement, arena=False)
-            self.train_path = artifacts.train_graph_path(placement.device)
+            self.train_path = artifacts.train_graph_path(placement.train_variant)
             self.train = _session(self.train_path, placement)
         except DeviceError as e:
             if not placement.fallback:
@@ -79,7 +81,7 @@ class Graphs:
                 placement.warn(f"{e}; running on the CPU")
             self.placement = placement = placement.on_cpu()
             self.eval = _session(artifacts.graph_path("eval"), placement, arena=False)
-            self.train_path = artifacts.train_graph_path(placement.device)
+            self.train_path = artifacts.train_graph_path(placement.train_variant)
             self.train = _session(self.train_path, placement)
         _release_freed_memory()
         expected = set(artifacts.content_layers) | set(artifacts.style_layers)

@@ -96,7 +96,7 @@ class Stylizer:
         self.warn = warn or (lambda msg: None)
         self.artifacts = artifacts or Artifacts(config.model)
         self.placement = choose(config.device, config.provider, config.threads, warn=self.warn,
-                                precision=getattr(config, "precision", "fp32"))
+                                precision=getattr(config, "precision", "fp32"), options=config.provider_options)
         self.graphs = Graphs(self.artifacts, self.placement)
         self.weights = resolve_weights(config, self.artifacts)
         self.schedule = config.schedule()
@@ -355,7 +355,8 @@ class Stylizer:
     def runtime(self) -> dict:
         """What runs, where the config says "auto": providers, training graph, loop (for the report)."""
         return {"providers": self.graphs.train.get_providers(), "device": self.graphs.placement.device,
-                "train_graph": self.graphs.train_path.name, "loop": "device" if self._loop is not None else "host"}
+                "train_graph": self.graphs.train_path.name, "loop": "device" if self._loop is not None else "host",
+                "provider_options": dict(self.graphs.placement.options)}
 
     def state(self) -> dict:
         """Everything needed to resume: the CheckpointState (checkpoint.py writes it)."""
