@@ -1,0 +1,383 @@
+"""`nst-ort check`: does this machine's onnxruntime and provider compute what the CPU provider does?
+
+    nst-ort check [--model DIR] [--provider P | --device D] [--provider-option K=V ...] [--precision P]
+
+At a small size and on synthetic images, every graph of the model runs on the chosen provider and on
+the reference, onnxruntime's CPU provider (with 1 thread, so that checking the CPU provider itself
+still compares two different reduction orders), with the same inputs:
+
+- eval.onnx: the content features and Gram matrices;
+- each training graph (train.onnx, train_cpu.onnx; train_fp16.onnx with --precision fp16, against
+  the fp32 train.onnx): the loss, each term, and the image gradient;
+- each optimizer graph on random vectors; then the device loop (training graph + optimizer graphs
+  in IOBinding buffers), three L-BFGS steps and three Adam steps from the same image;
+
+then one iteration is timed at --time-size on both. Differences are relative (LIMITS says to what)
+and compared with limits per precision; the table ends with a verdict. Exit 0: every comparison is
+within its limit; 10 (CheckFailed): some graph differs or fails to run on the provider. A provider
+that is not there is error 5, options it refuses error 2, as for stylizing.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+from .errors import EXIT_CHECK_FAILED, NstError, UsageError
+
+# Limits per precision, from measurements (README "Providers", tests/test_providers.py):
+# fp32 - the CPU provider with 2 threads against 1, the OpenVINO provider (CPU device) and onnxruntime
+#   1.18 against 1.32 at 64x48 gave at most: features 1.3e-6, loss and terms 3e-6, gradient 2e-4
+#   relative L2 (localized: a ReLU or max-pool decision that flips on a near-tie moves a few pixels),
+#   optimizer graphs 2e-6, image after 3 loop steps 1e-5. The limits leave 10-100x room for other
+#   kernels (reduction orders, FMA) while a real fault (bf16 inference: 3e-4 in the loss and 1e-2 in
+#   the gradient; a wrong kernel: O(1)) stays far outside.
+# tf32 - 10-bit mantissas in the convolutions: measured on CUDA 6% of the gradient's largest entry,
+#   cosine 0.9998 (shared/device/README.md); not measured here.
+# fp16 - the mixed graph (fp16 convolutions, fp32 Gram and loss) against fp32 train.onnx, emulated
+#   on the CPU (fp16 rounding of every convolution's inputs, weights and output): loss 2e-4, gradient
+#   2e-3 relative L2 at 64x48; the limits allow 10x. Not measured on a GPU.
+LIMITS = {
+    "fp32": {"features": 1e-4, "loss": 1e-4, "gradient": 1e-2, "optimizer": 1e-4, "loop": 1e-3},
+    "tf32": {"features": 1e-2, "loss": 1e-2, "gradient": 5e-2, "optimizer": 1e-4, "loop": 5e-2},
+    "fp16": {"features": 1e-2, "loss": 5e-3, "gradient": 5e-2, "optimizer": 1e-4, "loop": 5e-2},
+}
+WHAT = {
+    "features": "max |a-b| / max |b| over each output",
+    "loss": "|a-b| / |b| of the total and of each term",
+    "gradient": "||a-b|| / ||b|| (relative L2)",
+    "optimizer": "max |a-b| / max |b| over each output",
+    "loop": "max |a-b| / max |b-x0| of the image after the steps",
+}
+
+def build_parser() -> argparse.ArgumentParser:
+    from .cli import _Parser
+
+    p = _Parser(prog="nst-ort check", description="Conformance run: every graph of the model on the chosen provider "
+                "against onnxruntime's CPU provider, at a small size; a table and a verdict (exit 0 or 10).")
+    p.add_argument("--model", help="artifact folder (default: the embedded VGG16)")
+    p.add_argument("--provider", help="execution provider to check (default: what --device picks)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (when no --provider is given)")
+    p.add_argument("--provider-option", action="append", metavar="KEY=VALUE", help="an option of that provider (repeatable)")
+    p.add_argument("--precision", choices=["fp32", "tf32", "fp16"], default="fp32",
+                   help="fp16 checks the model's mixed-precision graph against its fp32 train.onnx")
+    p.add_argument("--size", type=int, default=64, help="long side of the synthetic images compared (default 64)")
+    p.add_argument("--time-size", type=int, default=256, help="long side at which an iteration is timed (0: no timing)")
+    p.add_argument("--time-iterations", type=int, default=4, help="iterations timed (median; default 4)")
+    p.add_argument("--threads", type=int, help="intra-op threads of the provider's sessions")
+    p.add_argument("--json", help="also write the rows and the verdict to this JSON file")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    return p
+
+
+# -- inputs ------------------------------------------------------------------------------------------
+
+def _images(w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
+    """A smooth content image with edges and a busy style image, [H, W, 3] in [0, 1], fixed."""
+    rng = np.random.default_rng(12)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    content = np.stack([xx / w, yy / h, 0.5 + 0.4 * np.sin(xx / 5.0) * np.cos(yy / 7.0)], -1)
+    content[(xx - w / 3) ** 2 + (yy - h / 2) ** 2 < (h / 4) ** 2] = (0.9, 0.2, 0.1)
+    content = np.clip(content + rng.normal(0, 0.02, content.shape), 0, 1)
+    style = 0.5 + 0.5 * np.stack([np.sin(xx / 2.0 + yy / 3.0), np.sin(yy / 1.5), np.cos((xx + yy) / 4.0)], -1)
+    style = np.clip(style + rng.normal(0, 0.1, style.shape), 0, 1)
+    return content.astype(np.float32), style.astype(np.float32)
+
+
+def _size(art, long_side: int) -> tuple[int, int]:
+    w, h = long_side, max(art.min_size, round(long_side * 3 / 4))
+    if min(w, h) < art.min_size:
+        raise UsageError(f"--size {long_side}: this model needs at least {art.min_size} px on each side")
+    return w, h
+
+
+def _feeds(art, features, w: int, h: int) -> dict[str, np.ndarray]:
+    """Training-graph inputs from the reference's features: every term on, weights from the manifest."""
+    content, style = _images(w, h)
+    fc, fs = features(content), features(style)
+    d = art.defaults
+    feeds = {f"content_target.{n}": fc[f"content.{n}"] for n in art.content_layers}
+    feeds.update({f"style_target.{n}": fs[f"gram.{n}"][None] for n in art.style_layers})
+    feeds["style_masks"] = np.ones((1, 1, h, w), np.float32)
+    feeds["style_weights"] = np.ones(1, np.float32)
+    # Every content layer and style layer on (the defaults leave some at 0): each one's path is checked.
+    clw = d.get("content_layer_weights", {})
+    feeds["content_layer_weights"] = np.array([clw.get(n) or 0.1 for n in art.content_layers], np.float32)
+    slw = d.get("style_layer_weights", {})
+    feeds["style_layer_weights"] = np.array([slw.get(n) or 1e-5 for n in art.style_layers], np.float32)
+    feeds["term_weights"] = np.array([d["content_weight"], d["style_weight"], d["tv_weight"]], np.float32)
+    return feeds
+
+
+def _start(content: np.ndarray) -> np.ndarray:
+    """The point where the gradient is compared: the content image plus noise (every term non-zero)."""
+    rng = np.random.default_rng(7)
+    x = content.transpose(2, 0, 1)[None] + rng.normal(0, 0.05, (1, 3) + content.shape[:2])
+    return np.clip(x, 0, 1).astype(np.float32)
+
+
+# -- comparisons -------------------------------------------------------------------------------------
+
+def _max_rel(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
+
+
+def _rel(a, b) -> float:
+    return float(abs(float(a) - float(b)) / max(abs(float(b)), 1e-30))
+
+
+def _rel_l2(a, b) -> float:
+    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+class Table:
+    def __init__(self, limits: dict):
+        self.limits, self.rows = limits, []
+
+    def add(self, graph: str, what: str, kind: str | None, value: float | None, note: str = "") -> None:
+        """kind: a LIMITS key (compared), or None (information only)."""
+        limit = self.limits[kind] if kind else None
+        ok = None if kind is None else (value is not None and np.isfinite(value) and value <= limit)
+        self.rows.append({"graph": graph, "what": what, "kind": kind, "value": value, "limit": limit, "ok": ok,
+                          "note": note})
+
+    def error(self, graph: str, what: str, e: Exception) -> None:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        self.rows.append({"graph": graph, "what": what, "kind": "error", "value": None, "limit": None, "ok": False,
+                          "note": msg[:160]})
+
+    @property
+    def passed(self) -> bool:
+        return all(r["ok"] is not False for r in self.rows)
+
+    def render(self) -> str:
+        lines = [f"{'graph':<22} {'what':<34} {'difference':>10} {'limit':>7}  result"]
+        for r in self.rows:
+            v = "" if r["value"] is None else f"{r['value']:.1e}"
+            lim = f"{r['limit']:.0e}" if r["limit"] is not None else ""
+            res = {True: "ok", False: "FAIL", None: ""}[r["ok"]]
+            if r["kind"] == "error":
+                res = f"FAIL: {r['note']}"
+            elif r["note"]:
+                res = f"{res} ({r['note']})" if res else r["note"]
+            lines.append(f"{r['graph']:<22} {r['what']:<34} {v:>10} {lim:>7}  {res}".rstrip())
+        return "\n".join(lines)
+
+
+def _guard(table: Table, graph: str, what: str):
+    """Run one comparison; an exception from onnxruntime becomes a FAIL row, not the end of the check."""
+    class _G:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, kind, e, tb):
+            if e is None or isinstance(e, (KeyboardInterrupt, UsageError)):
+                return False
+            table.error(graph, what, e)
+            return True
+    return _G()
+
+
+# -- the run -----------------------------------------------------------------------------------------
+
+def run(args) -> tuple[Table, dict]:
+    from . import providers
+    from .artifacts import Artifacts
+    from .device_loop import _Runner, optimizer_runners
+    from .session import Graphs, _session
+
+    art = Artifacts(args.model)
+    options = providers.parse_options(args.provider_option) or None
+    target = providers.choose(args.device, args.provider, args.threads, precision=args.precision, options=options)
+    ref = providers.choose("cpu", threads=1)
+    limits = LIMITS[args.precision]
+    table = Table(limits)
+    w, h = _size(art, args.size)
+    meta = {"model": str(art.path), "backbone": art.backbone, **providers.info(), "provider": target.provider,
+            "provider_options": dict(target.options), "precision": args.precision, "size": [w, h],
+            "reference": "CPUExecutionProvider, 1 thread"}
+
+    # eval.onnx, and the reference's features as every graph's targets
+    g_ref = Graphs(art, ref)
+    g_tgt = None
+    with _guard(table, "eval.onnx", "content features, Gram matrices"):
+        g_tgt = Graphs(art, target) if args.precision != "fp16" else Graphs(art, _fp32(target))
+        content, _ = _images(w, h)
+        a, b = g_tgt.features(content), g_ref.features(content)
+        table.add("eval.onnx", "content features, Gram matrices", "features", max(_max_rel(a[k], b[k]) for k in b))
+    feeds = _feeds(art, g_ref.features, w, h)
+    x = _start(_images(w, h)[0])
+
+    # training graphs: each on both providers; fp16 against the fp32 graph on the reference
+    graphs = ["train"] + [r for r in ("train_cpu",) if r in art.manifest["graphs"]]
+    pairs = [(r, r) for r in graphs]
+    if args.precision == "fp16":
+        art.train_graph_path("fp16")  # refuses a model without it (exit 2)
+        pairs = [("train_fp16", "train")]
+    for role, ref_role in pairs:
+        name = art.graph_path(role).name
+        with _guard(table, name, "loss, gradient"):
+            sa = _step(_session(art.graph_path(role), target), target.device, feeds, x)
+            sb = _step(_session(art.graph_path(ref_role), ref), "cpu", feeds, x)
+            terms = max([_rel(sa[0], sb[0])] + [_rel(u, v) for u, v in zip(sa[1], sb[1]) if abs(v) > 0] +
+                        [_rel(u, v) for u, v in zip(sa[2], sb[2]) if abs(v) > 0] + [_rel(sa[3], sb[3])])
+            suffix = f" vs {ref_role}.onnx" if role != ref_role else ""
+            table.add(name, "loss and each term" + suffix, "loss", terms)
+            table.add(name, "image gradient (relative L2)" + suffix, "gradient", _rel_l2(sa[4], sb[4]))
+            table.add(name, "image gradient (max, relative)" + suffix, None, _max_rel(sa[4], sb[4]),
+                      note="not limited: a ReLU or max-pool near-tie moves a few pixels")
+    if "train_cpu" in art.manifest["graphs"] and args.precision != "fp16":
+        # The CPU provider's own graph against train.onnx, on the reference: the same function.
+        with _guard(table, "train_cpu.onnx", "vs train.onnx (both on the CPU)"):
+            sa = _step(_session(art.graph_path("train_cpu"), ref), "cpu", feeds, x)
+            sb = _step(_session(art.graph_path("train"), ref), "cpu", feeds, x)
+            table.add("train_cpu.onnx", "gradient vs train.onnx, both on CPU", "gradient", _rel_l2(sa[4], sb[4]))
+
+    # optimizer graphs on random vectors, then the device loop
+    entry = art.manifest.get("optimizers") if isinstance(art.manifest.get("optimizers"), dict) else {}
+    n, k = 3 * w * h, 6
+    for kind in ("adam", "lbfgs"):
+        for role, file in (entry.get(kind) or {}).items():
+            with _guard(table, file, "outputs on random vectors"):
+                inputs = _optimizer_inputs(_Runner(art._file(file), ref).sess, n, k)
+                oa = _run_plain(_Runner(art._file(file), target).sess, inputs)
+                ob = _run_plain(_Runner(art._file(file), ref).sess, inputs)
+                table.add(file, "outputs on random vectors", "optimizer", max(_max_rel(oa[o], ob[o]) for o in ob))
+    if g_tgt is not None and entry:
+        for kind in ("lbfgs", "adam"):
+            if not entry.get(kind):
+                continue
+            label = {"lbfgs": "L-BFGS", "adam": "Adam"}[kind]
+            with _guard(table, "device loop", f"{label}, 3 steps"):
+                xa = _loop(g_tgt, optimizer_runners(g_tgt, kind), kind, feeds, x, 3)
+                xb = _loop(g_ref, optimizer_runners(g_ref, kind), kind, feeds, x, 3)
+                diff = float(np.abs(xa - xb).max() / max(np.abs(xb - x).max(), 1e-30))
+                table.add("device loop", f"{label}, 3 steps: image", "loop", diff)
+
+    # one iteration, timed
+    if args.time_size and g_tgt is not None:
+        with _guard(table, "time", f"iteration at {args.time_size} px"):
+            tw, th = _size(art, args.time_size)
+            tfeeds = _feeds(art, g_ref.features, tw, th)
+            tx = _start(_images(tw, th)[0])
+            ta = _time(g_tgt, tfeeds, tx, args.time_iterations)
+            tb = _time(Graphs(art, providers.choose("cpu", threads=args.threads)), tfeeds, tx, args.time_iterations)
+            meta["seconds_per_iteration"] = {"provider": ta[0], "cpu_provider": tb[0], "size": [tw, th], "loop": ta[1]}
+            table.add("time", f"{ta[1]} loop, {tw}x{th}, L-BFGS", None, None,
+                      note=f"{ta[0]:.3f} s/iteration (CPU provider {tb[0]:.3f} s; {g_tgt.train_path.name})")
+    return table, meta
+
+
+def _fp32(placement):
+    """The target without the fp16 training graph (eval and the optimizers are fp32 graphs)."""
+    import dataclasses
+
+    return dataclasses.replace(placement, precision="fp32")
+
+
+def _step(sess, device, feeds, x):
+    """One evaluation through TrainStep (IOBinding, as the host loop runs it) on any training session."""
+    from types import SimpleNamespace
+
+    from .session import TrainStep
+
+    return TrainStep(SimpleNamespace(train=sess, placement=SimpleNamespace(device=device)), feeds, x.shape)(x)
+
+
+def _optimizer_inputs(sess, n: int, k: int) -> dict[str, np.ndarray]:
+    """Random float32 inputs for an optimizer graph: [n] vectors, [k, n] histories, [1, k] coefficients,
+    positive scalars (step sizes, Adam's constants)."""
+    rng = np.random.default_rng(3)
+    out = {}
+    for i in sess.get_inputs():
+        dims = [n if d == "n" else k if d == "k" else d for d in i.shape]
+        if not dims:
+            out[i.name] = np.array(rng.uniform(0.1, 0.9), np.float32)
+        elif i.name in ("m2",):
+            out[i.name] = rng.uniform(0.0, 1.0, dims).astype(np.float32)
+        else:
+            out[i.name] = rng.standard_normal(dims).astype(np.float32)
+    return out
+
+
+def _run_plain(sess, inputs: dict) -> dict[str, np.ndarray]:
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(None, inputs)))
+
+
+def _loop(graphs, runners, kind: str, feeds, x, steps: int) -> np.ndarray:
+    from .device_loop import DeviceLoop
+
+    loop = DeviceLoop(graphs, feeds, x, kind, 1.0 if kind == "lbfgs" else 0.02, 10, runners=runners)
+    for _ in range(steps):
+        *_, ok = loop.step()
+        if not ok:
+            raise FloatingPointError("the loss or gradient was not finite")
+    return loop.image()
+
+
+def _time(graphs, feeds, x, iterations: int) -> tuple[float, str]:
+    """Median seconds per L-BFGS iteration after one warm-up, in the loop the Stylizer would use."""
+    from .device_loop import DeviceLoop, optimizer_runners
+    from .optim import make
+    from .session import TrainStep
+
+    runners = optimizer_runners(graphs, "lbfgs")
+    times = []
+    if runners is not None:
+        loop = DeviceLoop(graphs, feeds, x, "lbfgs", 1.0, 100, runners=runners)
+        for _ in range(iterations + 1):
+            t0 = time.perf_counter()
+            loop.step()
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times[1:]), "device"
+    step, opt, xx = TrainStep(graphs, feeds, x.shape), make("lbfgs", x.size, 1.0, 100), x
+    for _ in range(iterations + 1):
+        t0 = time.perf_counter()
+        _, _, _, _, g = step(xx)
+        xx = opt.step(xx.reshape(-1), g.reshape(-1)).reshape(x.shape)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times[1:]), "host"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        table, meta = run(args)
+    except KeyboardInterrupt:
+        print("nst-ort check: interrupted", file=sys.stderr)
+        return 130
+    except NstError as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"nst-ort check: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except Exception as e:  # noqa: BLE001 - last resort: one line unless --debug
+        if args.debug:
+            traceback.print_exc()
+        print(f"nst-ort check: internal error: {type(e).__name__}: {e} (rerun with --debug)", file=sys.stderr)
+        return 1
+    opts = " ".join(f"{k}={v}" for k, v in meta["provider_options"].items())
+    print(f"nst-ort check: {meta['model']} ({meta['backbone']}) on {meta['provider']}"
+          f"{' [' + opts + ']' if opts else ''}, precision {meta['precision']}")
+    print(f"onnxruntime {meta['onnxruntime']} ({meta['package']}); reference: {meta['reference']}; "
+          f"synthetic images {meta['size'][0]}x{meta['size'][1]}")
+    print(table.render())
+    failed = [r for r in table.rows if r["ok"] is False]
+    compared = [r for r in table.rows if r["ok"] is not None]
+    verdict = (f"PASS: {len(compared)} comparisons within their limits" if not failed else
+               f"FAIL: {len(failed)} of {len(compared)} comparisons outside their limits or not run")
+    print(verdict)
+    if args.json:
+        Path(args.json).write_text(json.dumps({**meta, "rows": table.rows, "passed": table.passed,
+                                               "verdict": verdict, "limits": LIMITS[args.precision],
+                                               "what": WHAT}, indent=1) + "\n")
+    return 0 if table.passed else EXIT_CHECK_FAILED
