@@ -136,8 +136,8 @@ def _torch_backbone(model: Path, manifest: dict):
     from onnx import numpy_helper
 
     sys.path.insert(0, str(ROOT))
-    from export.backbones import REGISTRY
-    from export.gradient import graph_tensors
+    from nst_ort_export.backbones import REGISTRY
+    from nst_ort_export.gradient import graph_tensors
 
     name = manifest["backbone"]
     pool = "max"
@@ -163,7 +163,7 @@ def _torch_backbone(model: Path, manifest: dict):
     state = {n: torch.from_numpy(inits[n]).reshape(wanted[n].shape) for n in wanted}
     backbone.module.load_state_dict(state, strict=False)
     # The channel order is not a tensor: take it from the manifest (weights="random" builds RGB).
-    from export.backbones import PreprocessLayer
+    from nst_ort_export.backbones import PreprocessLayer
 
     for m in backbone.module.modules():
         if isinstance(m, PreprocessLayer):
@@ -182,7 +182,7 @@ def child_torch(spec: dict) -> dict:
         pass
     base = rss_mib()
     sys.path.insert(0, str(ROOT))
-    from export.loss import content_loss, gram, tv_loss
+    from nst_ort_export.loss import content_loss, gram, tv_loss
 
     dev = torch.device("cuda" if spec["device"] == "cuda" else "cpu")
     precision = spec.get("precision") or "fp32"

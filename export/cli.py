@@ -8,14 +8,20 @@
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import json
 import shlex
 import sys
 import time
 
-from .backbones import CAFFE, IMAGENET_TORCHVISION, RAW, REGISTRY, VGG_DEFAULT_CONTENT, VGG_DEFAULT_STYLE, Preprocess
+# Torch-free imports only up here: without the [export] extra the CLI still starts and says so.
+from .preprocess import NAMED as PREPROCESS
+from .preprocess import Preprocess
 
-PREPROCESS = {"torchvision": IMAGENET_TORCHVISION, "caffe": CAFFE, "raw": RAW}
+# What the [export] extra installs; each is imported before any work (a missing one is one line).
+EXTRA_MODULES = ("torch", "onnx", "onnxscript")
+EXIT_MISSING = 5  # as nst-ort's "device" code: the environment lacks what it needs (docs/errors.md)
 
 
 def _layers(text: str | None) -> list[str] | None:
@@ -50,6 +56,8 @@ def _preprocess(args, default: Preprocess | None) -> Preprocess | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .backbones import REGISTRY, VGG_DEFAULT_CONTENT, VGG_DEFAULT_STYLE
+
     p = argparse.ArgumentParser(
         prog="nst-ort-export",
         description="Export a CNN into nst-ort artifacts: an eval graph (features, Grams) and a "
@@ -104,12 +112,31 @@ def build_import_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _unreadable(model: str, e: Exception) -> str:
+    first = (str(e).splitlines() or [""])[0][:200]
+    return (f"{model}: cannot read this graph ({type(e).__name__}: {first}); `nst-ort-export inspect` supports "
+            "CNN classifiers made of the ops it lists (please report a model that should work)")
+
+
 def _fail(msg: str) -> int:
     print(f"nst-ort-export: {msg}", file=sys.stderr)
     return 2
 
 
+def missing_extra() -> str | None:
+    """One line naming what to install, or None when the build step's dependencies import."""
+    for name in EXTRA_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            return (f"the build step needs {name} ({e}): install the [export] extra, pip install 'nst-ort[export]' "
+                    "(from a checkout: pip install -e '.[cpu,export]')")
+    return None
+
+
 def list_registry(as_json: bool) -> int:
+    from .backbones import REGISTRY
+
     if as_json:
         print(json.dumps([e.as_dict() for e in REGISTRY.values()], indent=1))
     else:
@@ -126,6 +153,8 @@ def main_inspect(argv: list[str]) -> int:
         info = inspect(args.model, args.input_layout, (args.size, args.size) if args.size else None)
     except (ValueError, UnsupportedOp, OSError) as e:
         return _fail(str(e))
+    except Exception as e:  # noqa: BLE001 - a graph the interpreter misreads: still one line
+        return _fail(_unreadable(args.model, e))
     print(json.dumps(info.as_dict(), indent=1) if args.json else info.format())
     return 0
 
@@ -136,6 +165,10 @@ def main_import(argv: list[str]) -> int:
     if preprocess is None:
         return _fail("import: say how the network wants its input: --preprocess caffe|torchvision|raw, or "
                      "--mean/--std/--scale/--order (the ONNX file does not record it)")
+    if not args.no_check and importlib.util.find_spec("onnxruntime") is None:
+        print("nst-ort-export: error: import checks the network against onnxruntime, which is not installed: "
+              "install the [cpu] extra (pip install 'nst-ort[cpu,export]'), or pass --no-check", file=sys.stderr)
+        return EXIT_MISSING
     from .artifacts import write_artifacts
     from .onnx_import import build_onnx_backbone
 
@@ -146,6 +179,8 @@ def main_import(argv: list[str]) -> int:
             input_layout=args.input_layout, name=args.name, license=args.license, verify=not args.no_check)
     except (ValueError, OSError) as e:
         return _fail(str(e))
+    except Exception as e:  # noqa: BLE001 - a graph the interpreter misreads: still one line
+        return _fail(_unreadable(args.model, e))
     print(f"content layers: {', '.join(backbone.content_layers)}")
     print(f"style layers:   {', '.join(backbone.style_layers)}")
     if not args.no_check:
@@ -158,6 +193,10 @@ def main_import(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    missing = missing_extra()
+    if missing:
+        print(f"nst-ort-export: error: {missing}", file=sys.stderr)
+        return EXIT_MISSING
     if argv and argv[0] == "inspect":
         return main_inspect(argv[1:])
     if argv and argv[0] == "import":
@@ -166,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         return list_registry("--json" in argv)
     args = build_parser().parse_args(argv)
     from .artifacts import write_artifacts
+    from .backbones import REGISTRY
 
     if args.backbone not in REGISTRY:
         return _fail(f"unknown backbone {args.backbone!r}; known: {', '.join(REGISTRY)} "

@@ -73,10 +73,20 @@ class OnnxGraph:
         except Exception as e:  # noqa: BLE001 - onnx raises DecodeError, OSError, ...
             raise ValueError(f"{self.path}: not a readable ONNX file ({e})") from None
         g = self.model.graph
+        if not g.node:
+            raise ValueError(f"{self.path}: not an ONNX model (no graph nodes; empty or another kind of file)")
         self.opset = next((o.version for o in self.model.opset_import if o.domain in ("", "ai.onnx")), 0)
-        self.consts: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+        try:
+            self.consts: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+        except Exception as e:  # noqa: BLE001 - external data missing or malformed tensors
+            raise ValueError(f"{self.path}: cannot read its weights ({str(e).splitlines()[0][:200]})") from None
         self.nodes = []
         for node in g.node:
+            if node.op_type == "Cast" and not node.domain and node.input[0] in self.consts \
+                    and _attrs(node).get("to") == onnx.TensorProto.FLOAT:
+                # Weights stored in fp16 and cast at load (nst-ort's own graphs do this): a constant.
+                self.consts[node.output[0]] = self.consts[node.input[0]].astype(np.float32)
+                continue
             if node.op_type == "Constant" and not node.domain:
                 a = _attrs(node)
                 if "value" in a:
@@ -518,6 +528,11 @@ class Plan:
             ins = runtime_inputs(n)
             if any(i not in self.values for i in ins):
                 continue  # downstream of an unsupported node
+            if not ins:
+                # Computed from constants only (shape arithmetic, ...): not a layer, and not run here.
+                self.stops.append((n.op_type, n.name))
+                self.stop_reasons[n.name] = f"{n.op_type} node {n.name!r} computes a constant from constants"
+                continue
             if n.domain not in ("", "ai.onnx") or n.op_type not in OP_MODULES:
                 if needed is not None:
                     raise UnsupportedOp(
@@ -699,7 +714,11 @@ def inspect(path: str | Path, input_layout: str | None = None, size: tuple[int, 
         stride = 2 ** round(math.log2(max(h / shape[2], 1.0)))
         cands.append(Candidate(len(cands) + 1, v.layer, v.label, v.node, v.name, shape[1], stride, shape,
                                v.block_output))
-    content, style = suggest_layers(cands)
+    try:
+        content, style = suggest_layers(cands)
+    except ValueError as e:
+        stop = f"; first unsupported node: {plan.stops[0][1]!r} ({plan.stops[0][0]})" if plan.stops else ""
+        raise ValueError(f"{g.path}: {e}{stop}") from None
     producer = f"{g.model.producer_name or 'unknown producer'} {g.model.producer_version}".strip()
     return Inspection(g.path, producer, g.opset, g.input_name, g.input_dims, g.layout, (h, w), cands, plan.stops,
                       content, style, plan.stop_reasons)

@@ -1,8 +1,27 @@
 """nst-ort: Gatys neural style transfer whose loop runs on ONNX Runtime (no torch at run time)."""
 __version__ = "0.1.0"
 
-from .artifacts import Artifacts  # noqa: E402
-from .config import Config, LossConfig, OptimConfig, StyleInput  # noqa: E402
-from .stylize import IterationRecord, Stylizer  # noqa: E402
+# Loaded on first use (PEP 562): `import nst_ort` itself needs no onnxruntime, so the `nst-ort`
+# command can say in one line that none is installed (entry.py) instead of failing on an import.
+_EXPORTS = {"Artifacts": "artifacts", "Config": "config", "LossConfig": "config", "OptimConfig": "config",
+            "StyleInput": "config", "IterationRecord": "stylize", "Stylizer": "stylize"}
 
 __all__ = ["Artifacts", "Config", "IterationRecord", "LossConfig", "OptimConfig", "StyleInput", "Stylizer", "__version__"]
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'nst_ort' has no attribute {name!r}")
+    import importlib
+
+    try:
+        module = importlib.import_module(f".{_EXPORTS[name]}", __name__)
+    except ModuleNotFoundError as e:
+        if e.name != "onnxruntime":
+            raise
+        from .entry import INSTALL
+
+        raise ImportError(f"nst-ort needs an ONNX Runtime: {INSTALL}") from e
+    value = getattr(module, name)
+    globals()[name] = value
+    return value

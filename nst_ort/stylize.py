@@ -329,7 +329,7 @@ class Stylizer:
         if runners is None:
             if mode == "device":
                 raise UsageError(f"{self.artifacts.path}: this model has no {cfg.optim.name} optimizer graphs "
-                                 "(re-export it, or: python -m export.optim_graphs MODEL); use --loop host")
+                                 "(re-export it, or: python -m nst_ort_export.optim_graphs MODEL); use --loop host")
             return None
         state = self._optimizer_state if self._optimizer_state is not None else (
             self.optimizer.state_dict() if self.optimizer is not None else None)

@@ -45,7 +45,7 @@ def torch_loss(backbone, feeds: dict, x: np.ndarray, dtype=None) -> tuple[float,
     """The loss and image gradient in torch (float64 by default) with the stored fp16-rounded weights."""
     import torch
 
-    from export.loss import content_loss, masked_grams, style_loss, tv_loss
+    from nst_ort_export.loss import content_loss, masked_grams, style_loss, tv_loss
 
     dtype = dtype or torch.float64
     net = copy.deepcopy(backbone.module).to(dtype)

@@ -27,8 +27,8 @@ def default_model() -> Path:
 
 
 def _export(tmp_path_factory, name: str, **kw):
-    from export.artifacts import write_artifacts
-    from export.backbones import REGISTRY
+    from nst_ort_export.artifacts import write_artifacts
+    from nst_ort_export.backbones import REGISTRY
 
     arch = kw.pop("arch")
     backbone = REGISTRY[arch](**kw)

@@ -23,7 +23,7 @@ from conftest import HAS_TORCH, needs_torch
 pytestmark = needs_torch
 
 if HAS_TORCH:
-    from export.backbones import REGISTRY
+    from nst_ort_export.backbones import REGISTRY
 
     NAMES = list(REGISTRY)
 else:  # collected without torch: everything here is skipped
@@ -38,7 +38,7 @@ EXPORT_SECONDS: dict[str, float] = {}
 @pytest.fixture(scope="session")
 def quick_export(tmp_path_factory):
     """name -> (backbone, artifact folder): the entry cut at its quick layers, random weights."""
-    from export.artifacts import write_artifacts
+    from nst_ort_export.artifacts import write_artifacts
 
     cache: dict[str, tuple] = {}
 
@@ -63,7 +63,7 @@ def quick_export(tmp_path_factory):
 
 
 def test_list_shows_every_entry_with_layers_and_defaults():
-    from export.cli import main
+    from nst_ort_export.cli import main
 
     buf = io.StringIO()
     with redirect_stdout(buf):
@@ -129,8 +129,8 @@ def _vgg_reference_taps(ref, x):
 
 
 def _reference(name: str, seed: int):
-    from export.backbones import _random_init, vgg_reference
-    from export.resnet import resnet_reference
+    from nst_ort_export.backbones import _random_init, vgg_reference
+    from nst_ort_export.resnet import resnet_reference
 
     ref = resnet_reference(name) if name.startswith("resnet") else vgg_reference(name)
     _random_init(ref, seed, forward=ref.taps if name.startswith("resnet") else ref.features)
@@ -234,7 +234,7 @@ def test_resnet_gradient_matches_finite_differences(quick_export):
 def test_full_export_gradient_and_stylize(name, tmp_path):
     """Default layers, full depth. The tolerance is 1e-4, or 3x torch's own float32 error where the
     case is that ill-conditioned (random ResNet50: its deep Grams of 3x3 maps amplify rounding)."""
-    from export.artifacts import write_artifacts
+    from nst_ort_export.artifacts import write_artifacts
 
     # Seed 3: with seed 2, one max-pool window of vgg19_bn's test image holds a near-tie, where float32
     # and float64 legitimately send the gradient to different pixels (torch float32 itself is off by 1e-2).

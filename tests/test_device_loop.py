@@ -15,7 +15,7 @@ needs_onnx = pytest.mark.skipif(importlib.util.find_spec("onnx") is None, reason
 def optimizer_graphs(tmp_path_factory):
     if importlib.util.find_spec("onnx") is None:
         pytest.skip("needs onnx")
-    from export.optim_graphs import MANIFEST, write_optimizer_graphs
+    from nst_ort_export.optim_graphs import MANIFEST, write_optimizer_graphs
     from nst_ort.device_loop import _Runner
     from nst_ort.providers import choose
 

