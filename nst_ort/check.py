@@ -26,6 +26,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -191,42 +192,51 @@ def _guard(table: Table, graph: str, what: str):
 def run(args) -> tuple[Table, dict]:
     from . import providers
     from .artifacts import Artifacts
-    from .device_loop import _Runner, optimizer_runners
-    from .session import Graphs, _session
+    from .device_loop import _Runner
+    from .session import _session
 
     art = Artifacts(args.model)
     options = providers.parse_options(args.provider_option) or None
     target = providers.choose(args.device, args.provider, args.threads, precision=args.precision, options=options)
     ref = providers.choose("cpu", threads=1)
-    limits = LIMITS[args.precision]
-    table = Table(limits)
+    table = Table(LIMITS[args.precision])
     w, h = _size(art, args.size)
     meta = {"model": str(art.path), "backbone": art.backbone, **providers.info(), "provider": target.provider,
             "provider_options": dict(target.options), "precision": args.precision, "size": [w, h],
             "reference": "CPUExecutionProvider, 1 thread"}
+    cache: dict = {}
 
-    # eval.onnx, and the reference's features as every graph's targets
-    g_ref = Graphs(art, ref)
-    g_tgt = None
+    def session(path, placement):
+        """One session per graph and side (loading train_cpu.onnx folds its Winograd weights: seconds)."""
+        key = (str(path), placement is ref)
+        if key not in cache:
+            cache[key] = _session(path, placement)
+        return cache[key]
+
+    def features(placement, image):
+        x = np.ascontiguousarray(image.transpose(2, 0, 1)[None], dtype=np.float32)
+        sess = session(art.graph_path("eval"), placement)
+        return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"image": x})))
+
+    # eval.onnx; the reference's features are every graph's targets
+    content, _ = _images(w, h)
     with _guard(table, "eval.onnx", "content features, Gram matrices"):
-        g_tgt = Graphs(art, target) if args.precision != "fp16" else Graphs(art, _fp32(target))
-        content, _ = _images(w, h)
-        a, b = g_tgt.features(content), g_ref.features(content)
+        a, b = features(target, content), features(ref, content)
         table.add("eval.onnx", "content features, Gram matrices", "features", max(_max_rel(a[k], b[k]) for k in b))
-    feeds = _feeds(art, g_ref.features, w, h)
-    x = _start(_images(w, h)[0])
+    feeds = _feeds(art, lambda image: features(ref, image), w, h)
+    x = _start(content)
 
-    # training graphs: each on both providers; fp16 against the fp32 graph on the reference
-    graphs = ["train"] + [r for r in ("train_cpu",) if r in art.manifest["graphs"]]
-    pairs = [(r, r) for r in graphs]
+    # training graphs: each on both sides; fp16 against the fp32 graph on the reference
     if args.precision == "fp16":
         art.train_graph_path("fp16")  # refuses a model without it (exit 2)
         pairs = [("train_fp16", "train")]
+    else:
+        pairs = [(r, r) for r in ("train", "train_cpu") if r in art.manifest["graphs"]]
     for role, ref_role in pairs:
         name = art.graph_path(role).name
         with _guard(table, name, "loss, gradient"):
-            sa = _step(_session(art.graph_path(role), target), target.device, feeds, x)
-            sb = _step(_session(art.graph_path(ref_role), ref), "cpu", feeds, x)
+            sa = _step(session(art.graph_path(role), target), target.device, feeds, x)
+            sb = _step(session(art.graph_path(ref_role), ref), "cpu", feeds, x)
             terms = max([_rel(sa[0], sb[0])] + [_rel(u, v) for u, v in zip(sa[1], sb[1]) if abs(v) > 0] +
                         [_rel(u, v) for u, v in zip(sa[2], sb[2]) if abs(v) > 0] + [_rel(sa[3], sb[3])])
             suffix = f" vs {ref_role}.onnx" if role != ref_role else ""
@@ -237,56 +247,62 @@ def run(args) -> tuple[Table, dict]:
     if "train_cpu" in art.manifest["graphs"] and args.precision != "fp16":
         # The CPU provider's own graph against train.onnx, on the reference: the same function.
         with _guard(table, "train_cpu.onnx", "vs train.onnx (both on the CPU)"):
-            sa = _step(_session(art.graph_path("train_cpu"), ref), "cpu", feeds, x)
-            sb = _step(_session(art.graph_path("train"), ref), "cpu", feeds, x)
+            sa = _step(session(art.graph_path("train_cpu"), ref), "cpu", feeds, x)
+            sb = _step(session(art.graph_path("train"), ref), "cpu", feeds, x)
             table.add("train_cpu.onnx", "gradient vs train.onnx, both on CPU", "gradient", _rel_l2(sa[4], sb[4]))
 
-    # optimizer graphs on random vectors, then the device loop
+    # optimizer graphs on random vectors, then the device loop (the target's training graph on both sides)
     entry = art.manifest.get("optimizers") if isinstance(art.manifest.get("optimizers"), dict) else {}
+    runners: dict = {}
     n, k = 3 * w * h, 6
     for kind in ("adam", "lbfgs"):
         for role, file in (entry.get(kind) or {}).items():
             with _guard(table, file, "outputs on random vectors"):
-                inputs = _optimizer_inputs(_Runner(art._file(file), ref).sess, n, k)
-                oa = _run_plain(_Runner(art._file(file), target).sess, inputs)
-                ob = _run_plain(_Runner(art._file(file), ref).sess, inputs)
+                ra, rb = (runners.setdefault((kind, p is ref), {}).setdefault(role, _Runner(art._file(file), p))
+                          for p in (target, ref))
+                inputs = _optimizer_inputs(rb.sess, n, k)
+                oa, ob = _run_plain(ra.sess, inputs), _run_plain(rb.sess, inputs)
                 table.add(file, "outputs on random vectors", "optimizer", max(_max_rel(oa[o], ob[o]) for o in ob))
-    if g_tgt is not None and entry:
-        for kind in ("lbfgs", "adam"):
-            if not entry.get(kind):
-                continue
-            label = {"lbfgs": "L-BFGS", "adam": "Adam"}[kind]
-            with _guard(table, "device loop", f"{label}, 3 steps"):
-                xa = _loop(g_tgt, optimizer_runners(g_tgt, kind), kind, feeds, x, 3)
-                xb = _loop(g_ref, optimizer_runners(g_ref, kind), kind, feeds, x, 3)
-                diff = float(np.abs(xa - xb).max() / max(np.abs(xb - x).max(), 1e-30))
-                table.add("device loop", f"{label}, 3 steps: image", "loop", diff)
+    loop_graph = art.train_graph_path(target.train_variant)
+    loop_ref = art.graph_path("train") if args.precision == "fp16" else loop_graph
 
-    # one iteration, timed
-    if args.time_size and g_tgt is not None:
+    def graphs(placement, path):
+        return SimpleNamespace(artifacts=art, placement=placement, train=session(path, placement), train_path=path)
+
+    for kind in ("lbfgs", "adam"):
+        roles = entry.get(kind) or {}
+        if not roles or any(r not in runners.get((kind, False), {}) or r not in runners.get((kind, True), {})
+                            for r in roles):
+            continue  # not in the model, or its graphs failed above
+        label = {"lbfgs": "L-BFGS", "adam": "Adam"}[kind]
+        with _guard(table, "device loop", f"{label}, 3 steps"):
+            xa = _loop(graphs(target, loop_graph), runners[(kind, False)], kind, feeds, x, 3)
+            xb = _loop(graphs(ref, loop_ref), runners[(kind, True)], kind, feeds, x, 3)
+            diff = float(np.abs(xa - xb).max() / max(np.abs(xb - x).max(), 1e-30))
+            table.add("device loop", f"{label}, 3 steps: image", "loop", diff)
+
+    # one iteration, timed, in the loop a run would use, against the CPU provider as it would run
+    if args.time_size:
         with _guard(table, "time", f"iteration at {args.time_size} px"):
             tw, th = _size(art, args.time_size)
-            tfeeds = _feeds(art, g_ref.features, tw, th)
+            tfeeds = _feeds(art, lambda image: features(ref, image), tw, th)
             tx = _start(_images(tw, th)[0])
-            ta = _time(g_tgt, tfeeds, tx, args.time_iterations)
-            tb = _time(Graphs(art, providers.choose("cpu", threads=args.threads)), tfeeds, tx, args.time_iterations)
+            ta = _time(graphs(target, loop_graph), runners.get(("lbfgs", False)), tfeeds, tx, args.time_iterations)
+            if target.provider == providers.CPU:
+                tb = ta  # the same thing
+            else:
+                cpu = providers.choose("cpu", threads=args.threads)
+                cpu_graph = art.train_graph_path(cpu.train_variant)
+                tb = _time(SimpleNamespace(artifacts=art, placement=cpu, train=_session(cpu_graph, cpu),
+                                           train_path=cpu_graph), None, tfeeds, tx, args.time_iterations)
             meta["seconds_per_iteration"] = {"provider": ta[0], "cpu_provider": tb[0], "size": [tw, th], "loop": ta[1]}
             table.add("time", f"{ta[1]} loop, {tw}x{th}, L-BFGS", None, None,
-                      note=f"{ta[0]:.3f} s/iteration (CPU provider {tb[0]:.3f} s; {g_tgt.train_path.name})")
+                      note=f"{ta[0]:.3f} s/iteration (CPU provider {tb[0]:.3f} s); {loop_graph.name}")
     return table, meta
-
-
-def _fp32(placement):
-    """The target without the fp16 training graph (eval and the optimizers are fp32 graphs)."""
-    import dataclasses
-
-    return dataclasses.replace(placement, precision="fp32")
 
 
 def _step(sess, device, feeds, x):
     """One evaluation through TrainStep (IOBinding, as the host loop runs it) on any training session."""
-    from types import SimpleNamespace
-
     from .session import TrainStep
 
     return TrainStep(SimpleNamespace(train=sess, placement=SimpleNamespace(device=device)), feeds, x.shape)(x)
@@ -324,13 +340,13 @@ def _loop(graphs, runners, kind: str, feeds, x, steps: int) -> np.ndarray:
     return loop.image()
 
 
-def _time(graphs, feeds, x, iterations: int) -> tuple[float, str]:
+def _time(graphs, runners, feeds, x, iterations: int) -> tuple[float, str]:
     """Median seconds per L-BFGS iteration after one warm-up, in the loop the Stylizer would use."""
     from .device_loop import DeviceLoop, optimizer_runners
     from .optim import make
     from .session import TrainStep
 
-    runners = optimizer_runners(graphs, "lbfgs")
+    runners = runners or optimizer_runners(graphs, "lbfgs")
     times = []
     if runners is not None:
         loop = DeviceLoop(graphs, feeds, x, "lbfgs", 1.0, 100, runners=runners)

@@ -131,10 +131,26 @@ def precision_options(provider: str, precision: str, user: dict | None = None) -
     user = user or {}
     if provider == CUDA:
         return {"use_tf32": "1" if precision == "tf32" else "0"}
-    if provider == OPENVINO and "load_config" not in user and precision in ("fp32", "fp16"):
+    if provider == OPENVINO and not {"load_config", "precision"} & set(user) and precision in ("fp32", "fp16"):
         # fp16 too: the mixed graph's fp16 convolutions are explicit; the rest must stay f32.
-        return {"load_config": json.dumps({d: {"INFERENCE_PRECISION_HINT": "f32"} for d in _openvino_devices(user)})}
+        return _openvino_f32(tuple(_openvino_devices(user)))
     return {}
+
+
+_ov_f32: dict = {}
+
+
+def _openvino_f32(devices: tuple) -> dict[str, str]:
+    """load_config with INFERENCE_PRECISION_HINT f32 (onnxruntime-openvino 1.23+ reads it as JSON;
+    1.18 refused it and dropped the provider: there precision=FP32, deprecated since 1.23)."""
+    if devices not in _ov_f32:
+        opts = {"load_config": json.dumps({d: {"INFERENCE_PRECISION_HINT": "f32"} for d in devices})}
+        try:
+            check_options(OPENVINO, opts)
+        except UsageError:
+            opts = {"precision": "FP32"}
+        _ov_f32[devices] = opts
+    return dict(_ov_f32[devices])
 
 
 # A 74-byte ONNX model (x [1] -> Relu -> y, opset 13), for checking provider options without an
@@ -256,19 +272,10 @@ def _choose(device: str, provider: str | None, threads: int | None, warn) -> Pla
 
 def info() -> dict:
     """What this onnxruntime build offers (for --info and `nst-ort check`)."""
+    from .entry import installed_runtimes
+
     return {"onnxruntime": ort.__version__, "providers": ort.get_available_providers(),
-            "package": _ort_package()}
-
-
-def _ort_package() -> str | None:
-    """Which distribution installed the `onnxruntime` module (onnxruntime, -gpu, -openvino, ...)."""
-    try:
-        from importlib import metadata
-
-        dists = metadata.packages_distributions().get("onnxruntime", [])
-        return ", ".join(sorted(set(dists))) or None
-    except Exception:  # noqa: BLE001 - informational only
-        return None
+            "package": ", ".join(installed_runtimes()) or None}
 
 
 def _gpu_present() -> bool:
