@@ -1,6 +1,6 @@
 """Mixed-precision training graph for GPUs: convolutions in fp16, everything else in fp32.
 
-    python -m export.mixed_precision MODEL      # adds train_fp16.onnx to an artifact folder, in place
+    python -m nst_ort_export.mixed_precision MODEL      # adds train_fp16.onnx to an artifact folder, in place
     nst-ort ... --precision fp16                # runs it (CUDA, TensorRT; see nst-ort check)
 
 A graph pass over train.onnx (any backbone, any of its convolutions: forward and input-gradient Conv
@@ -179,5 +179,5 @@ if __name__ == "__main__":
     import sys
 
     if len(sys.argv) != 2:
-        sys.exit("usage: python -m export.mixed_precision ARTIFACT_FOLDER   (adds train_fp16.onnx in place)")
+        sys.exit("usage: python -m nst_ort_export.mixed_precision ARTIFACT_FOLDER   (adds train_fp16.onnx in place)")
     print(add_to_folder(sys.argv[1]))

@@ -186,5 +186,5 @@ if __name__ == "__main__":
     import sys
 
     if len(sys.argv) != 2:
-        sys.exit("usage: python -m export.optim_graphs ARTIFACT_FOLDER   (adds the optimizer graphs in place)")
+        sys.exit("usage: python -m nst_ort_export.optim_graphs ARTIFACT_FOLDER   (adds the optimizer graphs in place)")
     print(add_to_folder(sys.argv[1]))

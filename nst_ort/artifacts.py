@@ -168,7 +168,7 @@ class Artifacts:
             train, fp16 = self.graph_path("train"), self.graph_path("train_fp16")
             if _graph_io(train) != _graph_io(fp16):
                 raise ArtifactError(f"{fp16}: its inputs and outputs differ from {train.name}'s "
-                                    "(made from another export?); remake it: python -m export.mixed_precision MODEL")
+                                    "(made from another export?); remake it: python -m nst_ort_export.mixed_precision MODEL")
 
     def _check_external_data(self, graph: Path) -> None:
         try:
@@ -245,7 +245,7 @@ class Artifacts:
         if variant == "fp16":
             if "train_fp16" not in self.manifest["graphs"]:
                 raise UsageError(f"--precision fp16: {self.path} has no mixed-precision training graph "
-                                 "(train_fp16.onnx); add one with: python -m export.mixed_precision MODEL")
+                                 "(train_fp16.onnx); add one with: python -m nst_ort_export.mixed_precision MODEL")
             return self.graph_path("train_fp16")
         if variant == "cpu" and "train_cpu" in self.manifest["graphs"] and os.environ.get("NST_ORT_TRAIN_GRAPH") != "train":
             return self.graph_path("train_cpu")
