@@ -109,7 +109,7 @@ def test_check_passes_and_names_every_graph(provider, tmp_path):
     files |= {f for roles in manifest["optimizers"].values() if isinstance(roles, dict) for f in roles.values()}
     checked = {row["graph"] for row in rep["rows"] if row["ok"]}
     assert files <= checked, files - checked
-    assert {"L-BFGS, 3 steps: image", "Adam, 3 steps: image"} <= {row["what"] for row in rep["rows"] if row["ok"]}
+    assert {"L-BFGS, 3 steps: loss reached", "Adam, 3 steps: loss reached"} <= {row["what"] for row in rep["rows"] if row["ok"]}
     assert rep["provider"] == provider and rep["onnxruntime"] == ort.__version__ and rep["passed"]
 
 
