@@ -190,41 +190,63 @@ def _guard(table: Table, graph: str, what: str):
 
 # -- the run -----------------------------------------------------------------------------------------
 
+class _Side:
+    """One side of the comparison (the provider checked, or the reference) on one placement: each
+    graph's session made once (loading train_cpu.onnx folds its Winograd weights: seconds). Quacks
+    like session.Graphs where TrainStep, HostLoop and DeviceLoop need it."""
+
+    def __init__(self, art, placement):
+        self.artifacts, self.placement, self._sessions = art, placement, {}
+
+    def session(self, path):
+        from .session import make_session
+
+        if str(path) not in self._sessions:
+            self._sessions[str(path)] = make_session(path, self.placement)
+        return self._sessions[str(path)]
+
+    def features(self, image: np.ndarray) -> dict[str, np.ndarray]:
+        sess = self.session(self.artifacts.graph_path("eval"))
+        x = np.ascontiguousarray(image.transpose(2, 0, 1)[None], dtype=np.float32)
+        return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"image": x})))
+
+    def optimizer_sessions(self, kind: str):
+        paths = self.artifacts.optimizer_graphs(kind)
+        return None if paths is None else {role: self.session(p) for role, p in paths.items()}
+
+    def graphs(self, train_path):
+        """A Graphs-like view with this training graph."""
+        return SimpleNamespace(artifacts=self.artifacts, placement=self.placement, train=self.session(train_path),
+                               train_path=train_path, optimizer_sessions=self.optimizer_sessions)
+
+    def step(self, train_path, feeds, x):
+        """One evaluation through TrainStep (IOBinding, as the host loop runs it)."""
+        from .session import TrainStep
+
+        return TrainStep(self.graphs(train_path), feeds, x.shape)(x)
+
+
 def run(args) -> tuple[Table, dict]:
     from . import providers
     from .artifacts import Artifacts
-    from .device_loop import _Runner
-    from .session import _session
 
     art = Artifacts(args.model)
     options = providers.parse_options(args.provider_option) or None
-    target = providers.choose(args.device, args.provider, args.threads, precision=args.precision, options=options)
-    ref = providers.choose("cpu", threads=1)
+    target = _Side(art, providers.choose(args.device, args.provider, args.threads, precision=args.precision,
+                                         options=options))
+    ref = _Side(art, providers.choose("cpu", threads=1))
     table = Table(LIMITS[args.precision])
     w, h = _size(art, args.size)
-    meta = {"model": str(art.path), "backbone": art.backbone, **providers.info(), "provider": target.provider,
-            "provider_options": dict(target.options), "precision": args.precision, "size": [w, h],
+    meta = {"model": str(art.path), "backbone": art.backbone, **providers.info(), "provider": target.placement.provider,
+            "provider_options": dict(target.placement.options), "precision": args.precision, "size": [w, h],
             "reference": "CPUExecutionProvider, 1 thread"}
-    cache: dict = {}
-
-    def session(path, placement):
-        """One session per graph and side (loading train_cpu.onnx folds its Winograd weights: seconds)."""
-        key = (str(path), placement is ref)
-        if key not in cache:
-            cache[key] = _session(path, placement)
-        return cache[key]
-
-    def features(placement, image):
-        x = np.ascontiguousarray(image.transpose(2, 0, 1)[None], dtype=np.float32)
-        sess = session(art.graph_path("eval"), placement)
-        return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"image": x})))
 
     # eval.onnx; the reference's features are every graph's targets
     content, _ = _images(w, h)
     with _guard(table, "eval.onnx", "content features, Gram matrices"):
-        a, b = features(target, content), features(ref, content)
+        a, b = target.features(content), ref.features(content)
         table.add("eval.onnx", "content features, Gram matrices", "features", max(_max_rel(a[k], b[k]) for k in b))
-    feeds = _feeds(art, lambda image: features(ref, image), w, h)
+    feeds = _feeds(art, ref.features, w, h)
     x = _start(content)
 
     # training graphs: each on both sides; fp16 against the fp32 graph on the reference
@@ -236,8 +258,8 @@ def run(args) -> tuple[Table, dict]:
     for role, ref_role in pairs:
         name = art.graph_path(role).name
         with _guard(table, name, "loss, gradient"):
-            sa = _step(session(art.graph_path(role), target), target.device, feeds, x)
-            sb = _step(session(art.graph_path(ref_role), ref), "cpu", feeds, x)
+            sa = target.step(art.graph_path(role), feeds, x)
+            sb = ref.step(art.graph_path(ref_role), feeds, x)
             terms = max([_rel(sa[0], sb[0])] + [_rel(u, v) for u, v in zip(sa[1], sb[1]) if abs(v) > 0] +
                         [_rel(u, v) for u, v in zip(sa[2], sb[2]) if abs(v) > 0] + [_rel(sa[3], sb[3])])
             suffix = f" vs {ref_role}.onnx" if role != ref_role else ""
@@ -248,42 +270,38 @@ def run(args) -> tuple[Table, dict]:
     if "train_cpu" in art.manifest["graphs"] and args.precision != "fp16":
         # The CPU provider's own graph against train.onnx, on the reference: the same function.
         with _guard(table, "train_cpu.onnx", "vs train.onnx (both on the CPU)"):
-            sa = _step(session(art.graph_path("train_cpu"), ref), "cpu", feeds, x)
-            sb = _step(session(art.graph_path("train"), ref), "cpu", feeds, x)
+            sa = ref.step(art.graph_path("train_cpu"), feeds, x)
+            sb = ref.step(art.graph_path("train"), feeds, x)
             table.add("train_cpu.onnx", "gradient vs train.onnx, both on CPU", "gradient", _rel_l2(sa[4], sb[4]))
 
     # optimizer graphs on random vectors, then the device loop (the target's training graph on both sides)
-    entry = art.manifest.get("optimizers") if isinstance(art.manifest.get("optimizers"), dict) else {}
-    runners: dict = {}
     n, k = 3 * w * h, 6
+    working = []
     for kind in ("adam", "lbfgs"):
-        for role, file in (entry.get(kind) or {}).items():
-            with _guard(table, file, "outputs on random vectors"):
-                ra, rb = (runners.setdefault((kind, p is ref), {}).setdefault(role, _Runner(art._file(file), p))
-                          for p in (target, ref))
-                inputs = _optimizer_inputs(rb.sess, n, k)
-                oa, ob = _run_plain(ra.sess, inputs), _run_plain(rb.sess, inputs)
-                table.add(file, "outputs on random vectors", "optimizer", max(_max_rel(oa[o], ob[o]) for o in ob))
-    loop_graph = art.train_graph_path(target.train_variant)
+        ok = bool(art.optimizer_graphs(kind))
+        for path in (art.optimizer_graphs(kind) or {}).values():
+            ok = False
+            with _guard(table, path.name, "outputs on random vectors"):
+                sa, sb = target.session(path), ref.session(path)
+                inputs = _optimizer_inputs(sb, n, k)
+                oa, ob = _run_plain(sa, inputs), _run_plain(sb, inputs)
+                table.add(path.name, "outputs on random vectors", "optimizer", max(_max_rel(oa[o], ob[o]) for o in ob))
+                ok = True
+            if not ok:
+                break
+        if ok:
+            working.append(kind)
+    loop_graph = art.train_graph_path(target.placement.train_variant)
     loop_ref = art.graph_path("train") if args.precision == "fp16" else loop_graph
-
-    def graphs(placement, path):
-        return SimpleNamespace(artifacts=art, placement=placement, train=session(path, placement), train_path=path)
-
-    for kind in ("lbfgs", "adam"):
-        roles = entry.get(kind) or {}
-        if not roles or any(r not in runners.get((kind, False), {}) or r not in runners.get((kind, True), {})
-                            for r in roles):
-            continue  # not in the model, or its graphs failed above
+    for kind in [k for k in ("lbfgs", "adam") if k in working]:
         label = {"lbfgs": "L-BFGS", "adam": "Adam"}[kind]
         with _guard(table, "device loop", f"{label}, 3 steps"):
-            xa = _loop(graphs(target, loop_graph), runners[(kind, False)], kind, feeds, x, 3)
-            xb = _loop(graphs(ref, loop_ref), runners[(kind, True)], kind, feeds, x, 3)
+            xa = _loop(target.graphs(loop_graph), kind, feeds, x, 3)
+            xb = _loop(ref.graphs(loop_ref), kind, feeds, x, 3)
             # The progress made, judged by the reference's graph: |L(xa) - L(xb)| / |L(x0) - L(xb)|.
             # (The image itself is information only: Adam's first steps are lr * sign(g) wherever g
             # is small, so any rounding there moves those pixels by a whole step.)
-            judge = session(loop_ref, ref)
-            la, lb, l0 = (_step(judge, "cpu", feeds, v)[0] for v in (xa, xb, x))
+            la, lb, l0 = (ref.step(loop_ref, feeds, v)[0] for v in (xa, xb, x))
             table.add("device loop", f"{label}, 3 steps: loss reached", "loop", abs(la - lb) / max(abs(l0 - lb), 1e-30))
             table.add("device loop", f"{label}, 3 steps: image (max, rel.)", None,
                       float(np.abs(xa - xb).max() / max(np.abs(xb - x).max(), 1e-30)), note="not limited")
@@ -292,27 +310,19 @@ def run(args) -> tuple[Table, dict]:
     if args.time_size:
         with _guard(table, "time", f"iteration at {args.time_size} px"):
             tw, th = _size(art, args.time_size)
-            tfeeds = _feeds(art, lambda image: features(ref, image), tw, th)
+            tfeeds = _feeds(art, ref.features, tw, th)
             tx = _start(_images(tw, th)[0])
-            ta = _time(graphs(target, loop_graph), runners.get(("lbfgs", False)), tfeeds, tx, args.time_iterations)
-            if target.provider == providers.CPU:
+            ta = _time(target.graphs(loop_graph), tfeeds, tx, args.time_iterations)
+            if target.placement.provider == providers.CPU:
                 tb = ta  # the same thing
             else:
-                cpu = providers.choose("cpu", threads=args.threads)
-                cpu_graph = art.train_graph_path(cpu.train_variant)
-                tb = _time(SimpleNamespace(artifacts=art, placement=cpu, train=_session(cpu_graph, cpu),
-                                           train_path=cpu_graph), None, tfeeds, tx, args.time_iterations)
+                cpu = _Side(art, providers.choose("cpu", threads=args.threads))
+                tb = _time(cpu.graphs(art.train_graph_path(cpu.placement.train_variant)), tfeeds, tx,
+                           args.time_iterations)
             meta["seconds_per_iteration"] = {"provider": ta[0], "cpu_provider": tb[0], "size": [tw, th], "loop": ta[1]}
             table.add("time", f"{ta[1]} loop, {tw}x{th}, L-BFGS", None, None,
                       note=f"{ta[0]:.3f} s/iteration (CPU provider {tb[0]:.3f} s); {loop_graph.name}")
     return table, meta
-
-
-def _step(sess, device, feeds, x):
-    """One evaluation through TrainStep (IOBinding, as the host loop runs it) on any training session."""
-    from .session import TrainStep
-
-    return TrainStep(SimpleNamespace(train=sess, placement=SimpleNamespace(device=device)), feeds, x.shape)(x)
 
 
 def _optimizer_inputs(sess, n: int, k: int) -> dict[str, np.ndarray]:
@@ -336,39 +346,31 @@ def _run_plain(sess, inputs: dict) -> dict[str, np.ndarray]:
     return dict(zip(names, sess.run(None, inputs)))
 
 
-def _loop(graphs, runners, kind: str, feeds, x, steps: int) -> np.ndarray:
+def _loop(graphs, kind: str, feeds, x, steps: int) -> np.ndarray:
     from .device_loop import DeviceLoop
 
-    loop = DeviceLoop(graphs, feeds, x, kind, 1.0 if kind == "lbfgs" else 0.02, 10, runners=runners)
+    loop = DeviceLoop(graphs, feeds, x, kind, 1.0 if kind == "lbfgs" else 0.02, 10)
     for _ in range(steps):
-        *_, ok = loop.step()
-        if not ok:
-            raise FloatingPointError("the loss or gradient was not finite")
+        loop.step()  # a loss that is not finite raises NumericalError: a FAIL row
     return loop.image()
 
 
-def _time(graphs, runners, feeds, x, iterations: int) -> tuple[float, str]:
-    """Median seconds per L-BFGS iteration after one warm-up, in the loop the Stylizer would use."""
-    from .device_loop import DeviceLoop, optimizer_runners
+def _time(graphs, feeds, x, iterations: int) -> tuple[float, str]:
+    """Median seconds per L-BFGS iteration after one warm-up, in the loop a run would use."""
+    from .device_loop import DeviceLoop
+    from .loop import HostLoop
     from .optim import make
-    from .session import TrainStep
 
-    runners = runners or optimizer_runners(graphs, "lbfgs")
+    if graphs.optimizer_sessions("lbfgs") is not None:
+        loop, kind = DeviceLoop(graphs, feeds, x, "lbfgs", 1.0, 100), "device"
+    else:
+        loop, kind = HostLoop(graphs, feeds, x, make("lbfgs", x.size, 1.0, 100)), "host"
     times = []
-    if runners is not None:
-        loop = DeviceLoop(graphs, feeds, x, "lbfgs", 1.0, 100, runners=runners)
-        for _ in range(iterations + 1):
-            t0 = time.perf_counter()
-            loop.step()
-            times.append(time.perf_counter() - t0)
-        return statistics.median(times[1:]), "device"
-    step, opt, xx = TrainStep(graphs, feeds, x.shape), make("lbfgs", x.size, 1.0, 100), x
     for _ in range(iterations + 1):
         t0 = time.perf_counter()
-        _, _, _, _, g = step(xx)
-        xx = opt.step(xx.reshape(-1), g.reshape(-1)).reshape(x.shape)
+        loop.step()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times[1:]), "host"
+    return statistics.median(times[1:]), kind
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,7 +12,6 @@ import importlib.util
 import json
 import os
 import shutil
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -65,7 +64,7 @@ def test_each_term_matches_the_float64_reference(provider, graph, reference):
     1e-4, gradient within 1e-4 of its largest entry (measured: at most 2.4e-5 and 4.7e-6, CPU provider
     1.32 and 1.18, OpenVINO 1.18 to 1.24). The targets come from eval.onnx on the same provider."""
     from nst_ort import Artifacts
-    from nst_ort.session import Graphs, _session
+    from nst_ort.session import Graphs, make_session as _session
 
     art = Artifacts(DEFAULT_MODEL)
     placement = _placement(provider)
@@ -278,7 +277,7 @@ def test_mixed_graph_against_fp32_and_float64(fp16_models, reference):
     per-call scale), where a plain fp16 cast of the gradient overflows."""
     from nst_ort import Artifacts
     from nst_ort.providers import choose
-    from nst_ort.session import Graphs, _session
+    from nst_ort.session import Graphs, make_session as _session
 
     art = Artifacts(fp16_models["emulated"])
     cpu = choose("cpu")
