@@ -255,6 +255,7 @@ def _sigterm(signum, frame):
 # subcommand owns its parser; the module is imported only when asked for (start-up stays small).
 SUBCOMMANDS: dict[str, str] = {
     "check": "nst_ort.check:main",
+    "video": "nst_ort.video:main",
 }
 
 
