@@ -105,9 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default="auto", help="auto, cpu or cuda")
     r.add_argument("--provider", help="any onnxruntime execution provider by name, e.g. TensorrtExecutionProvider")
     r.add_argument("--threads", type=int, help="intra-op threads (default: onnxruntime's)")
+    r.add_argument("--provider-option", action="append", metavar="KEY=VALUE",
+                   help="an option of the chosen provider (repeatable), e.g. device_type=GPU for OpenVINO, "
+                   "gpu_mem_limit=8589934592 for CUDA; see onnxruntime's page for that provider")
     r.add_argument("--precision", choices=["fp32", "tf32", "fp16"], default="fp32",
-                   help="CUDA: fp32 (TF32 off, the default) or tf32 (TensorFloat-32 convolutions); the CPU "
-                   "computes in fp32; fp16 needs an fp16 export (not yet)")
+                   help="fp32 (TF32 off on CUDA, f32 inference on OpenVINO), tf32 (CUDA: TensorFloat-32 "
+                   "convolutions), fp16 (the model's mixed-precision graph: convolutions in fp16, Gram "
+                   "matrices and losses in fp32; for GPUs)")
     r.add_argument("--loop", choices=["auto", "device", "host"], default="auto",
                    help="device: image, gradient and optimizer state stay in device buffers (needs the model's "
                    "optimizer graphs); host: optimizer in numpy; auto: device when the model has them")
@@ -131,6 +135,12 @@ def _warn(msg: str) -> None:
     if msg not in _said:
         _said.add(msg)
         print(f"nst-ort: warning: {msg}", file=sys.stderr)
+
+
+def _provider_options(args) -> dict | None:
+    from .providers import parse_options
+
+    return parse_options(args.provider_option) or None
 
 
 def build_config(args, artifacts) -> tuple[Config, Path | None]:
@@ -173,6 +183,7 @@ def build_config(args, artifacts) -> tuple[Config, Path | None]:
         style_scale=args.style_scale, init=args.init, seed=args.seed, color=args.color, loss=loss, optim=optim_cfg,
         model=Path(args.model) if args.model else None, device=args.device, provider=args.provider,
         threads=args.threads, precision=args.precision, loop=args.loop,
+        provider_options=_provider_options(args),
     )
     try:
         cfg.schedule()
@@ -243,6 +254,7 @@ def _sigterm(signum, frame):
 # `nst-ort NAME ...` for each NAME here runs "module:function"(argv[1:]) instead of stylizing. Each
 # subcommand owns its parser; the module is imported only when asked for (start-up stays small).
 SUBCOMMANDS: dict[str, str] = {
+    "check": "nst_ort.check:main",
     "video": "nst_ort.video:main",
     "web": "nst_ort.web:main",
 }
@@ -283,6 +295,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def _runtime_info() -> dict:
+    from .providers import info
+
+    return info()
+
+
 def _main(args) -> int:
     from .artifacts import Artifacts
 
@@ -291,7 +309,7 @@ def _main(args) -> int:
         m = artifacts.manifest
         print(json.dumps({"path": str(artifacts.path), "backbone": m["backbone"], "layers": m["layers"],
                           "content_layers": m["content_layers"], "style_layers": m["style_layers"],
-                          "defaults": m["defaults"], "weights": m["weights"]}, indent=1))
+                          "defaults": m["defaults"], "weights": m["weights"], "runtime": _runtime_info()}, indent=1))
         return 0
     settings = {k: v for k, v in vars(args).items()}
     settings["nst_ort"] = __version__

@@ -38,9 +38,11 @@ def make_session(path, placement: Placement, arena: bool = True) -> ort.Inferenc
         if "CUDA" in msg or "cuda" in msg:
             raise DeviceError(f"{path}: cannot create a session on {placement.providers[0]} ({msg})") from None
         raise ArtifactError(f"{path}: onnxruntime cannot load this graph ({msg})") from None
-    if placement.device == "cuda" and placement.providers[0] not in sess.get_providers():
+    if placement.providers[0] not in sess.get_providers():
+        # onnxruntime drops a provider that fails to initialize and runs everything on the next one.
+        why = "check the driver, CUDA and cuDNN" if placement.device == "cuda" else "check its --provider-option values"
         raise DeviceError(f"{path}: {placement.providers[0]} is installed but could not be used (onnxruntime "
-                          f"placed the graph on {sess.get_providers()[0]}; check the driver, CUDA and cuDNN)")
+                          f"placed the graph on {sess.get_providers()[0]}; {why})")
     return sess
 
 
@@ -76,7 +78,7 @@ class Graphs:
         self._optimizers: dict[str, dict | None] = {}
         try:
             self.eval = make_session(artifacts.graph_path("eval"), placement, arena=False)
-            self.train_path = artifacts.train_graph_path(placement.device)
+            self.train_path = artifacts.train_graph_path(placement.train_variant)
             self.train = make_session(self.train_path, placement)
         except DeviceError as e:
             if not placement.fallback:
@@ -85,7 +87,7 @@ class Graphs:
                 placement.warn(f"{e}; running on the CPU")
             self.placement = placement = placement.on_cpu()
             self.eval = make_session(artifacts.graph_path("eval"), placement, arena=False)
-            self.train_path = artifacts.train_graph_path(placement.device)
+            self.train_path = artifacts.train_graph_path(placement.train_variant)
             self.train = make_session(self.train_path, placement)
         _release_freed_memory()
         expected = set(artifacts.content_layers) | set(artifacts.style_layers)

@@ -65,7 +65,7 @@ class Stylizer:
         self.warn = warn or (lambda msg: None)
         self.artifacts = artifacts or Artifacts(config.model)
         self.placement = choose(config.device, config.provider, config.threads, warn=self.warn,
-                                precision=config.precision)
+                                precision=config.precision, options=config.provider_options)
         self.graphs = Graphs(self.artifacts, self.placement)
         self.weights = resolve_weights(config, self.artifacts)
         self.schedule = config.schedule()
@@ -196,7 +196,8 @@ class Stylizer:
     def runtime(self) -> dict:
         """What runs, where the config says "auto": providers, training graph, loop (for the report)."""
         return {"providers": self.graphs.train.get_providers(), "device": self.graphs.placement.device,
-                "train_graph": self.graphs.train_path.name, "loop": self.loop_kind}
+                "train_graph": self.graphs.train_path.name, "loop": self.loop_kind,
+                "provider_options": dict(self.graphs.placement.options)}
 
     def memory_plan(self) -> memory.Plan:
         """What memory.check needs to know about this run."""
