@@ -7,13 +7,18 @@ files. Two things a plain `python -m http.server` gets wrong for it:
 - cross-origin isolation (COOP/COEP): without it there is no SharedArrayBuffer, so onnxruntime-web
   runs its wasm backend on one thread.
 The page checks every model file against the manifest's sha256 itself (it must, for a folder picked
-from disk as well), so the server does not hash; it only refuses a folder without a readable manifest
-and serves nothing but manifest.json and the files the manifest lists.
+from disk as well), so the server does not hash them; it only refuses a folder without a readable
+manifest and serves nothing but manifest.json and the files the manifest lists.
+onnxruntime-web's files (/vendor/onnxruntime-web/) are not in the repository or the wheel (41 MB):
+ort_web.py finds them, or fetches them once, and checks each against SOURCES.json before the server
+starts; the server hands out those checked bytes.
 """
 from __future__ import annotations
 
 import argparse
 import errno
+import hashlib
+import io
 import json
 import sys
 from functools import partial
@@ -22,7 +27,8 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from .errors import ArtifactError, NstError, UsageError
+from . import ort_web
+from .errors import EXIT_INTERRUPTED, ArtifactError, NstError, UsageError
 
 DEFAULT_PORT = 8765
 MODEL_PREFIX = "/model/"
@@ -77,11 +83,19 @@ def model_files(model: Path) -> set[str]:
     return names
 
 
+def runtime(app: Path, explicit: Path | None, log=lambda s: None) -> ort_web.Runtime:
+    """onnxruntime-web's files, each checked against the app's SOURCES.json (ort_web.load)."""
+    vendor = app / "vendor" / "onnxruntime-web"
+    sources = ort_web.Sources.read(vendor / ort_web.SOURCES_NAME)
+    return ort_web.load(sources, vendor, ort_web.cache_dir(sources.version), explicit, log=log)
+
+
 class Handler(SimpleHTTPRequestHandler):
     server_version = "nst-ort-web"
 
-    def __init__(self, *args, app: Path, model: Path, allowed: set[str], quiet: bool, **kwargs):
-        self.app, self.model, self.allowed, self.quiet = app, model, allowed, quiet
+    def __init__(self, *args, app: Path, model: Path, allowed: set[str], ort: dict[str, tuple[bytes, str]],
+                 quiet: bool, **kwargs):
+        self.app, self.model, self.allowed, self.ort, self.quiet = app, model, allowed, ort, quiet
         super().__init__(*args, directory=str(app), **kwargs)
 
     def end_headers(self):
@@ -112,10 +126,33 @@ class Handler(SimpleHTTPRequestHandler):
         return target
 
     def send_head(self):
+        parts = [p for p in unquote(urlsplit(self.path).path).split("/") if p]
+        if parts[:1] == ["vendor"]:  # only the checked bytes, never the folder on disk
+            return self._send_ort(parts[2] if len(parts) == 3 and parts[1] == "onnxruntime-web" else "")
         if self._target(self.path) is None:
             self.send_error(HTTPStatus.NOT_FOUND, "File not found")
             return None
         return super().send_head()
+
+    def _send_ort(self, name: str):
+        """onnxruntime-web's checked bytes, from memory; the ETag (their sha256) spares the browser the
+        14-27 MB download on a reload (Cache-Control: no-cache makes it ask every time)."""
+        if name not in self.ort:
+            self.send_error(HTTPStatus.NOT_FOUND, "File not found")
+            return None
+        data, digest = self.ort[name]
+        etag = f'"{digest}"'
+        if etag in [t.strip() for t in self.headers.get("If-None-Match", "").split(",")]:
+            self.send_response(HTTPStatus.NOT_MODIFIED)
+            self.send_header("ETag", etag)
+            self.end_headers()
+            return None
+        self.send_response(HTTPStatus.OK)
+        self.send_header("Content-Type", self.guess_type(name))
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("ETag", etag)
+        self.end_headers()
+        return io.BytesIO(data)
 
     def translate_path(self, path: str) -> str:
         return str(self._target(path))
@@ -129,10 +166,13 @@ class Handler(SimpleHTTPRequestHandler):
             sys.stderr.write("nst-ort web: %s %s\n" % (self.address_string(), format % args))
 
 
-def make_server(model: Path, host: str = "127.0.0.1", port: int = DEFAULT_PORT, quiet: bool = True) -> ThreadingHTTPServer:
+def make_server(model: Path, host: str = "127.0.0.1", port: int = DEFAULT_PORT, quiet: bool = True,
+                ort_web_dir: Path | None = None, log=lambda s: None) -> ThreadingHTTPServer:
     app = app_dir()
     allowed = model_files(model)
-    handler = partial(Handler, app=app, model=Path(model), allowed=allowed, quiet=quiet)
+    rt = runtime(app, ort_web_dir, log=log)
+    ort = {name: (data, hashlib.sha256(data).hexdigest()) for name, data in rt.data.items()}
+    handler = partial(Handler, app=app, model=Path(model), allowed=allowed, ort=ort, quiet=quiet)
     try:
         server = ThreadingHTTPServer((host, port), handler)
     except OSError as e:
@@ -162,6 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on; other machines reach it only with e.g. 0.0.0.0, and then "
                    "browsers treat the page as insecure (no wasm threads, no sha256 check)")
+    p.add_argument("--ort-web", type=Path, default=None, metavar="DIR",
+                   help="a folder with onnxruntime-web's files (e.g. node_modules/onnxruntime-web/dist); by "
+                   "default web/vendor/onnxruntime-web, else the user cache, else fetched once from npm into it")
     p.add_argument("--verbose", action="store_true", help="log every request on stderr")
     return p
 
@@ -181,10 +224,14 @@ def main(argv: list[str] | None = None) -> int:
         from .artifacts import default_model_dir
 
         model = args.model if args.model is not None else default_model_dir()
-        server = make_server(model, args.host, args.port, quiet=not args.verbose)
+        server = make_server(model, args.host, args.port, quiet=not args.verbose, ort_web_dir=args.ort_web,
+                             log=lambda line: print(f"nst-ort web: {line}", file=sys.stderr, flush=True))
     except NstError as e:
         print(f"nst-ort web: error: {e}", file=sys.stderr)
         return e.exit_code
+    except KeyboardInterrupt:  # during the one-time fetch: nothing half-written stays (temporary files)
+        print("nst-ort web: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     name = json.dumps(str(Path(model).resolve()))
     print(f"nst-ort web: serving the app with model {name} at {url_of(server)} (Ctrl-C stops)", flush=True)
     try:

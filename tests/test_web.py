@@ -2,7 +2,8 @@
 puppeteer-core (tests/web/drive.mjs) through the page's own controls, against `nst-ort web`.
 
 The browser tests skip (saying why) where Chromium or node is missing; `.ci/run` installs both, so CI
-runs them. The server, the vendored onnxruntime-web files and the image code need less.
+runs them. The server, where onnxruntime-web's files come from (a fake npm registry on 127.0.0.1 for
+the one-time fetch) and the image code need less.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from nst_ort.images import fit_size, load_image, resize
 ROOT = Path(__file__).resolve().parent.parent
 WEB = ROOT / "web"
 VENDOR = WEB / "vendor" / "onnxruntime-web"
+NPM_DIST = ROOT / "node_modules" / "onnxruntime-web" / "dist"
 DRIVER = ROOT / "tests" / "web" / "drive.mjs"
 MODEL = ROOT / "models" / "vgg16"
 EXAMPLES = ROOT / "examples"
@@ -53,13 +55,23 @@ def puppeteer():
     return ROOT / "node_modules" / "puppeteer-core"
 
 
+def ort_web_args() -> list[str]:
+    """`--ort-web` the npm-installed copy (`npm ci`, as CI runs) when it is the pinned version; else
+    nothing: nst-ort web then takes web/vendor/, the user cache, or fetches them once."""
+    installed = NPM_DIST.parent / "package.json"
+    if installed.is_file() and json.loads(installed.read_text())["version"] == json.loads(
+            (VENDOR / "SOURCES.json").read_text())["version"]:
+        return ["--ort-web", str(NPM_DIST)]
+    return []
+
+
 @contextlib.contextmanager
 def serve(model: Path | None = None, *extra: str):
     """`nst-ort web --port 0` in a subprocess; yields the URL it prints."""
     # the README's command, `nst-ort web`, where the console script is installed beside this Python
     script = Path(sys.executable).with_name("nst-ort")
     prog = [str(script)] if script.is_file() else [sys.executable, "-m", "nst_ort"]
-    cmd = [*prog, "web", "--port", "0", *extra] + (["--model", str(model)] if model else [])
+    cmd = [*prog, "web", "--port", "0", *ort_web_args(), *extra] + (["--model", str(model)] if model else [])
     p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = p.stdout.readline()
@@ -101,9 +113,9 @@ def rel(a, b) -> float:
 
 
 # -- the server ------------------------------------------------------------------------------------
-def _get(url: str):
+def _get(url: str, headers: dict | None = None):
     try:
-        with urllib.request.urlopen(url, timeout=10) as r:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=10) as r:
             return r.status, r.headers, r.read()
     except urllib.error.HTTPError as e:
         return e.code, e.headers, b""
@@ -118,6 +130,12 @@ def test_server_types_isolation_and_what_it_serves(tmp_path):
         assert headers["Cross-Origin-Embedder-Policy"] == "require-corp"
         status, headers, body = _get(url + "vendor/onnxruntime-web/ort-wasm-simd-threaded.wasm")
         assert status == 200 and headers["Content-Type"] == "application/wasm" and body[:4] == b"\0asm"
+        sources = json.loads((VENDOR / "SOURCES.json").read_text())["files"]
+        assert hashlib.sha256(body).hexdigest() == sources["ort-wasm-simd-threaded.wasm"]["sha256"]
+        # a reload is not another 14 MB: the ETag is the file's sha256
+        assert headers["ETag"] == f'"{sources["ort-wasm-simd-threaded.wasm"]["sha256"]}"'
+        status, _, body = _get(url + "vendor/onnxruntime-web/ort-wasm-simd-threaded.wasm", {"If-None-Match": headers["ETag"]})
+        assert status == 304 and body == b""
         status, headers, _ = _get(url + "vendor/onnxruntime-web/ort.wasm.min.mjs")
         assert status == 200 and headers["Content-Type"].startswith("text/javascript")
         assert headers["Cross-Origin-Embedder-Policy"] == "require-corp"
@@ -128,7 +146,8 @@ def test_server_types_isolation_and_what_it_serves(tmp_path):
             (MODEL / "manifest.json").read_text())["files"]["weights.bin"]["sha256"]
         # only the manifest's files from the model folder, nothing above the app folder, no listings
         for path in ("model/MODEL_CARD.md", "model/../pyproject.toml", "model/%2e%2e/manifest.json", "..%2fpyproject.toml",
-                     "%2e%2e/README.md", "vendor/", ".gitignore", "js/%2e%2e/%2e%2e/pyproject.toml"):
+                     "%2e%2e/README.md", "vendor/", ".gitignore", "js/%2e%2e/%2e%2e/pyproject.toml",
+                     "vendor/onnxruntime-web/SOURCES.json", "vendor/onnxruntime-web/ort-wasm.wasm"):
             status, _, _ = _get(url + path)
             assert status == 404, path
 
@@ -146,18 +165,238 @@ def test_server_bad_model_and_busy_port(tmp_path):
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and f"--port {port}: address already in use" in r.stderr
 
 
-def test_vendored_onnxruntime_web_is_the_locked_package():
-    """web/vendor/ holds byte copies of the npm package that package-lock.json pins (npm run vendor)."""
+def test_sources_json_is_the_locked_package_and_the_binaries_are_not_tracked():
+    """SOURCES.json (the only tracked file of web/vendor/onnxruntime-web/) names the package
+    package-lock.json pins, at its registry URL, and the files web/vendor.mjs copies; any copy there is
+    (web/vendor after `npm run vendor`, node_modules after `npm ci`) has those sha256."""
     sources = json.loads((VENDOR / "SOURCES.json").read_text())
     lock = json.loads((ROOT / "package-lock.json").read_text())["packages"]["node_modules/onnxruntime-web"]
     assert sources["version"] == lock["version"] and sources["integrity"] == lock["integrity"]
-    installed = ROOT / "node_modules" / "onnxruntime-web"
-    for name, entry in sources["files"].items():
-        data = (VENDOR / name).read_bytes()
-        assert hashlib.sha256(data).hexdigest() == entry["sha256"], name
-        if installed.is_dir() and json.loads((installed / "package.json").read_text())["version"] == lock["version"]:
-            assert (installed / "dist" / name).read_bytes() == data, f"{name} differs from the npm package"
-    assert sorted(p.name for p in VENDOR.iterdir()) == sorted([*sources["files"], "SOURCES.json"])
+    name, version = sources["package"], sources["version"]
+    # npm omits `resolved` from the lockfile with omit-lockfile-registry-resolved; it is then this URL
+    assert sources["resolved"] == lock.get("resolved", f"https://registry.npmjs.org/{name}/-/{name}-{version}.tgz")
+    listed = re.search(r"FILES = \[(.*?)\];", (WEB / "vendor.mjs").read_text(), re.S).group(1)
+    assert sorted(sources["files"]) == sorted(re.findall(r"'([^']+)'", listed))
+    for folder in (VENDOR, NPM_DIST):
+        for fname, entry in sources["files"].items():
+            if (folder / fname).is_file() and (folder != NPM_DIST or ort_web_args()):
+                assert hashlib.sha256((folder / fname).read_bytes()).hexdigest() == entry["sha256"], folder / fname
+    if (ROOT / ".git").exists() and shutil.which("git"):
+        tracked = subprocess.run(["git", "ls-files", "web/vendor"], cwd=ROOT, capture_output=True, text=True, check=True)
+        assert tracked.stdout.split() == ["web/vendor/onnxruntime-web/SOURCES.json"]
+        ignored = subprocess.run(["git", "check-ignore", *(f"web/vendor/onnxruntime-web/{f}" for f in sources["files"])],
+                                 cwd=ROOT, capture_output=True, text=True)
+        assert len(ignored.stdout.split()) == len(sources["files"]), ignored.stdout
+
+
+# -- onnxruntime-web's files: vendor folder, user cache, the one-time fetch (a fake npm registry) ------
+class FakeRegistry:
+    """An npm registry on 127.0.0.1 serving one tarball (bytes swappable), counting requests."""
+
+    def __init__(self, tarball: bytes):
+        import http.server
+        import threading
+
+        self.tarball, self.requests = tarball, []
+        registry = self
+
+        class H(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                registry.requests.append(self.path)
+                if self.path.endswith(".tgz"):
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(registry.tarball)))
+                    self.end_headers()
+                    self.wfile.write(registry.tarball)
+                else:
+                    self.send_error(404)
+
+            def log_message(self, *a):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _fake_package(version: str = "9.9.9") -> tuple[bytes, dict[str, bytes]]:
+    """An npm-style tarball (package/...) holding stand-ins for the six files and others beside them."""
+    import io
+    import tarfile
+
+    rng = np.random.default_rng(1)
+    files = {"ort.wasm.min.mjs": b"export const ort = 1;\n", "ort-wasm-simd-threaded.wasm": b"\0asm" + rng.bytes(3000),
+             "ort-wasm-simd-threaded.mjs": b"// loader\n", "ort.webgpu.min.mjs": b"export const gpu = 1;\n",
+             "ort-wasm-simd-threaded.asyncify.mjs": b"// asyncify loader\n",
+             "ort-wasm-simd-threaded.asyncify.wasm": b"\0asm" + rng.bytes(5000)}
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, data in [("package/package.json", json.dumps({"version": version}).encode()),
+                           *((f"package/dist/{n}", d) for n, d in files.items()),
+                           ("package/dist/ort.all.min.mjs", b"// not needed\n")]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue(), files
+
+
+def _integrity(data: bytes) -> str:
+    import base64
+
+    return "sha512-" + base64.b64encode(hashlib.sha512(data).digest()).decode()
+
+
+def _write_sources(folder: Path, files: dict[str, bytes], resolved: str, integrity: str, version="9.9.9") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "SOURCES.json").write_text(json.dumps({
+        "package": "onnxruntime-web", "version": version, "resolved": resolved, "integrity": integrity,
+        "files": {n: {"sha256": hashlib.sha256(d).hexdigest(), "bytes": len(d)} for n, d in files.items()}}))
+    return folder / "SOURCES.json"
+
+
+@pytest.fixture
+def registry():
+    tarball, files = _fake_package()
+    reg = FakeRegistry(tarball)
+    yield reg, tarball, files
+    reg.close()
+
+
+def test_fetch_refuses_a_tarball_whose_sha512_differs(tmp_path, registry):
+    from nst_ort import ort_web
+    from nst_ort.errors import ArtifactError
+
+    reg, tarball, files = registry
+    url = reg.url + "onnxruntime-web/-/onnxruntime-web-9.9.9.tgz"
+    sources = ort_web.Sources.read(_write_sources(tmp_path / "app", files, url, _integrity(tarball + b"x")))
+    cache = tmp_path / "cache" / "nst-ort" / "onnxruntime-web-9.9.9"
+    with pytest.raises(ArtifactError, match=r"onnxruntime-web-9\.9\.9\.tgz from http://127\.0\.0\.1:\d+/.*: sha512 "
+                       r"mismatch .*refused, nothing written"):
+        ort_web.load(sources, None, cache)
+    assert reg.requests == ["/onnxruntime-web/-/onnxruntime-web-9.9.9.tgz"]
+    assert list(cache.iterdir()) == [] and [p.name for p in cache.parent.iterdir()] == [cache.name]  # no temporary files
+
+
+def test_fetch_fills_the_cache_once_and_refetches_a_tampered_file(tmp_path, registry):
+    from nst_ort import ort_web
+
+    reg, tarball, files = registry
+    url = reg.url + "onnxruntime-web/-/onnxruntime-web-9.9.9.tgz"
+    sources = ort_web.Sources.read(_write_sources(tmp_path / "vendor", files, url, _integrity(tarball)))
+    cache = tmp_path / "cache" / "nst-ort" / "onnxruntime-web-9.9.9"
+    log = []
+    rt = ort_web.load(sources, tmp_path / "vendor", cache, log=log.append)
+    assert rt.data == files and set(rt.origin.values()) == {cache} and len(reg.requests) == 1
+    assert log == [f"fetching onnxruntime-web 9.9.9 (the page's runtime: 6 files, 0 MB) once from {url} into {cache}"]
+    assert sorted(p.name for p in cache.iterdir()) == sorted(files)  # only the six, no temporary files
+    assert all((cache / n).read_bytes() == d for n, d in files.items())
+    assert sorted(p.name for p in cache.parent.iterdir()) == [cache.name]
+
+    # verified in the cache: no second request
+    assert ort_web.load(sources, tmp_path / "vendor", cache).data == files and len(reg.requests) == 1
+
+    # a tampered and a truncated cache entry: fetched again, never served
+    wasm = cache / "ort-wasm-simd-threaded.wasm"
+    data = bytearray(wasm.read_bytes())
+    data[100] ^= 1
+    wasm.write_bytes(bytes(data))
+    (cache / "ort.wasm.min.mjs").write_bytes(files["ort.wasm.min.mjs"][:5])
+    log.clear()
+    rt = ort_web.load(sources, tmp_path / "vendor", cache, log=log.append)
+    assert rt.data == files and len(reg.requests) == 2
+    assert wasm.read_bytes() == files["ort-wasm-simd-threaded.wasm"]
+    assert set(log[:2]) == {f"warning: {wasm}: sha256 mismatch; not used",
+                            f"warning: {cache / 'ort.wasm.min.mjs'}: 5 bytes, SOURCES.json says 22; not used"}
+    assert log[2].startswith("fetching onnxruntime-web 9.9.9 (the page's runtime: 2 files")
+
+    # a populated vendor folder comes first: what is there and verified is taken from it
+    (tmp_path / "vendor" / "ort.webgpu.min.mjs").write_bytes(files["ort.webgpu.min.mjs"])
+    rt = ort_web.load(sources, tmp_path / "vendor", cache)
+    assert rt.origin["ort.webgpu.min.mjs"] == tmp_path / "vendor" and rt.origin["ort.wasm.min.mjs"] == cache
+
+    # --ort-web DIR: only that folder, every file checked
+    other = tmp_path / "other"
+    shutil.copytree(cache, other)
+    (other / "ort-wasm-simd-threaded.wasm").write_bytes(bytes(data))
+    with pytest.raises(ort_web.ArtifactError, match=rf"^--ort-web {other}: {other}/ort-wasm-simd-threaded\.wasm: sha256 "
+                       r"mismatch \(onnxruntime-web 9\.9\.9's dist/ files, as SOURCES\.json lists them\)$"):
+        ort_web.load(sources, None, cache, explicit=other)
+
+
+def test_nst_ort_web_fetches_serves_and_without_network_says_what_is_missing(tmp_path, registry, monkeypatch, capsys):
+    """The command end to end on an app folder whose vendor/ holds only SOURCES.json (as a clean clone
+    or a wheel): the runtime comes from the (fake) registry once, the page gets exactly those bytes;
+    with no registry and an empty cache: one line naming what is missing and both ways to provide it,
+    exit 4."""
+    import threading
+
+    from nst_ort import web
+
+    reg, tarball, files = registry
+    app = tmp_path / "app"
+    shutil.copytree(WEB, app, ignore=shutil.ignore_patterns("vendor"))
+    resolved = "https://registry.npmjs.org/onnxruntime-web/-/onnxruntime-web-9.9.9.tgz"
+    _write_sources(app / "vendor" / "onnxruntime-web", files, resolved, _integrity(tarball))
+    monkeypatch.setattr(web, "app_dir", lambda: app)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("npm_config_registry", reg.url)  # npm's own setting: a mirror of registry.npmjs.org
+
+    server = web.make_server(MODEL, port=0)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        url = web.url_of(server)
+        for name, data in files.items():
+            status, headers, body = _get(url + "vendor/onnxruntime-web/" + name)
+            assert status == 200 and body == data, name
+        assert headers["Cross-Origin-Embedder-Policy"] == "require-corp"
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert reg.requests == ["/onnxruntime-web/-/onnxruntime-web-9.9.9.tgz"]
+    assert (tmp_path / "cache" / "nst-ort" / "onnxruntime-web-9.9.9" / "ort.wasm.min.mjs").read_bytes() == files["ort.wasm.min.mjs"]
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        monkeypatch.setenv("npm_config_registry", f"http://127.0.0.1:{s.getsockname()[1]}/")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty-cache"))
+    capsys.readouterr()
+    assert web.main(["--port", "0"]) == 4
+    out, err = capsys.readouterr()
+    lines = err.splitlines()
+    assert out == "" and len(lines) == 2 and lines[0].startswith("nst-ort web: fetching onnxruntime-web 9.9.9")
+    assert re.fullmatch(
+        r"nst-ort web: error: onnxruntime-web 9\.9\.9 \(all 6 files\) is in neither \S+/app/vendor/onnxruntime-web "
+        r"nor \S+/empty-cache/nst-ort/onnxruntime-web-9\.9\.9, and fetching http://127\.0\.0\.1:\d+/onnxruntime-web/-/"
+        r"onnxruntime-web-9\.9\.9\.tgz failed \(.*\): in a checkout run `npm ci && npm run vendor`, or pass --ort-web "
+        r"DIR \(a folder with the files, e\.g\. node_modules/onnxruntime-web/dist\)", lines[1]), lines[1]
+
+
+def test_ort_web_dir_missing_files_exit_4(tmp_path):
+    (tmp_path / "ort.wasm.min.mjs").write_text("not it")
+    r = subprocess.run([sys.executable, "-m", "nst_ort", "web", "--port", "0", "--ort-web", str(tmp_path)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 4 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.startswith(f"nst-ort web: error: --ort-web {tmp_path}: {tmp_path / 'ort.wasm.min.mjs'}: 6 bytes, "
+                               "SOURCES.json says 50126; ort-wasm-simd-threaded.mjs missing;"), r.stderr
+
+
+@pytest.mark.slow
+def test_fetch_from_the_real_registry(tmp_path):
+    """The pinned URL and integrity against registry.npmjs.org itself (33 MB; needs the network)."""
+    from nst_ort import ort_web
+
+    sources = ort_web.Sources.read(VENDOR / "SOURCES.json")
+    try:
+        rt = ort_web.load(sources, None, tmp_path / "cache")
+    except ort_web.ArtifactError as e:
+        if "fetching" in str(e) and "failed" in str(e):
+            pytest.skip(f"no network: {e}")
+        raise
+    assert sorted(rt.data) == sorted(sources.files) and set(rt.origin.values()) == {tmp_path / "cache"}
 
 
 # -- image code (node, no browser) -------------------------------------------------------------------

@@ -1,7 +1,9 @@
 // Copies the minimal set of onnxruntime-web files the page loads from node_modules (installed from
-// package-lock.json: `npm ci`) into web/vendor/onnxruntime-web/, with their sha256 in SOURCES.json.
-// The copies are committed so that `pip install .` ships a working app without node or npm;
-// tests/test_web.py checks that they are byte-identical to the locked npm package.
+// package-lock.json: `npm ci`) into web/vendor/onnxruntime-web/, and writes their list: SOURCES.json
+// (version, the tarball's URL and sha512 integrity, each file's sha256 and size).
+// Only SOURCES.json is committed (the files are 41 MB): without the copies, `nst-ort web` fetches the
+// same tarball once and checks it against SOURCES.json (nst_ort/ort_web.py); so a new version is
+// `npm install onnxruntime-web@X`, `npm run vendor`, commit package*.json and SOURCES.json.
 //   npm ci --ignore-scripts && npm run vendor
 import { createHash } from 'node:crypto';
 import { copyFileSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
@@ -23,6 +25,9 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
   const version = JSON.parse(readFileSync(join(pkg, 'package.json'), 'utf8')).version;
   const lock = JSON.parse(readFileSync(join(root, 'package-lock.json'), 'utf8'));
   const locked = lock.packages['node_modules/onnxruntime-web'];
+  // npm leaves `resolved` out of the lockfile where omit-lockfile-registry-resolved is set; the URL is
+  // then the public registry's, as npm itself derives it.
+  const resolved = locked.resolved ?? `https://registry.npmjs.org/onnxruntime-web/-/onnxruntime-web-${version}.tgz`;
   rmSync(out, { recursive: true, force: true });
   mkdirSync(out, { recursive: true });
   const files = {};
@@ -32,9 +37,9 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
     files[name] = { sha256: createHash('sha256').update(data).digest('hex'), bytes: data.length };
   }
   const sources = {
-    package: 'onnxruntime-web', version, resolved: locked.resolved, integrity: locked.integrity,
+    package: 'onnxruntime-web', version, resolved, integrity: locked.integrity,
     license: 'MIT (Copyright (c) Microsoft Corporation; the notice is at the top of each .mjs file)',
-    note: 'copied from node_modules/onnxruntime-web/dist by `npm run vendor` (web/vendor.mjs); do not edit',
+    note: 'written by `npm run vendor` (web/vendor.mjs): the files the page loads, from the package\'s dist/; do not edit',
     files,
   };
   writeFileSync(join(out, 'SOURCES.json'), JSON.stringify(sources, null, 2) + '\n');

@@ -1,6 +1,8 @@
 // The one place that picks how the graphs run in this browser: onnxruntime-web's WebGPU backend where
 // the browser offers a WebGPU adapter, its wasm backend (SIMD, threads when the page is cross-origin
-// isolated) otherwise. Runs in the worker. Everything is loaded from web/vendor/ (no CDN).
+// isolated) otherwise. Runs in the worker. Everything is loaded from the page's own server (no CDN):
+// `nst-ort web` serves onnxruntime-web at vendor/onnxruntime-web/, checked against SOURCES.json
+// (nst_ort/ort_web.py).
 
 const VENDOR = new URL('../vendor/onnxruntime-web/', import.meta.url).href;
 const BUILDS = { wasm: 'ort.wasm.min.mjs', webgpu: 'ort.webgpu.min.mjs' };
