@@ -139,8 +139,10 @@ def fetch(sources: Sources, dest: Path, names, log: Callable[[str], None] = lamb
     except OSError as e:
         raise ArtifactError(f"{dest}: cannot create the cache folder ({e.strerror or e}); set XDG_CACHE_HOME to a "
                             "writable folder, or pass --ort-web DIR") from None
-    log(f"fetching {sources.package} {sources.version} (the page's runtime: {len(names)} files, "
-        f"{sum(sources.files[n].bytes for n in names) / 1e6:.0f} MB) once from {url} into {dest}")
+    size = sum(sources.files[n].bytes for n in names)
+    shown = f"{size / 1e6:.0f} MB" if size >= 1e6 else f"{size / 1e3:.0f} kB"
+    count = f"{len(names)} file" + ("s" if len(names) > 1 else "")
+    log(f"fetching {sources.package} {sources.version} (the page's runtime: {count}, {shown}) once from {url} into {dest}")
     with tmp as tmpdir:
         tgz = Path(tmpdir) / "package.tgz"
         h = hashlib.sha512()

@@ -291,7 +291,7 @@ def test_fetch_fills_the_cache_once_and_refetches_a_tampered_file(tmp_path, regi
     log = []
     rt = ort_web.load(sources, tmp_path / "vendor", cache, log=log.append)
     assert rt.data == files and set(rt.origin.values()) == {cache} and len(reg.requests) == 1
-    assert log == [f"fetching onnxruntime-web 9.9.9 (the page's runtime: 6 files, 0 MB) once from {url} into {cache}"]
+    assert log == [f"fetching onnxruntime-web 9.9.9 (the page's runtime: 6 files, 8 kB) once from {url} into {cache}"]
     assert sorted(p.name for p in cache.iterdir()) == sorted(files)  # only the six, no temporary files
     assert all((cache / n).read_bytes() == d for n, d in files.items())
     assert sorted(p.name for p in cache.parent.iterdir()) == [cache.name]
@@ -311,7 +311,7 @@ def test_fetch_fills_the_cache_once_and_refetches_a_tampered_file(tmp_path, regi
     assert wasm.read_bytes() == files["ort-wasm-simd-threaded.wasm"]
     assert set(log[:2]) == {f"warning: {wasm}: sha256 mismatch; not used",
                             f"warning: {cache / 'ort.wasm.min.mjs'}: 5 bytes, SOURCES.json says 22; not used"}
-    assert log[2].startswith("fetching onnxruntime-web 9.9.9 (the page's runtime: 2 files")
+    assert log[2].startswith("fetching onnxruntime-web 9.9.9 (the page's runtime: 2 files, 3 kB) once")
 
     # a populated vendor folder comes first: what is there and verified is taken from it
     (tmp_path / "vendor" / "ort.webgpu.min.mjs").write_bytes(files["ort.webgpu.min.mjs"])
