@@ -309,8 +309,10 @@ def make_train_fn(backbone: Backbone, spec, winograd: bool = False):
             add_grad(name, torch.mm(lhs, rhs).reshape(1, c, hh, ww))
         closs = torch.stack(closses)
         sloss = torch.stack(slosses)
-        dx = x[:, :, :, 1:] - x[:, :, :, :-1]
-        dy = x[:, :, 1:, :] - x[:, :, :-1, :]
+        # On the RGB image itself, not on x: x is channel-flipped for BGR networks, and this gradient
+        # is added after the flip back below (the two once disagreed: red and blue swapped).
+        dx = image[:, :, :, 1:] - image[:, :, :, :-1]
+        dy = image[:, :, 1:, :] - image[:, :, :-1, :]
         tv = (dx * dx).mean() + (dy * dy).mean()
         total = tw[0] * (closs * clw).sum() + tw[1] * (sloss * slw).sum() + tw[2] * tv
 

@@ -221,8 +221,8 @@ def test_quick_export_loads_and_stylizes_128px(name, quick_export):
 
 
 def test_resnet_gradient_matches_finite_differences(quick_export):
-    _, path = quick_export("resnet18")
-    fd, analytic = finite_difference(path)
+    backbone, path = quick_export("resnet18")
+    fd, analytic = finite_difference(path, backbone=backbone)
     assert abs(fd - analytic) <= 1e-2 * abs(analytic), (fd, analytic)
 
 
