@@ -115,7 +115,7 @@ def child_ort(spec: dict) -> dict:
         records.append(r)
         if len(records) == 1:
             setup = time.perf_counter() - t0 - r.seconds
-    loop = "device" if type(st.optimizer).__name__ == "DeviceLoop" else "host"
+    loop = st.runtime()["loop"]
     return {"side": "ort", "times": [r.seconds for r in records], "losses": [r.loss for r in records],
             "setup_s": setup, "rss_base_mib": base, "setup_peak_rss_mib": setup_peak,
             "loop_peak_rss_mib": peak_rss_mib() if reset else None,

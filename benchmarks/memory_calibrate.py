@@ -39,7 +39,7 @@ def measured(self):
     base = status()
     yield from run(self)
     end = status()
-    h, w = self.x.shape[2:]
+    h, w = self.image().shape[2:]
     print("MEASURED " + json.dumps({"base": base, "end": end, "width": w, "height": h}), file=sys.stderr)
 S.Stylizer.run = measured
 sys.exit(main(sys.argv[1:]))

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from nst_ort import Config, StyleInput, Stylizer
+from nst_ort.contract import Losses
 from nst_ort.session import TrainStep
 
 HERE = Path(__file__).resolve().parent
@@ -25,10 +26,10 @@ def output_losses(s: Stylizer) -> dict:
     img = s.result()
     x = np.ascontiguousarray(img.transpose(2, 0, 1)[None], dtype=np.float32)
     size = (x.shape[3], x.shape[2])
-    total, closs, sloss, tv, _ = TrainStep(s.graphs, s._feeds(size, x), x.shape)(x)
-    w = s.weights
-    return {"total": total, "content": float(w.terms[0] * (closs * w.content_layers).sum()),
-            "style": float(w.terms[1] * (sloss * w.style_layers).sum())}
+    *outputs, _ = TrainStep(s.graphs, s.targets.feeds(size, x), x.shape)(x)
+    losses = Losses(*outputs)
+    content, style, _ = s.weights.weighted(losses)
+    return {"total": losses.loss, "content": content, "style": style}
 
 
 def main() -> None:

@@ -7,12 +7,12 @@ import os
 from functools import cached_property
 from pathlib import Path
 
+from .contract import OPTIMIZER_ROLES, TRAIN_OUTPUTS
 from .errors import ArtifactError
-from .onnx_scan import ScanError, external_data
+from .onnx_scan import ScanError, external_data, graph_io
 
 SCHEMA_VERSIONS = (1,)
 REQUIRED_KEYS = ("schema_version", "backbone", "graphs", "files", "layers", "content_layers", "style_layers", "defaults")
-TRAIN_OUTPUTS = ["loss", "content_losses", "style_losses", "tv_loss", "image_grad"]
 
 
 def default_model_dir() -> Path:
@@ -27,29 +27,39 @@ def default_model_dir() -> Path:
     raise ArtifactError("no default model found (looked in the installed package and ./models/vgg16); use --model PATH")
 
 
-def _graph_io(path: Path) -> tuple[list[str], list[str]]:
-    """Input and output names of an ONNX graph, read without the onnx package."""
-    from .onnx_scan import _fields
-
-    inputs, outputs = [], []
-    try:
-        for field, wire, value in _fields(path.read_bytes()):
-            if field == 7 and wire == 2:  # ModelProto.graph
-                for f2, w2, v2 in _fields(value):
-                    if f2 in (11, 12) and w2 == 2:  # GraphProto.input / .output: ValueInfoProto
-                        name = next((v3.decode("utf-8", "replace") for f3, w3, v3 in _fields(v2) if f3 == 1 and w3 == 2), "")
-                        (inputs if f2 == 11 else outputs).append(name)
-    except ScanError as e:
-        raise ArtifactError(f"{path}: not a readable ONNX model ({e})") from None
-    return inputs, outputs
-
-
-def _sha256(path: Path) -> str:
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file, read in chunks (weights files are large)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def _graph_io(path: Path) -> tuple[list[str], list[str]]:
+    """Input and output names of an ONNX graph, read without the onnx package."""
+    try:
+        return graph_io(path.read_bytes())
+    except ScanError as e:
+        raise ArtifactError(f"{path}: not a readable ONNX model ({e})") from None
+
+
+def _check_optimizers(manifest: dict, mpath: Path) -> None:
+    """The optional "optimizers" entry: kind -> role -> a file listed (with its sha256) in "files"."""
+    entry = manifest.get("optimizers")
+    if entry is None:
+        return
+    if not isinstance(entry, dict):
+        raise ArtifactError(f"{mpath}: malformed entry (optimizers: expected an object)")
+    for kind, roles in OPTIMIZER_ROLES.items():
+        files = entry.get(kind)
+        if files is None:
+            continue
+        if not isinstance(files, dict) or any(role not in files for role in roles):
+            raise ArtifactError(f"{mpath}: optimizers.{kind} must name the graphs {', '.join(roles)}")
+        for name in files.values():
+            if not isinstance(name, str) or name not in manifest["files"]:
+                raise ArtifactError(f"{mpath}: optimizer graph {name!r} has no sha256 entry")
 
 
 def _check_layers(layers) -> None:
@@ -128,11 +138,12 @@ class Artifacts:
                 raise TypeError("files: each entry needs a sha256")
         except (KeyError, TypeError, AttributeError, ValueError) as e:
             raise ArtifactError(f"{mpath}: malformed entry ({e})") from None
-        if outs != TRAIN_OUTPUTS:
-            raise ArtifactError(f"{mpath}: training graph outputs {outs}, expected {TRAIN_OUTPUTS}")
+        if outs != list(TRAIN_OUTPUTS):
+            raise ArtifactError(f"{mpath}: training graph outputs {outs}, expected {list(TRAIN_OUTPUTS)}")
+        _check_optimizers(manifest, mpath)
         return manifest
 
-    def _file(self, name: str) -> Path:
+    def path_of(self, name: str) -> Path:
         """A file named by the manifest; it must stay inside the folder."""
         try:
             p = (self.path / name).resolve()
@@ -146,24 +157,29 @@ class Artifacts:
     def verify(self) -> None:
         """Every listed file present with its sha256; graphs' external data only inside the folder."""
         for name, info in self.manifest["files"].items():
-            p = self._file(name)
+            p = self.path_of(name)
             if not p.is_file():
                 raise ArtifactError(f"{p}: missing (listed in manifest.json)")
-            digest = _sha256(p)
+            digest = sha256_file(p)
             if digest != info.get("sha256"):
                 raise ArtifactError(f"{p}: sha256 mismatch (file changed or truncated: "
                                     f"{p.stat().st_size} bytes, manifest says {info.get('bytes')}); re-export or re-download")
-        for role in ("eval", "train") + (("train_cpu",) if "train_cpu" in self.manifest["graphs"] else ()):
+        for role in ("eval", "train") + tuple(r for r in ("train_cpu", "train_fp16") if r in self.manifest["graphs"]):
             name = self.manifest["graphs"][role]["file"]
             if name not in self.manifest["files"]:
                 raise ArtifactError(f"{self.path / 'manifest.json'}: graph {name} has no sha256 entry")
-            self._check_external_data(self._file(name))
+            self._check_external_data(self.path_of(name))
         if "train_cpu" in self.manifest["graphs"]:
             # The CPU runs train_cpu.onnx, CUDA train.onnx: they must be the same function's graphs.
             train, cpu = self.graph_path("train"), self.graph_path("train_cpu")
             if _graph_io(train) != _graph_io(cpu):
                 raise ArtifactError(f"{train}: its inputs and outputs differ from {cpu.name}'s "
                                     "(graph from another backbone?); re-export the model")
+        if "train_fp16" in self.manifest["graphs"]:
+            train, fp16 = self.graph_path("train"), self.graph_path("train_fp16")
+            if _graph_io(train) != _graph_io(fp16):
+                raise ArtifactError(f"{fp16}: its inputs and outputs differ from {train.name}'s "
+                                    "(made from another export?); remake it: python -m nst_ort_export.mixed_precision MODEL")
 
     def _check_external_data(self, graph: Path) -> None:
         try:
@@ -181,7 +197,7 @@ class Artifacts:
             root = self.path.resolve()
             if os.path.isabs(loc) or (root != target.parent and root not in target.parents):
                 raise ArtifactError(f"{graph}: external data {loc!r} points outside the model folder; refused")
-            if target not in {self._file(name) for name in self.manifest["files"]}:
+            if target not in {self.path_of(name) for name in self.manifest["files"]}:
                 raise ArtifactError(f"{graph}: external data {loc!r} is not listed (with a sha256) in manifest.json")
             self._check_range(graph, target, entry)
 
@@ -227,18 +243,31 @@ class Artifacts:
         return max(2 * int(layer["stride"]) if layer["name"].startswith("pool") else int(layer["stride"])
                    for layer in self.manifest["layers"])
 
-    def train_graph_path(self, device: str) -> Path:
-        """The training graph for a device: the optional CPU variant (train_cpu.onnx: Winograd
-        convolutions, same inputs and outputs) on the CPU provider, else train.onnx.
-        NST_ORT_TRAIN_GRAPH=train forces train.onnx (comparisons)."""
-        import os
+    def train_graph_path(self, variant: str) -> Path:
+        """The training graph for a variant (providers.Placement.train_variant): "cpu" takes the
+        optional CPU-provider graph (train_cpu.onnx: Winograd convolutions, same inputs and outputs),
+        "fp16" the optional mixed-precision one (train_fp16.onnx: convolutions in fp16) and refuses a
+        model without it; anything else train.onnx. NST_ORT_TRAIN_GRAPH=train forces train.onnx
+        (comparisons)."""
+        from .errors import UsageError
 
-        if device == "cpu" and "train_cpu" in self.manifest["graphs"] and os.environ.get("NST_ORT_TRAIN_GRAPH") != "train":
+        if variant == "fp16":
+            if "train_fp16" not in self.manifest["graphs"]:
+                raise UsageError(f"--precision fp16: {self.path} has no mixed-precision training graph "
+                                 "(train_fp16.onnx); add one with: python -m nst_ort_export.mixed_precision MODEL")
+            return self.graph_path("train_fp16")
+        if variant == "cpu" and "train_cpu" in self.manifest["graphs"] and os.environ.get("NST_ORT_TRAIN_GRAPH") != "train":
             return self.graph_path("train_cpu")
         return self.graph_path("train")
 
     def graph_path(self, role: str) -> Path:
-        return self._file(self.manifest["graphs"][role]["file"])
+        return self.path_of(self.manifest["graphs"][role]["file"])
+
+    def optimizer_graphs(self, kind: str) -> dict[str, Path] | None:
+        """role -> path of the optimizer graphs for `kind` (lbfgs, adam); None if the model has none
+        (then only the host loop runs it). Checked when the manifest was read."""
+        files = (self.manifest.get("optimizers") or {}).get(kind)
+        return {role: self.path_of(files[role]) for role in OPTIMIZER_ROLES[kind]} if files else None
 
     def __repr__(self) -> str:
         return f"Artifacts({str(self.path)!r}, backbone={self.backbone!r})"

@@ -1,15 +1,35 @@
-"""CheckpointState: the loop's whole state in one .npz, written atomically; resume continues it."""
+"""CheckpointState: the loop's whole state in one .npz, written atomically; resume continues it.
+
+    checkpoint.save(path, stylizer.state_dict(), fingerprint(config))
+    stylizer.load_state_dict(checkpoint.load(path, fingerprint(config)))  # refused for other settings
+"""
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 
+from .artifacts import sha256_file
 from .atomic import atomic_write
+from .config import Config
 from .errors import UsageError
 
 FORMAT = 1
+
+
+def fingerprint(cfg: Config) -> str:
+    """Inputs and settings that must match for a resume to be the same run: the config (as its repr)
+    and the sha256 of every image it reads. Iteration counts are left out so that a resumed run may go
+    on longer than the first."""
+    same = dataclasses.replace(cfg, init=cfg.resolved_init(), scale_iterations=None,
+                               optim=dataclasses.replace(cfg.optim, iterations=0))
+    d = {"cfg": repr(same), "content": sha256_file(cfg.content) if cfg.content else None,
+         "styles": [sha256_file(s.path) for s in cfg.styles],
+         "masks": [sha256_file(s.mask) if s.mask else None for s in cfg.styles]}
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def save(path: str | Path, state: dict, fingerprint: str) -> None:

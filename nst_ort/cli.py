@@ -2,11 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import os
 import signal
-import tempfile
 import sys
 import traceback
 from pathlib import Path
@@ -16,18 +13,11 @@ from .config import Config, LossConfig, OptimConfig, StyleInput
 from .errors import (EXIT_BATCH_PARTIAL, EXIT_INTERRUPTED, Interrupted, NstError, NumericalError, OutOfMemory,
                      OutputError, UsageError)
 from .images import save_image
+from .outputs import check_image_output
+from .presets import PRESETS
 from .report import Progress, Report
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
-
-# Presets, translated into our normalization (README, "Presets"). Layer weights that neural-style
-# leaves implicit in its Gram normalization (G / (C*h*w), MSE) become 1/C_l^2 here.
-PRESETS = {
-    "neural-style": dict(content_weight=5.0, style_weight=100.0, tv_weight=None, optimizer="lbfgs", history=100,
-                         iterations=1000, size=512, style_layer_weights="inv_c2"),
-    "paper": dict(content_weight=None, style_weight=1.0, tv_weight=0.0, optimizer="lbfgs", history=100,
-                  iterations=1000, size=512, style_layer_weights="equal"),
-}
 
 
 class _Interrupted(BaseException):
@@ -88,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--texture", action="store_true", help="texture synthesis: no content image, style loss only, from noise")
     g.add_argument("--texture-size", help="WxH of the texture (default SIZExSIZE)")
     w = p.add_argument_group("loss (weights in the documented normalization; default: the model's)")
-    w.add_argument("--preset", choices=["default", *PRESETS], default="default",
+    w.add_argument("--preset", choices=list(PRESETS), default="default",
                    help="weight presets: default (the model's, chosen by looking), neural-style, paper")
     w.add_argument("--content-weight", type=float, help="alpha: weight of the content term")
     w.add_argument("--style-weight", type=float, help="beta: weight of the style term")
@@ -115,9 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default="auto", help="auto, cpu or cuda")
     r.add_argument("--provider", help="any onnxruntime execution provider by name, e.g. TensorrtExecutionProvider")
     r.add_argument("--threads", type=int, help="intra-op threads (default: onnxruntime's)")
+    r.add_argument("--provider-option", action="append", metavar="KEY=VALUE",
+                   help="an option of the chosen provider (repeatable), e.g. device_type=GPU for OpenVINO, "
+                   "gpu_mem_limit=8589934592 for CUDA; see onnxruntime's page for that provider")
     r.add_argument("--precision", choices=["fp32", "tf32", "fp16"], default="fp32",
-                   help="CUDA: fp32 (TF32 off, the default) or tf32 (TensorFloat-32 convolutions); the CPU "
-                   "computes in fp32; fp16 needs an fp16 export (not yet)")
+                   help="fp32 (TF32 off on CUDA, f32 inference on OpenVINO), tf32 (CUDA: TensorFloat-32 "
+                   "convolutions), fp16 (the model's mixed-precision graph: convolutions in fp16, Gram "
+                   "matrices and losses in fp32; for GPUs)")
     r.add_argument("--loop", choices=["auto", "device", "host"], default="auto",
                    help="device: image, gradient and optimizer state stay in device buffers (needs the model's "
                    "optimizer graphs); host: optimizer in numpy; auto: device when the model has them")
@@ -143,30 +137,10 @@ def _warn(msg: str) -> None:
         print(f"nst-ort: warning: {msg}", file=sys.stderr)
 
 
-def _apply_preset(args, artifacts) -> tuple[LossConfig, dict]:
-    preset = PRESETS.get(args.preset, {})
-    slw = None
-    if preset.get("style_layer_weights") == "inv_c2":
-        slw = {n: 1.0 / artifacts.layer_info[n]["channels"] ** 2 for n in artifacts.style_layers
-               if n in artifacts.defaults.get("style_layer_weights", {})}
-    elif preset.get("style_layer_weights") == "equal":
-        names = [n for n in artifacts.style_layers if n in artifacts.defaults.get("style_layer_weights", {})]
-        slw = {n: 1.0 / len(names) for n in names}
-    cw = preset.get("content_weight")
-    if args.preset == "paper":
-        # alpha/beta = 1e-3 (paper Fig. 3) with its 1/2-sum content and 1/(4 N^2 M^2) style terms,
-        # translated at 512 px: alpha_ours = 1e-3 * 2 * N * M / 4 for relu4_2 (N=512, M=(512/8)^2).
-        n = artifacts.layer_info[artifacts.content_layers[0]]["channels"]
-        stride = artifacts.layer_info[artifacts.content_layers[0]]["stride"]
-        cw = 1e-3 * 2 * n * (512 // stride) ** 2 / 4
-    loss = LossConfig(
-        content_weight=args.content_weight if args.content_weight is not None else cw,
-        style_weight=args.style_weight if args.style_weight is not None else preset.get("style_weight"),
-        tv_weight=args.tv_weight if args.tv_weight is not None else preset.get("tv_weight"),
-        content_layer=args.content_layer,
-        style_layer_weights=_layer_weights(args.style_layers) if args.style_layers else slw,
-    )
-    return loss, preset
+def _provider_options(args) -> dict | None:
+    from .providers import parse_options
+
+    return parse_options(args.provider_option) or None
 
 
 def build_config(args, artifacts) -> tuple[Config, Path | None]:
@@ -183,11 +157,15 @@ def build_config(args, artifacts) -> tuple[Config, Path | None]:
     masks = [Path(m) for m in args.style_masks.split(",")] if args.style_masks else [None] * len(style_paths)
     if len(weights) != len(style_paths) or len(masks) != len(style_paths):
         raise UsageError(f"{len(style_paths)} style image(s) but {len(weights)} weight(s) and {len(masks)} mask(s)")
-    loss, preset = _apply_preset(args, artifacts)
+    preset = PRESETS[args.preset]
+    loss = preset.loss(artifacts, LossConfig(
+        content_weight=args.content_weight, style_weight=args.style_weight, tv_weight=args.tv_weight,
+        content_layer=args.content_layer,
+        style_layer_weights=_layer_weights(args.style_layers) if args.style_layers else None))
     optim_cfg = OptimConfig(
-        name=args.optimizer or preset.get("optimizer", "lbfgs"),
-        iterations=args.iterations if args.iterations is not None else preset.get("iterations", 500),
-        lr=args.lr, history=args.history or preset.get("history", 100), average=args.average,
+        name=args.optimizer or OptimConfig.name,
+        iterations=args.iterations if args.iterations is not None else preset.iterations,
+        lr=args.lr, history=args.history or OptimConfig.history, average=args.average,
     )
     texture_size = None
     if args.texture_size:
@@ -196,9 +174,7 @@ def build_config(args, artifacts) -> tuple[Config, Path | None]:
         except ValueError:
             raise UsageError(f"--texture-size: expected WxH, got {args.texture_size!r}") from None
         texture_size = (tw, th)
-    size = args.size if args.size != 512 or not preset else preset.get("size", args.size)
-    if texture_size:
-        size = max(texture_size)
+    size = max(texture_size) if texture_size else args.size
     scales = [int(v) for v in _csv_floats(args.scales, "--scales")] if args.scales else None
     scale_iters = [int(v) for v in _csv_floats(args.scale_iterations, "--scale-iterations")] if args.scale_iterations else None
     cfg = Config(
@@ -207,6 +183,7 @@ def build_config(args, artifacts) -> tuple[Config, Path | None]:
         style_scale=args.style_scale, init=args.init, seed=args.seed, color=args.color, loss=loss, optim=optim_cfg,
         model=Path(args.model) if args.model else None, device=args.device, provider=args.provider,
         threads=args.threads, precision=args.precision, loop=args.loop,
+        provider_options=_provider_options(args),
     )
     try:
         cfg.schedule()
@@ -215,84 +192,26 @@ def build_config(args, artifacts) -> tuple[Config, Path | None]:
     return cfg, Path(args.output)
 
 
-def _fingerprint(cfg: Config) -> str:
-    """Inputs and settings that must match for a resume to be the same run.
-
-    Iteration counts are left out so that a resumed run may go on longer than the first.
-    """
-    import dataclasses
-
-    def digest(p):
-        return hashlib.sha256(Path(p).read_bytes()).hexdigest() if p else None
-
-    same = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, iterations=0), scale_iterations=None)
-    d = {"cfg": repr(same), "content": digest(cfg.content), "styles": [digest(s.path) for s in cfg.styles],
-         "masks": [digest(s.mask) for s in cfg.styles]}
-    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return os.path.samefile(a, b)  # also catches hard links and symlinks
-    except OSError:
-        return False
-
-
-def _probe_writable(out: Path, folder: Path) -> None:
-    """Create and remove a file where the output will go: os.access says yes to root on read-only mounts."""
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=folder)
-        os.close(fd)
-        os.unlink(tmp)
-    except OSError as e:
-        raise OutputError(f"{out}: output folder {folder} is not writable ({e.strerror or e})") from None
-
-
-def _check_output(out: Path, cfg: Config) -> None:
-    """Before any work: the output must be writable and must not be one of the inputs."""
-    inputs = [cfg.content, *[s.path for s in cfg.styles], *[s.mask for s in cfg.styles if s.mask]]
-    if cfg.init not in ("content", "noise"):
-        inputs.append(Path(cfg.init))
-    for p in inputs:
-        if p is not None and out.exists() and _same_file(out, Path(p)):
-            raise OutputError(f"{out}: output path is also an input ({p}); refusing to overwrite it")
-    if out.exists() and out.is_dir():
-        raise OutputError(f"{out}: is a directory; give an image file name")
-    folder = out.parent if str(out.parent) else Path(".")
-    if not folder.is_dir():
-        raise OutputError(f"{out}: output folder {folder} does not exist")
-    from PIL import Image
-
-    if Image.registered_extensions().get(out.suffix.lower()) is None:
-        raise OutputError(f"{out}: unknown image extension {out.suffix!r} (use .png, .jpg, .webp, .tif)")
-    _probe_writable(out, folder)
-
-
-def _check_memory(stylizer, cfg: Config) -> None:
-    sizes = [stylizer._size_at(long_side) for long_side, _ in stylizer.schedule]
-    what = str(cfg.content) if cfg.content is not None else "texture"
-    memory.check(what, stylizer.artifacts.manifest["layers"], sizes, cfg.optim.name, cfg.optim.history,
-                 stylizer.artifacts.min_size, cfg.style_scale, on_host=stylizer.graphs.placement.device == "cpu",
-                 factor=memory.graph_factor(stylizer.artifacts.manifest))
-
-
 def stylize_one(cfg: Config, out: Path, args, artifacts, settings: dict) -> None:
     from .stylize import Stylizer
 
-    _check_output(out, cfg)
+    check_image_output(out, cfg.input_paths())
     stylizer = Stylizer(cfg, artifacts=artifacts, warn=_warn)
-    _check_memory(stylizer, cfg)
-    fingerprint = _fingerprint(cfg)
+    memory.check(stylizer.memory_plan())
+    fingerprint = checkpoint.fingerprint(cfg)
     if args.resume:
-        stylizer.load_state(checkpoint.load(args.resume, fingerprint))
+        stylizer.load_state_dict(checkpoint.load(args.resume, fingerprint))
     progress = Progress(enabled=not args.quiet)
     report = Report(settings)
 
+    def save() -> None:
+        save_image(stylizer.result(), out)
+        if args.checkpoint:
+            checkpoint.save(args.checkpoint, stylizer.state_dict(), fingerprint)
+
     def finish(status: str) -> None:
-        if stylizer.x is not None:
-            save_image(stylizer.current(), out)
-        if args.checkpoint and stylizer.x is not None:
-            checkpoint.save(args.checkpoint, stylizer.state(), fingerprint)
+        if stylizer.image() is not None:
+            save()
         if args.report:
             report.runtime = stylizer.runtime()
             report.write(args.report, status)
@@ -302,30 +221,27 @@ def stylize_one(cfg: Config, out: Path, args, artifacts, settings: dict) -> None
             progress(record)
             report(record)
             if args.save_every and record.step % args.save_every == 0:
-                save_image(stylizer.current(), out)
-                if args.checkpoint:
-                    checkpoint.save(args.checkpoint, stylizer.state(), fingerprint)
+                save()
     except (KeyboardInterrupt, _Interrupted):
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the final save short
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         finish("interrupted")
         if progress.tty and progress.last:
             print(file=sys.stderr)  # end the progress line
-        done = f"wrote the current image to {out}" if stylizer.x is not None else "nothing written"
-        raise Interrupted(f"{out}: interrupted at iteration {stylizer.step}; {done}") from None
-    except (OutOfMemory, MemoryError) as e:  # despite the estimate (other processes, a GPU): keep what there is
-        msg = str(e) if isinstance(e, OutOfMemory) else "out of memory (MemoryError); try a smaller --size"
-        if stylizer.best is None:
-            raise OutOfMemory(f"{cfg.content or 'texture'}: {msg}") from None
-        stylizer.x, stylizer.average = stylizer.best, None
+        done = f"wrote the current image to {out}" if stylizer.image() is not None else "nothing written"
+        raise Interrupted(f"{out}: interrupted at iteration {stylizer.steps}; {done}") from None
+    # Despite the estimate (other processes, a GPU) memory can run out, and the loss can stop being
+    # finite: the Stylizer then holds the last finite image, which is written.
+    except OutOfMemory as e:
+        if stylizer.image() is None:
+            raise OutOfMemory(f"{cfg.content or 'texture'}: {e}") from None
         finish("out of memory")
-        raise OutOfMemory(f"{out}: {msg}; wrote the last image") from None
+        raise OutOfMemory(f"{out}: {e}; wrote the last image") from None
     except NumericalError:
-        what = f"{out}: the loss is not finite (NaN or Inf) at iteration {stylizer.step + 1}; stopped"
+        what = f"{out}: the loss is not finite (NaN or Inf) at iteration {stylizer.steps + 1}; stopped"
         hint = "try a smaller --lr or smaller loss weights"
-        if stylizer.best is None:
+        if stylizer.image() is None:
             raise NumericalError(f"{what} before any finite image, nothing written; {hint}") from None
-        stylizer.x, stylizer.average = stylizer.best, None
         finish("nan")
         raise NumericalError(f"{what} and wrote the last finite image; {hint}") from None
     finish("done")
@@ -337,7 +253,10 @@ def _sigterm(signum, frame):
 
 # `nst-ort NAME ...` for each NAME here runs "module:function"(argv[1:]) instead of stylizing. Each
 # subcommand owns its parser; the module is imported only when asked for (start-up stays small).
-SUBCOMMANDS: dict[str, str] = {}
+SUBCOMMANDS: dict[str, str] = {
+    "check": "nst_ort.check:main",
+    "video": "nst_ort.video:main",
+}
 
 
 def _subcommand(argv: list[str]) -> int:
@@ -375,6 +294,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def _runtime_info() -> dict:
+    from .providers import info
+
+    return info()
+
+
 def _main(args) -> int:
     from .artifacts import Artifacts
 
@@ -383,7 +308,7 @@ def _main(args) -> int:
         m = artifacts.manifest
         print(json.dumps({"path": str(artifacts.path), "backbone": m["backbone"], "layers": m["layers"],
                           "content_layers": m["content_layers"], "style_layers": m["style_layers"],
-                          "defaults": m["defaults"], "weights": m["weights"]}, indent=1))
+                          "defaults": m["defaults"], "weights": m["weights"], "runtime": _runtime_info()}, indent=1))
         return 0
     settings = {k: v for k, v in vars(args).items()}
     settings["nst_ort"] = __version__

@@ -5,7 +5,8 @@ The image, its gradient and the optimizer state (L-BFGS history, Adam moments) l
 cross to the host: the loss terms, a few dot products, and for L-BFGS the history projections
 (2 x history floats) and the coefficients that come back. The optimizer graphs are written at export
 time (export/optim_graphs.py, listed in manifest.json under "optimizers"); without them the Stylizer
-uses the host loop (session.TrainStep + optim.py), which gives the same iterates up to rounding.
+uses the host loop (loop.HostLoop: session.TrainStep + optim.py), which gives the same iterates up to
+rounding. DeviceLoop is the other implementation of loop.Loop.
 
 L-BFGS here is nst_ort.optim.LBFGS (torch.optim.LBFGS without line search, plus its documented
 steepest-descent deviation) in the compact form of Byrd, Nocedal & Schnabel (see optim_graphs.py):
@@ -17,13 +18,15 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 
-from .errors import ArtifactError
-from .session import _run_error, _session
+from .errors import ArtifactError, NumericalError
+from .contract import Losses
+from .optim import CURVATURE_MIN, MAX_STEP, steepest_descent_length
+from .session import Graphs, TrainingGraph, run_error
 
 F32 = 4  # bytes
 
 
-class _Buffer:
+class Buffer:
     """A float32 device buffer [rows, n]; views are (pointer, shape) pairs for IOBinding."""
 
     def __init__(self, device: str, rows: int, n: int, zero: bool = True):
@@ -58,12 +61,11 @@ class _Buffer:
             self.value.update_inplace(full)
 
 
-class _Runner:
+class Runner:
     """One optimizer graph: bind by pointer, scalars through the host, run."""
 
-    def __init__(self, path, placement):
-        self.sess = _session(path, placement)
-        self.device = placement.device
+    def __init__(self, session: ort.InferenceSession, device: str):
+        self.sess, self.device = session, device
         self.outputs = [o.name for o in self.sess.get_outputs()]
 
     def __call__(self, dev: dict, host: dict, out_dev: dict, what: str) -> dict:
@@ -73,7 +75,9 @@ class _Runner:
         for name, (ptr, shape) in dev.items():
             b.bind_input(name, self.device, 0, np.float32, list(shape), ptr)
         for name, arr in host.items():
-            arr = np.ascontiguousarray(arr, np.float32)
+            # np.require, not ascontiguousarray: that turns a 0-d scalar into shape [1], which the
+            # CPU provider broadcasts but OpenVINO refuses ("model input shape=[], tensor shape=(1)").
+            arr = np.require(arr, np.float32, "C")
             keep.append(arr)
             b.bind_cpu_input(name, arr)
         host_out = [n for n in self.outputs if n not in out_dev]
@@ -86,7 +90,7 @@ class _Runner:
         try:
             self.sess.run_with_iobinding(b)
         except Exception as e:  # noqa: BLE001
-            raise _run_error(e, what) from None
+            raise run_error(e, what) from None
         vals = b.get_outputs()  # in binding order, which is the graph's output order
         return {name: vals[i].numpy() for i, name in enumerate(self.outputs) if name in host_out}
 
@@ -95,9 +99,9 @@ class DeviceLBFGS:
     def __init__(self, runners: dict, device: str, n: int, lr: float = 1.0, history: int = 100):
         self.r, self.device, self.n = runners, device, n
         self.lr, self.m = float(lr), int(history)
-        self.S = _Buffer(device, self.m + 1, n)  # one spare slot: a new pair is written before it is accepted
-        self.Y = _Buffer(device, self.m + 1, n)
-        self.d = _Buffer(device, 1, n)
+        self.S = Buffer(device, self.m + 1, n)  # one spare slot: a new pair is written before it is accepted
+        self.Y = Buffer(device, self.m + 1, n)
+        self.d = Buffer(device, 1, n)
         self.order: list[int] = []  # slots, oldest first
         self.R = np.zeros((0, 0))  # R[i, j] = s_i . y_j (i <= j), in `order`
         self.YY = np.zeros((0, 0))
@@ -106,7 +110,7 @@ class DeviceLBFGS:
         self.t = 0.0
         self.restarts = 0
         self.sd_steps = 0
-        self.max_step = 0.01  # as optim.LBFGS
+        self.max_step = MAX_STEP
 
     def _free(self) -> int:
         used = set(self.order)
@@ -119,81 +123,97 @@ class DeviceLBFGS:
     def step(self, x: int, g: int, g_prev: int, x_out: int) -> bool:
         """Pointers to [n] buffers: x, g (in), g_prev (the last step's gradient), x_out (new image).
         Returns False (and changes nothing) if the gradient is not finite."""
-        n = self.n
         f = self._free()
         first_iter = self.k == 0
+        ys, yy, gg, gl1, gmax = self._pair(f, g, g_prev, first_iter)
+        if not (np.isfinite(gl1) and np.isfinite(gg)):
+            return False
+        accepted = not first_iter and ys > CURVATURE_MIN
+        if accepted:
+            self.order.append(f)
+            self.h_diag = ys / yy
+        rows = max(self.order + [f]) + 1
+        t, coefficients = self.t, None
+        if self.order:
+            t = self.lr
+            coefficients = self._quasi_newton(f, g, rows, ys if accepted else None, gg)
+        if coefficients is None:
+            # No curvature pair, or an uphill direction (which restarts the history): optim.LBFGS's
+            # capped steepest-descent step (Deviation: see optim.steepest_descent_length).
+            if self.order:
+                self.order, self.R, self.YY = [], np.zeros((0, 0)), np.zeros((0, 0))
+                self.restarts += 1
+            t = steepest_descent_length(t, self.k > 0 and self.sd_steps > 0, gl1, gmax, self.lr, self.max_step)
+            self.sd_steps += 1
+            rows, coefficients = 1, (np.zeros(1), np.zeros(1), -1.0)
+        else:
+            self.sd_steps = 0
+        self.t = t
+        self._direction(coefficients, rows, g, x, x_out)
+        self.k += 1
+        return True
+
+    def _pair(self, f: int, g: int, g_prev: int, first_iter: bool) -> tuple[float, ...]:
+        """s = t d and y = g - g_prev into slot f; returns y.s, y.y, g.g, |g|_1, max|g|."""
+        n = self.n
         sc = self.r["pair"](
             {"g": (g, [n]), "g_prev": (g if first_iter else g_prev, [n]), "d": (self.d.ptr, [n])},
             {"t": np.array(0.0 if first_iter else self.t, np.float32)},
             {"s": (self.S.row(f), [n]), "y": (self.Y.row(f), [n])}, "L-BFGS pair graph")
-        ys, yy, gg, gl1, gmax = (float(sc[k]) for k in ("ys", "yy", "gg", "g_l1", "g_max"))
-        if not (np.isfinite(gl1) and np.isfinite(gg)):
-            return False
-        accepted = not first_iter and ys > 1e-10  # curvature condition, as torch
-        if accepted:
-            self.order.append(f)
-            self.h_diag = ys / yy
-        count = len(self.order)
-        rows = max(self.order + [f]) + 1
-        d, t = None, self.t
-        if count:
-            t = self.lr
-            proj = self.r["project"](
-                {"S": (self.S.ptr, [rows, n]), "Y": (self.Y.ptr, [rows, n]), "g": (g, [n]), "y": (self.Y.row(f), [n])},
-                {}, {}, "L-BFGS projection graph")
-            sp, yp = proj["SP"].astype(np.float64), proj["YP"].astype(np.float64)
-            if accepted:
-                k = count
-                R = np.zeros((k, k))
-                R[: k - 1, : k - 1] = self.R
-                R[:, k - 1] = sp[self.order, 1]
-                R[k - 1, k - 1] = ys
-                YY = np.zeros((k, k))
-                YY[: k - 1, : k - 1] = self.YY
-                YY[:, k - 1] = YY[k - 1, :] = yp[self.order, 1]
-                self.R, self.YY = R, YY
-                if count > self.m:
-                    self._drop_oldest()
-                    count -= 1
-            u, v = sp[self.order, 0], yp[self.order, 0]
-            gamma = self.h_diag
-            try:
-                w = np.linalg.solve(self.R, u)
-                p = np.linalg.solve(self.R.T, (np.diag(np.diag(self.R)) + gamma * self.YY) @ w - gamma * v)
-            except np.linalg.LinAlgError:
-                w = p = None
-            if w is not None and np.isfinite(w).all() and np.isfinite(p).all():
-                a = np.zeros(rows)
-                b = np.zeros(rows)
-                a[self.order] = -p
-                b[self.order] = gamma * w
-                d = (a, b, -gamma)
-                gd = -gamma * gg - float(u @ p) + gamma * float(v @ w)
-            else:
-                gd = 0.0  # numerically broken history: restart below
-        if d is None or gd >= 0.0:
-            # optim.LBFGS's deviation from torch: steepest descent from torch's first-step size,
-            # doubling while no pair is accepted, capped per pixel; an uphill direction restarts.
-            if count:
-                self.order, self.R, self.YY = [], np.zeros((0, 0)), np.zeros((0, 0))
-                self.restarts += 1
-            first = min(1.0, 1.0 / max(gl1, 1e-30)) * self.lr
-            grown = t * 2.0 if self.k > 0 and self.sd_steps > 0 else first
-            cap = self.max_step * self.lr / max(gmax, 1e-30)
-            t = max(first, min(grown, cap))
-            self.sd_steps += 1
-            rows = 1
-            d = (np.zeros(1), np.zeros(1), -1.0)
-        else:
-            self.sd_steps = 0
-        self.t = t
-        a, b, c = d
+        return tuple(float(sc[k]) for k in ("ys", "yy", "gg", "g_l1", "g_max"))
+
+    def _quasi_newton(self, f: int, g: int, rows: int, ys: float | None, gg: float):
+        """The compact-form direction -H g = a S + b Y + c g as (a [rows], b [rows], c), or None where
+        the history is numerically broken or the direction goes uphill. ys: the new pair's y.s if it
+        was accepted (R and Y^T Y grow by it)."""
+        n = self.n
+        proj = self.r["project"](
+            {"S": (self.S.ptr, [rows, n]), "Y": (self.Y.ptr, [rows, n]), "g": (g, [n]), "y": (self.Y.row(f), [n])},
+            {}, {}, "L-BFGS projection graph")
+        sp, yp = proj["SP"].astype(np.float64), proj["YP"].astype(np.float64)
+        if ys is not None:
+            self._grow(sp[self.order, 1], yp[self.order, 1], ys)
+        u, v = sp[self.order, 0], yp[self.order, 0]
+        gamma = self.h_diag
+        try:
+            w = np.linalg.solve(self.R, u)
+            p = np.linalg.solve(self.R.T, (np.diag(np.diag(self.R)) + gamma * self.YY) @ w - gamma * v)
+        except np.linalg.LinAlgError:
+            return None
+        if not (np.isfinite(w).all() and np.isfinite(p).all()):
+            return None
+        if -gamma * gg - float(u @ p) + gamma * float(v @ w) >= 0.0:  # g.d: uphill
+            return None
+        a = np.zeros(rows)
+        b = np.zeros(rows)
+        a[self.order] = -p
+        b[self.order] = gamma * w
+        return a, b, -gamma
+
+    def _grow(self, s_y: np.ndarray, y_y: np.ndarray, ys: float) -> None:
+        """R and Y^T Y gain the new pair's column (s_i . y_new and y_i . y_new over the history, the
+        new pair last); past `history` pairs the oldest goes."""
+        k = len(self.order)
+        R = np.zeros((k, k))
+        R[: k - 1, : k - 1] = self.R
+        R[:, k - 1] = s_y
+        R[k - 1, k - 1] = ys
+        YY = np.zeros((k, k))
+        YY[: k - 1, : k - 1] = self.YY
+        YY[:, k - 1] = YY[k - 1, :] = y_y
+        self.R, self.YY = R, YY
+        if k > self.m:
+            self._drop_oldest()
+
+    def _direction(self, coefficients, rows: int, g: int, x: int, x_out: int) -> None:
+        """d = a S + b Y + c g into the d buffer, and x_out = x + t d."""
+        n = self.n
+        a, b, c = coefficients
         self.r["direction"](
             {"S": (self.S.ptr, [rows, n]), "Y": (self.Y.ptr, [rows, n]), "g": (g, [n]), "x": (x, [n])},
-            {"a": a.reshape(1, -1), "b": b.reshape(1, -1), "c": np.array(c, np.float32), "t": np.array(t, np.float32)},
+            {"a": a.reshape(1, -1), "b": b.reshape(1, -1), "c": np.array(c, np.float32),
+             "t": np.array(self.t, np.float32)},
             {"d": (self.d.ptr, [n]), "x_new": (x_out, [n])}, "L-BFGS direction graph")
-        self.k += 1
-        return True
 
     # -- state (optim.LBFGS's format) --------------------------------------------------------------
     def state_dict(self, g_prev: np.ndarray) -> dict:
@@ -241,8 +261,8 @@ class DeviceAdam:
     def __init__(self, runners: dict, device: str, n: int, lr: float = 0.02, betas=(0.9, 0.999), eps: float = 1e-8):
         self.r, self.n = runners, n
         self.lr, self.b1, self.b2, self.eps = float(lr), betas[0], betas[1], eps
-        self.m1 = _Buffer(device, 2, n)  # ping-pong: a graph's output never aliases its input
-        self.m2 = _Buffer(device, 2, n)
+        self.m1 = Buffer(device, 2, n)  # ping-pong: a graph's output never aliases its input
+        self.m2 = Buffer(device, 2, n)
         self.cur = 0
         self.k = 0
 
@@ -268,88 +288,51 @@ class DeviceAdam:
         self.k = int(s["k"])
 
 
-def optimizer_runners(graphs, kind: str) -> dict | None:
-    """The optimizer graphs of an artifact as sessions, or None if it has none for `kind`."""
-    art = graphs.artifacts
-    entry = art.manifest.get("optimizers")
-    files = entry.get(kind) if isinstance(entry, dict) else None
-    if not isinstance(files, dict) or not files:
-        return None
-    for name in files.values():
-        if not isinstance(name, str) or name not in art.manifest["files"]:
-            raise ArtifactError(f"{art.path / 'manifest.json'}: optimizer graph {name!r} has no sha256 entry")
-    return {role: _Runner(art._file(name), graphs.placement) for role, name in files.items()}
-
-
 class DeviceLoop:
-    """Training graph + optimizer graphs over device buffers; `step()` is one iteration."""
+    """loop.Loop over device buffers: the training graph and the optimizer graphs, bound by pointer."""
 
-    SCALARS = ("loss", "content_losses", "style_losses", "tv_loss")
+    kind = "device"
 
-    def __init__(self, graphs, feeds: dict[str, np.ndarray], x0: np.ndarray, optimizer: str, lr: float,
-                 history: int = 100, runners: dict | None = None, state: dict | None = None):
-        self.placement = graphs.placement
-        device = self.placement.device
-        self.sess = graphs.train
+    def __init__(self, graphs: Graphs, feeds: dict[str, np.ndarray], x0: np.ndarray, optimizer: str, lr: float,
+                 history: int = 100):
+        device = graphs.placement.device
         self.shape = tuple(x0.shape)
         n = self.n = int(np.prod(self.shape))
-        runners = runners or optimizer_runners(graphs, optimizer)
-        if runners is None:
+        sessions = graphs.optimizer_sessions(optimizer)
+        if sessions is None:
             raise ArtifactError(f"{graphs.artifacts.path}: no {optimizer} optimizer graphs in this model")
-        self.x = _Buffer(device, 2, n)  # ping-pong: current image and the next one
-        self.g = _Buffer(device, 2, n)  # ping-pong: this gradient and the previous one
+        runners = {role: Runner(sess, device) for role, sess in sessions.items()}
+        self.x = Buffer(device, 2, n)  # ping-pong: current image and the next one
+        self.g = Buffer(device, 2, n)  # ping-pong: this gradient and the previous one
         self.x.upload(0, x0)
         self.cur = 0
-        self._keep = []
-        self.bindings = []
-        values = {}
-        for name, arr in feeds.items():  # targets and weights: on the device once, for the whole scale
-            v = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(arr, dtype=np.float32), device, 0)
-            self._keep.append(v)
-            values[name] = v
-        for p in (0, 1):
-            b = self.sess.io_binding()
-            for name, v in values.items():
-                b.bind_ortvalue_input(name, v)
-            b.bind_input("image", device, 0, np.float32, list(self.shape), self.x.row(p))
-            for name in self.SCALARS:
-                b.bind_output(name, "cpu")
-            b.bind_output("image_grad", device, 0, np.float32, list(self.shape), self.g.row(p))
-            self.bindings.append(b)
-        cls = DeviceLBFGS if optimizer == "lbfgs" else DeviceAdam
-        kw = {"history": history} if optimizer == "lbfgs" else {}
-        self.opt = cls(runners, device, n, lr=lr, **kw)
-        if state is not None:
-            self.opt.load_state_dict(state)
-            if optimizer == "lbfgs" and state.get("g_prev") is not None and self.opt.k > 0:
-                self.g.upload(1, state["g_prev"])  # the previous gradient lives in the other slot
+        self.steps = 0  # taken by this loop (a resumed optimizer may count more)
+        self.graph = TrainingGraph(graphs, feeds, self.shape)  # targets and weights: on the device once
+        self.bindings = [self.graph.binding(self.x.row(p), self.g.row(p)) for p in (0, 1)]
+        self.opt = (DeviceLBFGS(runners, device, n, lr=lr, history=history) if optimizer == "lbfgs" else
+                    DeviceAdam(runners, device, n, lr=lr))
 
-    def step(self):
-        """One evaluation at the current image and its update. Returns (total, content_losses,
-        style_losses, tv, finite); when not finite the image is left as it was."""
+    def step(self) -> Losses:
         c = self.cur
-        b = self.bindings[c]
-        try:
-            self.sess.run_with_iobinding(b)
-        except Exception as e:  # noqa: BLE001
-            raise _run_error(e, f"training graph at {self.shape[3]}x{self.shape[2]}") from None
-        outs = b.get_outputs()
-        total, closs, sloss, tv = (outs[i].numpy() for i in range(4))
-        total = float(total)
-        if not np.isfinite(total):
-            return total, closs.astype(np.float64), sloss.astype(np.float64), float(tv), False
-        ok = self.opt.step(self.x.row(c), self.g.row(c), self.g.row(1 - c), self.x.row(1 - c))
-        if ok:
-            self.cur = 1 - c
-        return total, closs.astype(np.float64), sloss.astype(np.float64), float(tv), ok
+        losses = self.graph.run(self.bindings[c])
+        if not np.isfinite(losses.loss) or not self.opt.step(self.x.row(c), self.g.row(c), self.g.row(1 - c),
+                                                             self.x.row(1 - c)):
+            raise NumericalError(f"loss became {losses.loss}")
+        self.cur = 1 - c
+        self.steps += 1
+        return losses
 
     def image(self) -> np.ndarray:
-        """The current image [1, 3, H, W] (a copy on the host)."""
         return self.x.fetch(self.cur).reshape(self.shape)
 
-    def previous(self) -> np.ndarray:
-        """The image the last evaluation saw (the last finite one) [1, 3, H, W]."""
-        return self.x.fetch(1 - self.cur).reshape(self.shape)
+    def best(self) -> np.ndarray | None:
+        # The other ping-pong slot holds the image the last successful step evaluated.
+        return self.x.fetch(1 - self.cur).reshape(self.shape) if self.steps else None
 
     def state_dict(self) -> dict:
         return self.opt.state_dict(self.g.fetch(1 - self.cur))
+
+    def load_state_dict(self, state: dict) -> None:
+        self.opt.load_state_dict(state)
+        if isinstance(self.opt, DeviceLBFGS) and state.get("g_prev") is not None and self.opt.k > 0:
+            self.g.upload(1 - self.cur, state["g_prev"])  # the previous gradient lives in the other slot

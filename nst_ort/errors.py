@@ -8,35 +8,18 @@ class NstError(Exception):
     exit_code = 1
 
 
-class UsageError(NstError):
-    exit_code = 2
-
-
-class ImageError(NstError):
-    exit_code = 3
-
-
-class ArtifactError(NstError):
-    exit_code = 4
-
-
-class DeviceError(NstError):
-    exit_code = 5
-
-
-class OutOfMemory(NstError):
-    exit_code = 6
-
-
-class NumericalError(NstError):
-    exit_code = 7
-
-
-class OutputError(NstError):
-    exit_code = 8
+# One line each, as the table in docs/errors.md: exit code and what causes it.
+class UsageError(NstError): exit_code = 2  # a bad flag value, no style image, a checkpoint from other settings
+class ImageError(NstError): exit_code = 3  # missing, damaged, not an image, an image bomb, too small
+class ArtifactError(NstError): exit_code = 4  # the model folder: a file missing, a sha256 mismatch, a foreign graph
+class DeviceError(NstError): exit_code = 5  # no usable CUDA provider, an unknown provider
+class OutOfMemory(NstError): exit_code = 6  # estimated before the run, or an allocation that failed
+class NumericalError(NstError): exit_code = 7  # the loss became NaN or Inf
+class OutputError(NstError): exit_code = 8  # the output cannot be written, or is one of the inputs
 
 
 EXIT_BATCH_PARTIAL = 9  # a batch went on past failed images; each was reported on its own line
+EXIT_CHECK_FAILED = 10  # `nst-ort check`: a graph differs from the CPU provider's beyond its limit, or fails to run
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C; SIGTERM gives the same
 
 

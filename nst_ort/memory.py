@@ -163,33 +163,46 @@ def largest_fitting(fits, low: int, high: int) -> int | None:
     return low
 
 
-def check(what: str, layers: list[dict], sizes: list[tuple[int, int]], optimizer: str, history: int,
-          min_side: int, style_scale: float = 1.0, on_host: bool = True, avail: Available | None = None,
-          factor: float = GRAPH_FACTOR) -> None:
-    """Raise OutOfMemory if the largest scale in `sizes` [(w, h)] would not fit; name the size that would."""
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What a run will hold in memory: the one input of check() (Stylizer.memory_plan() makes it)."""
+
+    what: str  # named in the error: the content image, or "texture"
+    layers: list[dict]  # the manifest's layers (channels, stride)
+    sizes: list[tuple[int, int]]  # (w, h) of every scale; the largest counts
+    optimizer: str = "lbfgs"
+    history: int = 100
+    min_side: int = 1  # the network's smallest image side (Artifacts.min_size)
+    style_scale: float = 1.0
+    on_host: bool = True  # activations in host memory (CPU provider)
+    factor: float = GRAPH_FACTOR  # graph_factor(manifest)
+
+
+def check(plan: Plan, avail: Available | None = None) -> None:
+    """Raise OutOfMemory if the largest scale of the plan would not fit; name the size that would."""
     if os.environ.get("NST_ORT_MEMORY_CHECK", "1") == "0":
         return
     avail = avail or available()
     if avail.resident is None and avail.address is None:
         return
-    w, h = max(sizes, key=lambda s: s[0] * s[1])
+    w, h = max(plan.sizes, key=lambda s: s[0] * s[1])
     long_side = max(w, h)
 
     def need_at(side: int) -> Need:
         sw, sh = max(1, round(w * side / long_side)), max(1, round(h * side / long_side))
-        style = (max(1, round(sw * style_scale)), max(1, round(sh * style_scale)))
-        return estimate(layers, (sw, sh), optimizer, history, style, on_host, factor)
+        style = (max(1, round(sw * plan.style_scale)), max(1, round(sh * plan.style_scale)))
+        return estimate(plan.layers, (sw, sh), plan.optimizer, plan.history, style, plan.on_host, plan.factor)
 
     need = need_at(long_side)
     if avail.fits(need):
         return
     needed, have, source = avail.binding(need)
-    best = largest_fitting(lambda s: avail.fits(need_at(s), SUGGEST_SHARE), max(1, min_side), long_side)
-    if best and best >= 2 * min_side:
+    best = largest_fitting(lambda s: avail.fits(need_at(s), SUGGEST_SHARE), max(1, plan.min_side), long_side)
+    if best and best >= 2 * plan.min_side:
         best -= best % 8  # a round number; the estimate is not that precise anyway
     advice = (f"the largest size that fits is about --size {best}" if best else
               "not even the smallest size the network accepts fits; free memory or use a GPU")
-    if optimizer == "lbfgs" and history > 10:
-        advice += f" (or lower --history, now {history}: L-BFGS keeps 2 x history copies of the image)"
-    raise OutOfMemory(f"{what}: {w}x{h} needs about {_gib(needed)} of memory, {_gib(have)} is available "
+    if plan.optimizer == "lbfgs" and plan.history > 10:
+        advice += f" (or lower --history, now {plan.history}: L-BFGS keeps 2 x history copies of the image)"
+    raise OutOfMemory(f"{plan.what}: {w}x{h} needs about {_gib(needed)} of memory, {_gib(have)} is available "
                       f"({source}); {advice}")

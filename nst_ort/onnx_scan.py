@@ -1,4 +1,5 @@
-"""Read the external-data locations of an ONNX file without the onnx package (runtime has none).
+"""Read the external-data locations and the input/output names of an ONNX file without the onnx
+package (the runtime has none).
 
 Protocol-buffer wire format, only the fields on the path to a TensorProto's external_data:
 ModelProto.graph (7) -> GraphProto.initializer (5), .node (1) -> NodeProto.attribute (5) ->
@@ -118,3 +119,17 @@ def external_data(model_bytes: bytes) -> list[dict[str, str]]:
     if not saw_graph:
         raise ScanError("no graph in the file")
     return out
+
+
+def graph_io(model_bytes: bytes) -> tuple[list[str], list[str]]:
+    """The graph's input and output names (ModelProto.graph -> GraphProto.input (11) / .output (12)
+    -> ValueInfoProto.name (1)); raises ScanError if it is not a model."""
+    inputs: list[str] = []
+    outputs: list[str] = []
+    for field, wire, value in _fields(model_bytes):
+        if field == 7 and wire == 2:
+            for f2, w2, v2 in _fields(value):
+                if f2 in (11, 12) and w2 == 2:
+                    name = next((v3.decode("utf-8", "replace") for f3, w3, v3 in _fields(v2) if f3 == 1 and w3 == 2), "")
+                    (inputs if f2 == 11 else outputs).append(name)
+    return inputs, outputs

@@ -8,6 +8,27 @@ from __future__ import annotations
 
 import numpy as np
 
+CURVATURE_MIN = 1e-10  # a pair (s, y) is kept only if y.s exceeds this: torch.optim.LBFGS's test
+MAX_STEP = 0.01  # largest pixel change of a steepest-descent step, in [0, 1] units, times lr
+
+
+def steepest_descent_length(t: float, growing: bool, g_l1: float, g_max: float, lr: float,
+                            max_step: float = MAX_STEP) -> float:
+    """The step length along -g when L-BFGS has no usable curvature pair (optim.LBFGS and the device
+    loop's L-BFGS both take it from here).
+
+    Deviation from torch.optim.LBFGS. Without a curvature pair (first step, or pairs rejected because
+    the loss is locally concave, as Gram losses are at the content image: y.s < 0 was measured there),
+    torch steps -g with t = lr and explodes (style terms ~1e9). We take steepest descent from torch's
+    first-step size min(1, 1/|g|_1) * lr, doubling while no pair is accepted (`growing`: the previous
+    step was such a step too), capped at `max_step` per pixel; the caller restarts the history when
+    the direction went uphill.
+    """
+    first = min(1.0, 1.0 / max(g_l1, 1e-30)) * lr
+    grown = t * 2.0 if growing else first
+    cap = max_step * lr / max(g_max, 1e-30)
+    return max(first, min(grown, cap))
+
 
 class LBFGS:
     def __init__(self, n: int, lr: float = 1.0, history: int = 100):
@@ -24,7 +45,7 @@ class LBFGS:
         self.g_prev = np.zeros(n, np.float32)
         self.restarts = 0
         self.sd_steps = 0  # consecutive steepest-descent steps (no curvature pair)
-        self.max_step = 0.01  # largest pixel change of such a step, in [0, 1] units, times lr
+        self.max_step = MAX_STEP
 
     def _order(self) -> list[int]:
         """Slots from oldest to newest."""
@@ -49,7 +70,7 @@ class LBFGS:
             y = g - self.g_prev
             s = self.d * np.float32(self.t)
             ys = float(y @ s)
-            if ys > 1e-10:  # curvature condition, as torch
+            if ys > CURVATURE_MIN:
                 self.S[self.head], self.Y[self.head], self.rho[self.head] = s, y, 1.0 / ys
                 self.head = (self.head + 1) % self.m
                 self.count = min(self.count + 1, self.m)
@@ -60,19 +81,13 @@ class LBFGS:
             self.d = self.direction(g)
             self.t = self.lr
         if not self.count or float(g @ self.d) >= 0.0:
-            # Deviation from torch.optim.LBFGS. Without a curvature pair (first step, or pairs
-            # rejected because the loss is locally concave, as Gram losses are at the content image:
-            # y.s < 0 was measured there), torch steps -g with t = lr and explodes (style terms
-            # ~1e9). We take steepest descent from torch's first-step size min(1, 1/|g|_1) * lr,
-            # doubling while no pair is accepted, capped at `max_step` per pixel; an uphill
-            # direction restarts the history.
+            # No curvature pair, or an uphill direction (which restarts the history): a capped
+            # steepest-descent step (Deviation: see steepest_descent_length).
             if self.count:
                 self.count, self.head, self.restarts = 0, 0, self.restarts + 1
             self.d = -g.astype(np.float32, copy=True)
-            first = min(1.0, 1.0 / max(gl1, 1e-30)) * self.lr
-            grown = self.t * 2.0 if self.k > 0 and self.sd_steps > 0 else first
-            cap = self.max_step * self.lr / max(float(np.abs(g).max()), 1e-30)
-            self.t = max(first, min(grown, cap))
+            self.t = steepest_descent_length(self.t, self.k > 0 and self.sd_steps > 0, gl1,
+                                             float(np.abs(g).max()), self.lr, self.max_step)
             self.sd_steps += 1
         else:
             self.sd_steps = 0

@@ -1,7 +1,9 @@
-"""ONNX Runtime sessions over an artifact folder: the eval graph and the training step.
+"""ONNX Runtime sessions over an artifact folder: the eval, training and optimizer graphs, and the
+training graph bound for one scale.
 
-The training step binds its inputs and outputs once (IOBinding): targets and weights stay on the
-device for the whole scale; per call only the image goes in and the gradient comes out.
+The training graph binds its inputs and outputs once (IOBinding): targets and weights stay on the
+device for the whole scale; per run only the image goes in, the gradient comes out (into a buffer
+that stays on the device in the device loop) and the loss terms come to the host.
 """
 from __future__ import annotations
 
@@ -10,12 +12,14 @@ import warnings
 import numpy as np
 import onnxruntime as ort
 
+from . import contract
 from .artifacts import Artifacts
+from .contract import Losses
 from .errors import ArtifactError, DeviceError, OutOfMemory
 from .providers import Placement
 
 
-def _session(path, placement: Placement, arena: bool = True) -> ort.InferenceSession:
+def make_session(path, placement: Placement, arena: bool = True) -> ort.InferenceSession:
     """arena=False: the CPU allocations of this session go straight to malloc (and back to the OS
     when freed) instead of an arena that keeps its peak for the session's life."""
     so = placement.session_options()
@@ -34,13 +38,15 @@ def _session(path, placement: Placement, arena: bool = True) -> ort.InferenceSes
         if "CUDA" in msg or "cuda" in msg:
             raise DeviceError(f"{path}: cannot create a session on {placement.providers[0]} ({msg})") from None
         raise ArtifactError(f"{path}: onnxruntime cannot load this graph ({msg})") from None
-    if placement.device == "cuda" and placement.providers[0] not in sess.get_providers():
+    if placement.providers[0] not in sess.get_providers():
+        # onnxruntime drops a provider that fails to initialize and runs everything on the next one.
+        why = "check the driver, CUDA and cuDNN" if placement.device == "cuda" else "check its --provider-option values"
         raise DeviceError(f"{path}: {placement.providers[0]} is installed but could not be used (onnxruntime "
-                          f"placed the graph on {sess.get_providers()[0]}; check the driver, CUDA and cuDNN)")
+                          f"placed the graph on {sess.get_providers()[0]}; {why})")
     return sess
 
 
-def _run_error(e: Exception, what: str) -> Exception:
+def run_error(e: Exception, what: str) -> Exception:
     msg = str(e)
     if isinstance(e, MemoryError) or "alloc" in msg.lower() or "memory" in msg.lower():
         return OutOfMemory(f"{what}: out of memory ({msg.splitlines()[0][:200]}); try a smaller --size")
@@ -64,35 +70,37 @@ def _release_freed_memory() -> None:
 
 
 class Graphs:
-    """The two sessions of one artifact folder on one placement."""
+    """The sessions of one artifact folder on one placement: eval and training graphs, and the
+    optimizer graphs once asked for."""
 
     def __init__(self, artifacts: Artifacts, placement: Placement):
         self.artifacts, self.placement = artifacts, placement
+        self._optimizers: dict[str, dict | None] = {}
         try:
-            self.eval = _session(artifacts.graph_path("eval"), placement, arena=False)
-            self.train_path = artifacts.train_graph_path(placement.device)
-            self.train = _session(self.train_path, placement)
+            self.eval = make_session(artifacts.graph_path("eval"), placement, arena=False)
+            self.train_path = artifacts.train_graph_path(placement.train_variant)
+            self.train = make_session(self.train_path, placement)
         except DeviceError as e:
             if not placement.fallback:
                 raise
             if placement.warn is not None:
                 placement.warn(f"{e}; running on the CPU")
             self.placement = placement = placement.on_cpu()
-            self.eval = _session(artifacts.graph_path("eval"), placement, arena=False)
-            self.train_path = artifacts.train_graph_path(placement.device)
-            self.train = _session(self.train_path, placement)
+            self.eval = make_session(artifacts.graph_path("eval"), placement, arena=False)
+            self.train_path = artifacts.train_graph_path(placement.train_variant)
+            self.train = make_session(self.train_path, placement)
         _release_freed_memory()
         expected = set(artifacts.content_layers) | set(artifacts.style_layers)
-        outs = {o.name.split(".", 1)[1] for o in self.eval.get_outputs()}
+        outs = {contract.layer_of(o.name) for o in self.eval.get_outputs()}
         if outs != expected:
             raise ArtifactError(f"{artifacts.graph_path('eval')}: outputs name layers {sorted(outs)}, "
                                 f"manifest.json says {sorted(expected)} (graph from another backbone?)")
-        train_in = {i.name for i in self.train.get_inputs()}
+        train_in = {i.name: i for i in self.train.get_inputs()}
         for n in artifacts.style_layers:
-            if f"style_target.{n}" not in train_in:
-                raise ArtifactError(f"{artifacts.graph_path('train')}: no input style_target.{n} "
+            if contract.style_target(n) not in train_in:
+                raise ArtifactError(f"{artifacts.graph_path('train')}: no input {contract.style_target(n)} "
                                     "although manifest.json lists that layer (graph from another backbone?)")
-            c = self.train.get_inputs()[[i.name for i in self.train.get_inputs()].index(f"style_target.{n}")].shape[1]
+            c = train_in[contract.style_target(n)].shape[1]
             if c != artifacts.layer_info[n]["channels"]:
                 raise ArtifactError(f"{artifacts.graph_path('train')}: layer {n} has {c} channels, manifest.json "
                                     f"says {artifacts.layer_info[n]['channels']} (graph from another backbone?)")
@@ -107,41 +115,70 @@ class Graphs:
         if self.placement.device == "cuda":
             opts.add_run_config_entry("memory.enable_memory_arena_shrinkage", "gpu:0")
         try:
-            outs = self.eval.run(None, {"image": x}, opts)
+            outs = self.eval.run(None, {contract.IMAGE: x}, opts)
         except Exception as e:  # noqa: BLE001
-            raise _run_error(e, "eval graph") from None
+            raise run_error(e, "eval graph") from None
         return {o.name: v for o, v in zip(self.eval.get_outputs(), outs)}
+
+    def optimizer_sessions(self, kind: str) -> dict[str, ort.InferenceSession] | None:
+        """role -> session of the model's optimizer graphs for `kind` (made once); None if it has none."""
+        if kind not in self._optimizers:
+            paths = self.artifacts.optimizer_graphs(kind)
+            self._optimizers[kind] = (None if paths is None else
+                                      {role: make_session(p, self.placement) for role, p in paths.items()})
+        return self._optimizers[kind]
+
+
+class TrainingGraph:
+    """The training graph with one scale's targets and weights uploaded once (onnxruntime training's
+    Module): `binding(image, grad)` binds an image and a gradient buffer, `run(binding)` evaluates."""
+
+    def __init__(self, graphs: Graphs, feeds: dict[str, np.ndarray], shape: tuple[int, ...]):
+        self.sess, self.device, self.shape = graphs.train, graphs.placement.device, tuple(shape)
+        # OrtValues must outlive the bindings
+        self.values = {name: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(arr, dtype=np.float32),
+                                                              self.device, 0) for name, arr in feeds.items()}
+
+    def binding(self, image, grad) -> ort.IOBinding:
+        """image, grad: OrtValues or device pointers of [1, 3, H, W] float32 buffers."""
+        b = self.sess.io_binding()
+        for name, v in self.values.items():
+            b.bind_ortvalue_input(name, v)
+        if isinstance(image, int):
+            b.bind_input(contract.IMAGE, self.device, 0, np.float32, list(self.shape), image)
+        else:
+            b.bind_ortvalue_input(contract.IMAGE, image)
+        # get_outputs() follows binding order: the small loss outputs first, then the gradient.
+        for name in contract.LOSS_OUTPUTS:
+            b.bind_output(name, "cpu")
+        if isinstance(grad, int):
+            b.bind_output(contract.GRADIENT_OUTPUT, self.device, 0, np.float32, list(self.shape), grad)
+        else:
+            b.bind_ortvalue_output(contract.GRADIENT_OUTPUT, grad)
+        return b
+
+    def run(self, binding: ort.IOBinding) -> Losses:
+        try:
+            self.sess.run_with_iobinding(binding)
+        except Exception as e:  # noqa: BLE001
+            raise run_error(e, f"training graph at {self.shape[3]}x{self.shape[2]}") from None
+        outs = binding.get_outputs()
+        return Losses.from_outputs([outs[i].numpy() for i in range(len(contract.LOSS_OUTPUTS))])
 
 
 class TrainStep:
-    """One loss-and-gradient evaluation with everything but the image bound once."""
-
-    SCALARS = ("loss", "content_losses", "style_losses", "tv_loss")
+    """The host loop's evaluation: an image from numpy in, its loss terms and gradient out."""
 
     def __init__(self, graphs: Graphs, feeds: dict[str, np.ndarray], shape: tuple[int, ...]):
-        self.sess = graphs.train
+        self.graph = TrainingGraph(graphs, feeds, shape)
         device = graphs.placement.device
-        self.binding = self.sess.io_binding()
-        self._keep = []  # OrtValues must outlive the binding
-        for name, arr in feeds.items():
-            v = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(arr, dtype=np.float32), device, 0)
-            self._keep.append(v)
-            self.binding.bind_ortvalue_input(name, v)
         self.image = ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, np.float32), device, 0)
-        self.binding.bind_ortvalue_input("image", self.image)
-        # get_outputs() follows binding order: the four small outputs first, then the gradient.
-        for name in self.SCALARS:
-            self.binding.bind_output(name, "cpu")
         self.grad = ort.OrtValue.ortvalue_from_shape_and_type(list(shape), np.float32, device, 0)
-        self.binding.bind_ortvalue_output("image_grad", self.grad)
+        self.binding = self.graph.binding(self.image, self.grad)
 
-    def __call__(self, x: np.ndarray):
-        """x [1, 3, H, W] -> (total, content_losses [nc], style_losses [ns], tv, grad [1, 3, H, W])."""
+    def __call__(self, x: np.ndarray) -> tuple:
+        """x [1, 3, H, W] -> the graph's outputs in TRAIN_OUTPUTS order: (*Losses, image_grad)."""
         self.image.update_inplace(np.ascontiguousarray(x, dtype=np.float32))
-        try:
-            self.sess.run_with_iobinding(self.binding)
-        except Exception as e:  # noqa: BLE001
-            raise _run_error(e, f"training graph at {x.shape[3]}x{x.shape[2]}") from None
-        outs = self.binding.get_outputs()
-        total, closs, sloss, tv = (outs[i].numpy() for i in range(4))
-        return float(total), closs.astype(np.float64), sloss.astype(np.float64), float(tv), self.grad.numpy()
+        return (*self.graph.run(self.binding), self.grad.numpy())
+
+

@@ -16,13 +16,14 @@ def optimizer_graphs(tmp_path_factory):
     if importlib.util.find_spec("onnx") is None:
         pytest.skip("needs onnx")
     from nst_ort_export.optim_graphs import MANIFEST, write_optimizer_graphs
-    from nst_ort.device_loop import _Runner
+    from nst_ort.device_loop import Runner
     from nst_ort.providers import choose
+    from nst_ort.session import make_session
 
     folder = tmp_path_factory.mktemp("optim")
     write_optimizer_graphs(folder)
     placement = choose("cpu")
-    return {kind: {role: _Runner(folder / name, placement) for role, name in files.items()}
+    return {kind: {role: Runner(make_session(folder / name, placement), "cpu") for role, name in files.items()}
             for kind, files in MANIFEST.items()}
 
 
@@ -39,7 +40,7 @@ def _quadratic(n=300, seed=0):
 def test_device_lbfgs_matches_host_lbfgs(optimizer_graphs, history):
     """Compact-form L-BFGS on the device == optim.LBFGS's two-loop recursion, with the ring buffer
     wrapping (history 5) and without (50)."""
-    from nst_ort.device_loop import DeviceLBFGS, _Buffer
+    from nst_ort.device_loop import DeviceLBFGS, Buffer
     from nst_ort.optim import LBFGS
 
     h, b = _quadratic()
@@ -47,7 +48,7 @@ def test_device_lbfgs_matches_host_lbfgs(optimizer_graphs, history):
     grad = lambda x: (h @ x - b).astype(np.float32)  # noqa: E731
     host = LBFGS(n, lr=1.0, history=history)
     dev = DeviceLBFGS(optimizer_graphs["lbfgs"], "cpu", n, lr=1.0, history=history)
-    x, g = _Buffer("cpu", 2, n), _Buffer("cpu", 2, n)
+    x, g = Buffer("cpu", 2, n), Buffer("cpu", 2, n)
     xh, cur = np.zeros(n, np.float32), 0
     for _ in range(40):
         g.host[cur] = grad(x.host[cur])
@@ -66,7 +67,7 @@ def test_device_lbfgs_matches_host_lbfgs(optimizer_graphs, history):
     # and the other way: a host state_dict loaded into a fresh device optimizer
     dev2 = DeviceLBFGS(optimizer_graphs["lbfgs"], "cpu", n, lr=1.0, history=history)
     dev2.load_state_dict(again.state_dict())
-    x, g = _Buffer("cpu", 2, n), _Buffer("cpu", 2, n)
+    x, g = Buffer("cpu", 2, n), Buffer("cpu", 2, n)
     x.host[0], g.host[0], g.host[1] = x2, grad(x2), again.g_prev
     assert dev2.step(x.row(0), g.row(0), g.row(1), x.row(1))
     x3 = again.step(x2, grad(x2))
@@ -76,7 +77,7 @@ def test_device_lbfgs_matches_host_lbfgs(optimizer_graphs, history):
 @needs_onnx
 def test_device_lbfgs_steepest_descent_and_nonfinite(optimizer_graphs):
     """No curvature pair (a concave function): the same steepest-descent steps as optim.LBFGS."""
-    from nst_ort.device_loop import DeviceLBFGS, _Buffer
+    from nst_ort.device_loop import DeviceLBFGS, Buffer
     from nst_ort.optim import LBFGS
 
     n = 50
@@ -84,7 +85,7 @@ def test_device_lbfgs_steepest_descent_and_nonfinite(optimizer_graphs):
     x0 = rng.standard_normal(n).astype(np.float32)
     grad = lambda x: (-x).astype(np.float32)  # noqa: E731  f = -|x|^2 / 2: y.s < 0 always
     host, dev = LBFGS(n), DeviceLBFGS(optimizer_graphs["lbfgs"], "cpu", n)
-    x, g = _Buffer("cpu", 2, n), _Buffer("cpu", 2, n)
+    x, g = Buffer("cpu", 2, n), Buffer("cpu", 2, n)
     x.host[0], xh, cur = x0, x0.copy(), 0
     for _ in range(6):
         g.host[cur] = grad(x.host[cur])
@@ -99,14 +100,14 @@ def test_device_lbfgs_steepest_descent_and_nonfinite(optimizer_graphs):
 
 @needs_onnx
 def test_device_adam_matches_host_adam(optimizer_graphs):
-    from nst_ort.device_loop import DeviceAdam, _Buffer
+    from nst_ort.device_loop import DeviceAdam, Buffer
     from nst_ort.optim import Adam
 
     h, b = _quadratic(n=100, seed=2)
     n = len(b)
     grad = lambda x: (h @ x - b).astype(np.float32)  # noqa: E731
     host, dev = Adam(n, lr=0.05), DeviceAdam(optimizer_graphs["adam"], "cpu", n, lr=0.05)
-    x, g = _Buffer("cpu", 2, n), _Buffer("cpu", 2, n)
+    x, g = Buffer("cpu", 2, n), Buffer("cpu", 2, n)
     xh, cur = np.zeros(n, np.float32), 0
     for _ in range(10):
         g.host[cur] = grad(xh)  # the same gradient on both sides: Adam's normalization amplifies rounding
@@ -136,18 +137,19 @@ def test_stylizer_device_loop_matches_host_loop(vgg16_random):
     host, dev = make("host"), make("device")
     lh = [r.loss for r in host.run()]
     ld = [r.loss for r in dev.run()]
-    assert type(dev.optimizer).__name__ == "DeviceLoop"
+    assert (host.loop_kind, dev.loop_kind) == ("host", "device")
+    assert dev.runtime()["loop"] == "device"
     # The two differ by rounding (fp32 reductions in another order, FMA), which L-BFGS amplifies
     # (measured: 2e-6 relative per step with identical gradients, 5e-4 in the loss after 6 steps).
     np.testing.assert_allclose(ld[:3], lh[:3], rtol=1e-5)
     np.testing.assert_allclose(ld, lh, rtol=5e-3)
     np.testing.assert_allclose(dev.result(), host.result(), atol=2e-2)
     # resume: a device-loop checkpoint continues in a host loop as its own run would have
-    state = dev.state()
+    state = dev.state_dict()
     assert state["optimizer"]["kind"] == "lbfgs" and len(state["optimizer"]["rho"]) > 0
     longer, resumed = make("device", 8), make("host", 8)
     full = [r.loss for r in longer.run()]
-    resumed.load_state(state)
+    resumed.load_state_dict(state)
     rest = [r.loss for r in resumed.run()]
     np.testing.assert_allclose(rest, full[6:], rtol=5e-3)
 

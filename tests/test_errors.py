@@ -265,6 +265,10 @@ def _other_weights(model: Path) -> None:
     _rehash(model, "weights.bin")
 
 
+def _drop_project(m: dict) -> None:
+    del m["optimizers"]["lbfgs"]["project"]
+
+
 def _schema(m: dict) -> None:
     m["schema_version"] = 99
 
@@ -347,6 +351,11 @@ CASES = [
          "{model}/train.onnx"),
     Case("graph-from-other-backbone", _artifact(_other_backbone), 4, "another backbone", "{model}/train.onnx"),
     Case("weights-from-other-export", _artifact(_other_weights), 4, "another export", "{model}/"),
+    Case("optimizer-graph-missing", _artifact(lambda m: _edit_manifest(m, _drop_project)), 4,
+         "optimizers.lbfgs must name the graphs pair, project, direction", "{model}/manifest.json"),
+    Case("loop-device-without-optimizer-graphs",
+         lambda d: [*_artifact(lambda m: _edit_manifest(m, lambda x: x.pop("optimizers")))(d), "--loop", "device"],
+         2, "no lbfgs optimizer graphs.*use --loop host", "{model}"),
     # device (5)
     Case("cuda-unavailable", lambda d: [*_args(d), "--device", "cuda"], 5, "CUDA was asked for", None),
     Case("unknown-provider", lambda d: [*_args(d), "--provider", "NoSuchExecutionProvider"], 5, "not available",

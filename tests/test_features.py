@@ -134,19 +134,19 @@ def test_content_layer_and_style_layers_change_the_result(tmp_path, examples):
 def test_style_scale_changes_targets(examples):
     s1 = Stylizer(_cfg(examples))
     s2 = Stylizer(_cfg(examples, style_scale=0.5))
-    g1 = s1._feeds((96, 64), np.zeros((1, 3, 64, 96), np.float32))["style_target.relu3_1"]
-    g2 = s2._feeds((96, 64), np.zeros((1, 3, 64, 96), np.float32))["style_target.relu3_1"]
+    g1 = s1.targets.feeds((96, 64), np.zeros((1, 3, 64, 96), np.float32))["style_target.relu3_1"]
+    g2 = s2.targets.feeds((96, 64), np.zeros((1, 3, 64, 96), np.float32))["style_target.relu3_1"]
     assert np.abs(g1 - g2).max() > 1e-3 * np.abs(g1).max()
 
 
 def test_two_style_blend_is_between(examples):
     cfg = _cfg(examples)
     cfg.styles = [StyleInput(examples / "starry_night.jpg", 0.7), StyleInput(examples / "great_wave.jpg", 0.3)]
-    feeds = Stylizer(cfg)._feeds((96, 64), np.zeros((1, 3, 64, 96), np.float32))
-    a = Stylizer(_cfg(examples))._feeds((96, 64), np.zeros((1, 3, 64, 96), np.float32))
+    feeds = Stylizer(cfg).targets.feeds((96, 64), np.zeros((1, 3, 64, 96), np.float32))
+    a = Stylizer(_cfg(examples)).targets.feeds((96, 64), np.zeros((1, 3, 64, 96), np.float32))
     cfg_b = _cfg(examples)
     cfg_b.styles = [StyleInput(examples / "great_wave.jpg")]
-    b = Stylizer(cfg_b)._feeds((96, 64), np.zeros((1, 3, 64, 96), np.float32))
+    b = Stylizer(cfg_b).targets.feeds((96, 64), np.zeros((1, 3, 64, 96), np.float32))
     n = "style_target.relu2_1"
     assert np.allclose(feeds[n], 0.7 * a[n] + 0.3 * b[n], rtol=1e-4, atol=1e-2)
 
@@ -174,8 +174,8 @@ def test_masks_confine_each_style_to_its_region(tmp_path, examples):
     graphs = Graphs(Artifacts(), choose("cpu"))
     layer = "gram.relu2_1"
     gl, gr = graphs.features(out[:, : w // 2 - 8])[layer], graphs.features(out[:, w // 2 + 8:])[layer]
-    ga = graphs.features(s._style_at(0, (w, h)))[layer]
-    gb = graphs.features(s._style_at(1, (w, h)))[layer]
+    ga = graphs.features(s.targets.style_at(0, (w, h)))[layer]
+    gb = graphs.features(s.targets.style_at(1, (w, h)))[layer]
 
     def d(x, y):
         return float(np.abs(x - y).mean())
