@@ -137,7 +137,7 @@ def _torch_backbone(model: Path, manifest: dict):
 
     sys.path.insert(0, str(ROOT))
     from nst_ort_export.backbones import REGISTRY
-    from nst_ort_export.gradient import graph_tensors
+    from nst_ort_export.spec import graph_tensors
 
     name = manifest["backbone"]
     pool = "max"
@@ -163,7 +163,7 @@ def _torch_backbone(model: Path, manifest: dict):
     state = {n: torch.from_numpy(inits[n]).reshape(wanted[n].shape) for n in wanted}
     backbone.module.load_state_dict(state, strict=False)
     # The channel order is not a tensor: take it from the manifest (weights="random" builds RGB).
-    from nst_ort_export.backbones import PreprocessLayer
+    from nst_ort_export.network import PreprocessLayer
 
     for m in backbone.module.modules():
         if isinstance(m, PreprocessLayer):

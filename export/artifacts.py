@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import os
 import platform
@@ -14,10 +13,12 @@ import onnx
 import torch
 from onnx import TensorProto, helper
 
-from .backbones import Backbone
-from .gradient import OPSET, GraphSpec, export_graphs, graph_tensors
+from .gradient import OPSET, ExportedGraphs, export_graphs
+from .network import Backbone
 from .optim_graphs import write_optimizer_graphs
+from .spec import graph_tensors
 from .temporal import write_term_graphs
+from .weights import sha256
 
 SCHEMA_VERSION = 1
 WEIGHTS_FILE = "weights.bin"
@@ -73,14 +74,6 @@ def bind_weights(model: onnx.ModelProto, params: dict[str, torch.Tensor], layout
     return model
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _io(model: onnx.ModelProto) -> dict:
     def desc(v):
         dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in v.type.tensor_type.shape.dim]
@@ -93,7 +86,7 @@ def write_artifacts(backbone: Backbone, out: str | Path, weights_dtype: str = "f
                     gradient: str = "auto", cpu_variant: bool = True) -> Path:
     """Export both graphs and write the folder atomically (a temp folder renamed into place)."""
     out = Path(out)
-    spec, eval_proto, train_proto = export_graphs(backbone, gradient=gradient, cpu_variant=cpu_variant)
+    exported = export_graphs(backbone, gradient=gradient, cpu_variant=cpu_variant)
     params = graph_tensors(backbone)
     dtypes = stored_dtypes(backbone, weights_dtype)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -101,17 +94,13 @@ def write_artifacts(backbone: Backbone, out: str | Path, weights_dtype: str = "f
     tmp.chmod(0o755)
     layout = write_weights(params, tmp / WEIGHTS_FILE, dtypes)
     graphs = {}
-    roles = [("eval", eval_proto), ("train", train_proto)]
-    if getattr(spec, "train_cpu", None) is not None:
-        # Optional (schema 1): the training graph the CPU provider runs (Winograd convolutions).
-        roles.append(("train_cpu", spec.train_cpu))
-    for role, proto in roles:
+    # train_cpu is optional (schema 1): the training graph the CPU provider runs (Winograd convolutions).
+    for role, proto in exported.roles().items():
         bind_weights(proto, params, layout, dtypes)
         onnx.save(proto, str(tmp / FILES[role]))
         onnx.checker.check_model(str(tmp / FILES[role]))
         graphs[role] = _io(proto)
-    manifest = build_manifest(backbone, spec, graphs, weights_dtype, command)
-    manifest["gradient"] = getattr(spec, "gradient", "autograd")  # how train.onnx's backward was made
+    manifest = build_manifest(backbone, exported, graphs, weights_dtype, command)
     # Optional (schema 1): optimizer update graphs, so the runtime can keep its loop on the device.
     manifest["optimizers"] = write_optimizer_graphs(tmp)
     # Optional (schema 1): loss-term graphs added after the training graph (video: temporal.onnx).
@@ -131,9 +120,10 @@ def write_artifacts(backbone: Backbone, out: str | Path, weights_dtype: str = "f
     return out
 
 
-def build_manifest(backbone: Backbone, spec: GraphSpec, graphs: dict, weights_dtype: str, command: str) -> dict:
+def build_manifest(backbone: Backbone, exported: ExportedGraphs, graphs: dict, weights_dtype: str, command: str) -> dict:
     import onnxscript
 
+    spec = exported.spec
     return {
         "schema_version": SCHEMA_VERSION,
         "backbone": backbone.name,
@@ -158,6 +148,7 @@ def build_manifest(backbone: Backbone, spec: GraphSpec, graphs: dict, weights_dt
             "python": platform.python_version(),
             "date": datetime.date.today().isoformat(),
         },
+        "gradient": exported.gradient,  # how train.onnx's backward was made
     }
 
 

