@@ -80,22 +80,13 @@ def test_each_term_matches_the_float64_reference(provider, graph, reference):
     sess = _session(art.graph_path(graph), placement)
     terms = [k[5:] for k in reference if k.startswith("loss.")]
     assert len(terms) == len(art.content_layers) + len(art.style_layers) + 1
-    swapped_tv = False
     for term in terms:
         total, _, _, _, grad = _evaluate(sess, placement.device, _isolating(art, feeds, term), x)
         ref = reference[f"grad.{term}"].astype(np.float64)
         loss_err = abs(total / float(reference[f"loss.{term}"]) - 1)
         grad_err = np.abs(grad - ref).max() / np.abs(ref).max()
-        if term == "tv" and grad_err > 1e-4 and np.abs(grad[:, ::-1] - ref).max() <= 1e-4 * np.abs(ref).max():
-            swapped_tv = True  # the known bug of the committed model (below)
-            continue
         assert loss_err <= 1e-4, f"{provider} {graph} {term}: loss off by {loss_err:.1e}"
         assert grad_err <= 1e-4, f"{provider} {graph} {term}: gradient off by {grad_err:.1e} of its largest entry"
-    if swapped_tv:
-        # Found by this test: the TV gradient of models/vgg16 as committed has red and blue swapped (it
-        # was computed on the BGR-flipped image and added after the flip back); the export stream's fix
-        # needs the re-export, after which this test checks TV like every other term.
-        pytest.xfail("models/vgg16 predates the TV-gradient fix (red and blue swapped): re-export")
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
