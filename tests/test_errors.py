@@ -381,7 +381,7 @@ CASES = [
     Case("batch-skips-bad-file", _batch, 9, "", None, check=_batch_results),
     # usage (2)
     Case("no-style", lambda d: [d / "content.jpg", "-o", d / "out.png", *FAST], 2, "at least one style image", None),
-    Case("bad-flag-value", lambda d: [*_args(d), "--size", "big"], 2, "argument --size: invalid int value", None),
+    Case("bad-flag-value", lambda d: [*_args(d), "--size", "big"], 2, "argument --size: expected an integer, got .big.", None),
 ]
 
 
