@@ -17,6 +17,7 @@ from onnx import TensorProto, helper
 from .backbones import Backbone
 from .gradient import OPSET, GraphSpec, export_graphs, graph_tensors
 from .optim_graphs import write_optimizer_graphs
+from .temporal import write_term_graphs
 
 SCHEMA_VERSION = 1
 WEIGHTS_FILE = "weights.bin"
@@ -113,6 +114,8 @@ def write_artifacts(backbone: Backbone, out: str | Path, weights_dtype: str = "f
     manifest["gradient"] = getattr(spec, "gradient", "autograd")  # how train.onnx's backward was made
     # Optional (schema 1): optimizer update graphs, so the runtime can keep its loop on the device.
     manifest["optimizers"] = write_optimizer_graphs(tmp)
+    # Optional (schema 1): loss-term graphs added after the training graph (video: temporal.onnx).
+    manifest["terms"] = write_term_graphs(tmp)
     manifest["files"] = {p.name: {"sha256": sha256(p), "bytes": p.stat().st_size} for p in sorted(tmp.iterdir())}
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     (tmp / "MODEL_CARD.md").write_text(model_card(manifest))

@@ -229,7 +229,9 @@ def _sigterm(signum, frame):
 
 # `nst-ort NAME ...` for each NAME here runs "module:function"(argv[1:]) instead of stylizing. Each
 # subcommand owns its parser; the module is imported only when asked for (start-up stays small).
-SUBCOMMANDS: dict[str, str] = {}
+SUBCOMMANDS: dict[str, str] = {
+    "video": "nst_ort.video:main",
+}
 
 
 def _subcommand(argv: list[str]) -> int:

@@ -1,0 +1,347 @@
+"""nst-ort video IN STYLE [STYLE ...] -o OUT: a video or an image-sequence folder, frame by frame.
+
+Each frame is one Stylizer run (the public API: Config, Stylizer, IterationRecords). Modes:
+
+- `per-frame`: every frame starts from its own content (flickers: each frame finds its own optimum);
+- `warm` (Ruder et al. 2016's "prevWarped" initialization): frame t starts from the stylized frame
+  t-1 warped onto frame t by the optical flow of the input frames.
+
+The temporal loss (`--mode temporal`, Ruder et al.'s short-term term through the model's
+temporal.onnx) needs the loop to take an extra graph per iteration: not in this version (see
+docs/video.md, "What the loop needs").
+
+Frames are written as they finish into a frames folder with a small JSON state (video_job.py): the
+same command run again after a kill resumes at the next frame. Each frame's record holds its losses
+and the warping error of Lai et al. 2018 against the previous output frame (flow.py).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+from .config import Config, LossConfig, OptimConfig, StyleInput
+from .errors import EXIT_INTERRUPTED, Interrupted, NstError, OutOfMemory, OutputError, UsageError
+from .extras import require
+from .images import fit_size, load_image, resize, save_image
+
+MODES = ("per-frame", "warm")
+
+
+class _Interrupted(BaseException):
+    """SIGTERM, raised like KeyboardInterrupt."""
+
+
+def _sigterm(signum, frame):
+    raise _Interrupted()
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a default only where there is one (as nst-ort's own help)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _fps(text: str):
+    from .video_io import frame_rate
+
+    try:
+        return frame_rate(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="nst-ort video", formatter_class=_HelpFormatter,
+                description="Stylize a video (mp4, webm, mkv, mov) or a folder of frames, frame by frame. "
+                "Frames are written as they finish; run the same command again to resume after a kill.")
+    p.add_argument("input", help="video file, or a folder of frames (sorted by name)")
+    p.add_argument("styles", nargs="+", help="style image(s)")
+    p.add_argument("-o", "--output", required=True,
+                   help="video file (.mp4, .webm, .mkv, .mov: frame rate kept, audio carried over) or a folder (PNG frames)")
+    p.add_argument("--mode", choices=MODES, default="warm",
+                   help="per-frame: each frame from its content; warm: from the previous stylized frame warped by the flow")
+    p.add_argument("--size", type=int, default=384, help="long side of the output frames (rounded down to even)")
+    p.add_argument("--iterations", type=int, default=100, help="iterations per frame")
+    p.add_argument("--first-iterations", type=int,
+                   help="iterations of the first frame (default: --iterations; Ruder et al. use twice as many)")
+    p.add_argument("--frames", type=int, help="only the first N frames")
+    p.add_argument("--fps", type=_fps, help="frame rate of a folder of frames (default 25), or override a video's; "
+                   "e.g. 24, 29.97 or 30000/1001")
+    p.add_argument("--flow", choices=["dis", "farneback"], default="dis", help="optical flow (OpenCV)")
+    p.add_argument("--content-weight", type=float, help="default: the model's")
+    p.add_argument("--style-weight", type=float, help="default: the model's")
+    p.add_argument("--tv-weight", type=float, help="default: the model's")
+    p.add_argument("--style-weights", help="blend weights of several styles, e.g. 0.7,0.3")
+    p.add_argument("--optimizer", choices=["lbfgs", "adam"], default="lbfgs", help="optimizer per frame")
+    p.add_argument("--lr", type=float, help="learning rate (lbfgs 1.0, adam 0.02)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (kept per frame, so runs repeat)")
+    p.add_argument("--model", help="artifact folder (default: the embedded VGG16)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--provider", help="an onnxruntime execution provider by name")
+    p.add_argument("--threads", type=int, help="intra-op threads")
+    p.add_argument("--loop", choices=["auto", "device", "host"], default="auto",
+                   help="device: image, gradient and optimizer state in device buffers; host: optimizer in numpy")
+    p.add_argument("--report", help="write a JSON report: settings and every frame's losses, time and warping error")
+    p.add_argument("--keep-frames", action="store_true", help="keep the frames folder (OUT.frames) after writing a video")
+    p.add_argument("--restart", action="store_true", help="discard the frames of an earlier run of this output")
+    p.add_argument("-q", "--quiet", action="store_true", help="no line per frame")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    return p
+
+
+_said: set[str] = set()
+
+
+def _warn(msg: str) -> None:
+    if msg not in _said:  # once: every frame reloads the same style images
+        _said.add(msg)
+        print(f"nst-ort: warning: {msg}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    old = signal.signal(signal.SIGTERM, _sigterm)
+    try:
+        return run(args)
+    except (KeyboardInterrupt, _Interrupted):
+        print("nst-ort: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except MemoryError:
+        if args.debug:
+            traceback.print_exc()
+        print("nst-ort: error: out of memory (MemoryError); try a smaller --size", file=sys.stderr)
+        return OutOfMemory.exit_code
+    except NstError as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"nst-ort: {'' if isinstance(e, Interrupted) else 'error: '}{e}", file=sys.stderr)
+        return e.exit_code
+    except Exception as e:  # noqa: BLE001 - last resort: still one line unless --debug
+        if args.debug:
+            traceback.print_exc()
+        print(f"nst-ort: internal error: {type(e).__name__}: {e} (rerun with --debug for a traceback)", file=sys.stderr)
+        return 1
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _same(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _even_size(width: int, height: int, long_side: int) -> tuple[int, int]:
+    """Frame size at `long_side`, rounded down to even (yuv420p video needs it; folders get the same)."""
+    w, h = fit_size(width, height, long_side)
+    return max(2, w - w % 2), max(2, h - h % 2)
+
+
+def _plan_output(out: Path, inputs: list[Path]) -> tuple[str, Path]:
+    """('video', frames folder OUT.frames) or ('folder', OUT); refuses outputs that are inputs."""
+    from .video_io import container_for
+
+    for p in inputs:
+        if out.exists() and _same(out, p):
+            raise OutputError(f"{out}: output path is also an input ({p}); refusing to overwrite it")
+    if container_for(out) is not None:
+        if out.is_dir():
+            raise OutputError(f"{out}: is a folder; give a video file name or a folder without a video extension")
+        if not (out.parent if str(out.parent) else Path(".")).is_dir():
+            raise OutputError(f"{out}: output folder {out.parent} does not exist")
+        return "video", out.with_name(out.name + ".frames")
+    if out.suffix and not out.is_dir():
+        from .video_io import CONTAINERS
+
+        raise OutputError(f"{out}: unknown video extension {out.suffix!r} (use {', '.join(CONTAINERS)}, "
+                          "or a folder for PNG frames)")
+    return "folder", out
+
+
+def _settings(args, size, styles, weights) -> dict:
+    """What shapes the frames (the resume fingerprint); not --frames, so a run can be extended."""
+    keys = ("mode", "iterations", "first_iterations", "flow", "content_weight", "style_weight", "tv_weight", "optimizer", "lr", "seed",
+            "device", "provider", "loop")
+    return {**{k: getattr(args, k) for k in keys}, "size": list(size), "style_weights": weights,
+            "styles": [str(s) for s in styles], "model": args.model, "format": 1}
+
+
+def run(args) -> int:
+    require("av", "nst-ort video")
+    require("cv2", "nst-ort video")
+    from . import flow as F
+    from . import memory
+    from .artifacts import Artifacts, sha256_file
+    from .stylize import Stylizer
+    from .video_io import check_video, open_source, remove_stray_temporaries, write_video
+    from .video_job import Job, fingerprint
+
+    if (args.iterations < 1 or args.size < 16 or (args.frames is not None and args.frames < 1)
+            or (args.first_iterations is not None and args.first_iterations < 1)):
+        raise UsageError("--iterations, --first-iterations and --frames must be at least 1, --size at least 16")
+    src = open_source(Path(args.input), args.fps)
+    styles = [Path(s) for s in args.styles]
+    for s in styles:
+        load_image(s)  # a bad style image fails now, not after the frames folder is made
+    weights = [float(v) for v in args.style_weights.split(",")] if args.style_weights else [1.0] * len(styles)
+    if len(weights) != len(styles):
+        raise UsageError(f"{len(styles)} style image(s) but {len(weights)} --style-weights")
+    out = Path(args.output)
+    kind, folder = _plan_output(out, [src.path, *styles])
+    if args.report:
+        report = Path(args.report)
+        if any(report.exists() and _same(report, p) for p in (src.path, *styles, out)) or report.is_dir():
+            raise OutputError(f"{report}: --report would overwrite an input, the output or a folder")
+        if not (report.parent if str(report.parent) else Path(".")).is_dir():
+            raise OutputError(f"{report}: report folder {report.parent} does not exist")
+    if kind == "folder" and folder.exists() and _same(folder, src.path):
+        raise OutputError(f"{out}: output folder is the input folder; give another")
+    size = _even_size(src.width, src.height, args.size)
+    artifacts = Artifacts(args.model)
+    settings = _settings(args, size, styles, weights)
+    settings["model_manifest"] = sha256_file(artifacts.path / "manifest.json")
+    fp = fingerprint([src.path, *styles], settings)
+    job = Job(folder, fp, {"input": str(src.path), "fps": str(src.fps), "size": list(size), "settings": settings},
+              restart=args.restart)
+    remove_stray_temporaries(folder)
+    if job.done and not args.quiet:
+        print(f"nst-ort: resuming {folder} after frame {job.done}", file=sys.stderr)
+    limit = min(n for n in (args.frames, src.count) if n) if (args.frames or src.count) else None
+    loss = LossConfig(content_weight=args.content_weight, style_weight=args.style_weight, tv_weight=args.tv_weight)
+    tmp = Path(tempfile.mkdtemp(prefix="nst-ort-video-"))
+    index = 0
+    try:
+        prev_content = None
+        for frame in src.frames():
+            if args.frames is not None and index >= args.frames:
+                break
+            index += 1
+            content = resize(frame, size)
+            if index <= job.done:
+                prev_content = content
+                continue
+            t0 = time.perf_counter()
+            content_path = tmp / "content.png"
+            save_image(content, content_path)
+            content = load_image(content_path)  # what the Stylizer sees (8 bits), for the flow too
+            start, werr = None, None
+            if prev_content is not None:
+                back = F.optical_flow(content, prev_content, args.flow)
+                fwd = F.optical_flow(prev_content, content, args.flow)
+                mask = F.consistency(back, fwd) >= 0.5
+                prev_out = load_image(job.frame_path(index - 1))
+                if args.mode == "warm":
+                    warped, inside = F.warp(prev_out, back)
+                    # Deviation: where the flow leaves the frame Ruder et al. start from the VGG mean
+                    # pixel; here from the frame's own content (what per-frame mode starts from).
+                    start = np.where(inside[..., None], warped, content).astype(np.float32)
+            iterations = args.first_iterations if index == 1 and args.first_iterations else args.iterations
+            cfg = Config(content=content_path, styles=[StyleInput(s, w) for s, w in zip(styles, weights)],
+                         size=max(size), seed=args.seed, loss=loss,
+                         optim=OptimConfig(name=args.optimizer, iterations=iterations, lr=args.lr),
+                         model=artifacts.path, device=args.device, provider=args.provider, threads=args.threads,
+                         loop=args.loop)
+            stylizer = Stylizer(cfg, artifacts=artifacts, warn=_warn)
+            if index == job.done + 1:
+                memory.check(stylizer.memory_plan())
+            if start is not None:
+                stylizer.warm_start(start)
+            record = None
+            for record in stylizer.run():
+                pass
+            result = stylizer.result()
+            save_image(result, job.frame_path(index))
+            if prev_content is not None:
+                werr = F.warping_error(load_image(job.frame_path(index)), prev_out, back, mask)
+            rec = {"loss": record.loss, "content": record.content, "style": record.style, "tv": record.tv,
+                   "iterations": record.step, "seconds": round(time.perf_counter() - t0, 3), "warping_error": werr,
+                   "init": "warped previous" if start is not None else "content"}
+            job.finish_frame(index, rec)
+            prev_content = content
+            if not args.quiet:
+                total = f"/{limit}" if limit else ""
+                we = f", warping error {werr:.5f}" if werr is not None else ""
+                print(f"nst-ort video: frame {index}{total} {size[0]}x{size[1]}: loss {record.loss:.4g} "
+                      f"(style {record.style:.4g}, content {record.content:.4g}){we}, {rec['seconds']:.1f} s",
+                      file=sys.stderr)
+    except NstError:
+        if job.done == 0 and job.created:
+            job.remove()  # nothing done: leave no empty frames folder behind
+        raise
+    except (KeyboardInterrupt, _Interrupted):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Interrupted(f"{out}: interrupted at frame {job.done + 1}; {job.done} frame(s) done in {folder}; "
+                          "run the same command again to resume") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    # A run resumed with a smaller --frames than before stops at it (the frames past it stay on disk).
+    count = min(job.done, index)
+    if count == 0:
+        raise UsageError(f"{src.path}: no frames to stylize")
+    job.state["total"] = count
+    job.save()
+    audio = None
+    if kind == "video":
+        frames = (np.asarray(_read_rgb8(p)) for p in job.frame_paths()[:count])
+        audio = write_video(out, frames, count, size, src.fps, audio_from=src.path if src.kind == "video" else None)
+        check_video(out, count, size, src.fps)
+    if args.report:
+        _write_report(Path(args.report), job, settings, out, audio)
+    if kind == "video" and not args.keep_frames:
+        job.remove()
+    if not args.quiet:
+        extra = f"; {audio}" if audio else ""
+        print(f"wrote {out} ({count} frames, {size[0]}x{size[1]}, {src.fps} fps{extra})", file=sys.stderr)
+    return 0
+
+
+def _read_rgb8(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def summary(frames: list[dict]) -> dict:
+    """Means over the frames: losses over all, the warping error over frames 2.. (it needs a previous)."""
+    werr = [f["warping_error"] for f in frames if f.get("warping_error") is not None]
+    mean = lambda k: float(np.mean([f[k] for f in frames])) if frames else None  # noqa: E731
+    return {"frames": len(frames), "warping_error": float(np.mean(werr)) if werr else None,
+            "style": mean("style"), "content": mean("content"), "loss": mean("loss"), "seconds": mean("seconds")}
+
+
+def _write_report(path: Path, job, settings: dict, out: Path, audio: str | None) -> None:
+    from .atomic import atomic_write
+
+    body = {"output": str(out), "input": job.state["input"], "fps": job.state["fps"], "size": job.state["size"],
+            "settings": settings, "audio": audio}
+    frames = [f for f in job.state["frames"] if f["frame"] <= job.state["total"]]
+    body.update(summary=summary(frames), frames=frames)
+    text = json.dumps(body, indent=1, default=str) + "\n"
+    try:
+        atomic_write(path, lambda f: f.write(text), mode="w")
+    except OSError as e:
+        raise OutputError(f"{path}: cannot write the report ({e.strerror or e})") from None
+
+
