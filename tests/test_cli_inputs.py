@@ -546,13 +546,14 @@ def test_cgroup_v1_and_v2_limits(tmp_path, monkeypatch):
 
 # -- messages -----------------------------------------------------------------------------------------------
 def test_info_is_for_people_and_json_for_machines():
-    r = run_cli(["--info"], timeout=120)
+    from cli_many import run_many
+
+    r, j = run_many([(["--info"], None, None), (["--info", "--json"], None, None)])
     assert r.returncode == 0, r.stderr
     layers = [line.split()[0] for line in r.stdout.splitlines() if re.match(r"\s+relu\d_\d\s", line)]
     assert layers == ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu4_2", "relu5_1"]  # network order
     assert "tv weight 100,000" in r.stdout and "1/64^2" in r.stdout and "CPUExecutionProvider" in r.stdout
-    r = run_cli(["--info", "--json"], timeout=120)
-    data = json.loads(r.stdout)
+    data = json.loads(j.stdout)
     assert [x["name"] for x in data["layers"]] == layers and "CPUExecutionProvider" in data["runtime"]["providers"]
 
 

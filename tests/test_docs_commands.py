@@ -9,6 +9,7 @@ run (single, multi-scale, texture, masks, batch) runs for real at a small size.
 from __future__ import annotations
 
 import json
+import re
 import resource
 import shutil
 from pathlib import Path
@@ -23,6 +24,10 @@ from doc_commands import commands
 SKIP = {
     "nst-ort CONTENT STYLE [STYLE ...] -o OUT [options]": "synopsis: CONTENT, STYLE and OUT are placeholders",
     "nst-ort CONTENT STYLE -o OUT --flags": "synopsis in a diagram",
+}
+# Subcommands have no --dry-run; each stream's own test runs its docs' commands as written.
+SUBCOMMAND_TESTS = {
+    "video": "docs/video.md's commands run as written in tests/test_video_cli.py::test_docs_commands_run_as_written",
 }
 # What the docs promise where it is not exit 0 on every machine: (exit codes allowed, regex on stderr).
 EXPECT = {
@@ -68,24 +73,46 @@ def test_the_docs_show_the_commands_we_expect():
     assert any(t.startswith("nst-ort --texture") for t in texts) and any("photos/" in t for t in texts)
 
 
+@pytest.fixture(scope="module")
+def dry_runs(tmp_path_factory) -> dict:
+    """Every runnable command's --dry-run, in its own folder; those without a resource limit in one
+    process (tests/cli_many.py: the real main(), torch blocked), the others in their own."""
+    from cli_many import run_many
+
+    rows, calls = {}, []
+    for k, cmd in enumerate(DOC_COMMANDS):
+        if cmd.text in SKIP or cmd.subcommand is not None:
+            continue
+        d = _workdir(tmp_path_factory.mktemp(f"cmd{k}"))
+        before = sorted(p.name for p in d.iterdir())
+        if cmd.ulimit_v:
+            limit = cmd.ulimit_v
+            r = run_cli([*cmd.argv, "--dry-run"], cwd=d, timeout=120,
+                        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)))
+            rows[cmd] = (d, before, r)
+        else:
+            rows[cmd] = (d, before, len(calls))
+            calls.append(([*cmd.argv, "--dry-run"], d, None))
+    results = run_many(calls)
+    return {cmd: (d, before, results[r] if isinstance(r, int) else r) for cmd, (d, before, r) in rows.items()}
+
+
 @pytest.mark.parametrize("cmd", DOC_COMMANDS, ids=[f"{c.file}:{c.line}" for c in DOC_COMMANDS])
-def test_doc_command_as_written(cmd, tmp_path):
+def test_doc_command_as_written(cmd, request):
     if cmd.text in SKIP:
         pytest.skip(SKIP[cmd.text])
-    assert cmd.subcommand is None, f"{cmd}: a subcommand's docs say how to run it; add it to this test"
-    d = _workdir(tmp_path)
-    before = sorted(p.name for p in d.iterdir())
-    limit = cmd.ulimit_v
-    preexec = (lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit))) if limit else None
-    r = run_cli([*cmd.argv, "--dry-run"], cwd=d, preexec_fn=preexec, timeout=120)
+    if cmd.subcommand is not None:
+        assert cmd.subcommand in SUBCOMMAND_TESTS, f"{cmd}: which test runs this subcommand's docs? add it above"
+        pytest.skip(SUBCOMMAND_TESTS[cmd.subcommand])
+    d, before, r = request.getfixturevalue("dry_runs")[cmd]
     codes, pattern = EXPECT.get(cmd.text, ({0}, r"^$"))
     assert r.returncode in codes, f"{cmd}\n{r.stderr}"
     assert "Traceback" not in r.stderr and "internal error" not in r.stderr
-    import re
-
     assert re.search(pattern, r.stderr.strip()), f"{cmd}\n{r.stderr}"
     if r.returncode == 0 and "--info" not in cmd.argv:
         assert "dry run" in r.stdout and "schedule" in r.stdout, r.stdout
+    if "--info" in cmd.argv:
+        assert "layers" in r.stdout and "defaults" in r.stdout, r.stdout
     assert sorted(p.name for p in d.iterdir()) == before, "a dry run wrote something"
 
 
