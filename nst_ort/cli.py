@@ -73,10 +73,12 @@ def build_config(args, artifacts) -> tuple[Config, Path | None]:
 
 
 def checkpoint_bytes(cfg: Config, size: tuple[int, int]) -> int:
-    """An upper estimate of a checkpoint's size: the image, the optimizer's vectors, the average."""
+    """An upper estimate of a checkpoint's size: the image, the optimizer's vectors (L-BFGS: the
+    pairs it has stored, at most one per iteration of a scale), the average."""
     n = 3 * size[0] * size[1]
-    vectors = 2 * cfg.optim.history + 4 if cfg.optim.name == "lbfgs" else 4
-    return 4 * n * (vectors + 1) + 16 * cfg.optim.history ** 2 + (64 << 10)
+    pairs = min(cfg.optim.history, max(iterations for _, iterations in cfg.schedule()))
+    vectors = 2 * pairs + 4 if cfg.optim.name == "lbfgs" else 4
+    return 4 * n * (vectors + 1) + 16 * pairs ** 2 + (64 << 10)
 
 
 def _sources(cfg: Config, artifacts, resume: Path | None) -> list[Source]:

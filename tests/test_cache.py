@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,8 @@ def cache(tmp_path, monkeypatch) -> Path:
     d = tmp_path / "cache"
     monkeypatch.setenv("NST_ORT_CACHE_DIR", str(d))
     monkeypatch.delenv("NST_ORT_CACHE", raising=False)
-    return d
+    yield d
+    shutil.rmtree(d, ignore_errors=True)  # ~400 MB: not left for pytest's kept temporary folders
 
 
 def _graphs():
