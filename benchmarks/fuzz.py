@@ -311,10 +311,30 @@ def fuzz_cli(n: int, folder: Path, real_share: float = 0.1) -> None:
     change a file it reads."""
     d = _cli_folder(folder)
     home = os.getcwd()
-    inputs = {p: _digest(p) for p in (d / "content.jpg", d / "style.jpg", d / "b.png", d / "mask.png",
-                                      d / "photos" / "a.jpg")}
+    originals = {p: p.read_bytes() for p in d.rglob("*") if p.is_file() and not p.is_symlink() and p.suffix != ".npz"}
     flag = st.sampled_from(sorted(FLAG_VALUES)).flatmap(lambda f: st.tuples(st.just(f), st.sampled_from(FLAG_VALUES[f])))
     path_flag = st.tuples(st.sampled_from(["--report", "--checkpoint", "--resume", "-o"]), st.sampled_from(PATHS))
+
+    def reads(images: list[str], pairs: list[tuple[str, str]]) -> dict[Path, str]:
+        """The files this call reads (positional images, --init, --style-masks, --resume), resolved
+        through links: what it must leave as it found them. Other files it may be asked to write."""
+        named = list(images)
+        for f, v in pairs:
+            if f in ("--init", "--resume"):
+                named.append(v)
+            elif f == "--style-masks":
+                named += v.split(",")
+        out = {}
+        for name in named:
+            p = (d / name) if name and not name.startswith("/") else Path(name or ".")
+            try:
+                if p.is_dir():
+                    out.update({q.resolve(): _digest(q) for q in p.iterdir() if q.is_file()})
+                elif p.is_file():
+                    out[p.resolve()] = _digest(p)
+            except OSError:
+                pass
+        return out
 
     @_settings(n)
     @given(st.lists(st.sampled_from(PATHS), min_size=0, max_size=3), st.lists(flag, max_size=6),
@@ -329,14 +349,24 @@ def fuzz_cli(n: int, folder: Path, real_share: float = 0.1) -> None:
         else:  # for real, but small and short: the last value of a flag wins
             argv += ["--size", "48", "--iterations", "1", "--threads", "1", "-q"]
             argv = [a for a in argv if a not in ("--scales", "--scale-iterations", "--texture-size")] if "--scales" in argv else argv
+        inputs = reads(images, flags + paths)
         os.chdir(d)
         try:
             code, err = _cli_call(argv)
         finally:
             os.chdir(home)
-        _check_cli(argv, code, err, inputs)
-        for leftover in ("out.png", "o.jpg", "r.json"):
-            (d / leftover).unlink(missing_ok=True)
+            for leftover in ("out.png", "o.jpg", "r.json"):
+                (d / leftover).unlink(missing_ok=True)
+        try:
+            _check_cli(argv, code, err, inputs)
+        finally:  # files a call was allowed to write (not its inputs) go back as they were for the next
+            for path, data in originals.items():
+                if not path.is_file() or path.is_symlink() or path.read_bytes() != data:
+                    path.unlink(missing_ok=True)
+                    path.write_bytes(data)
+            if not (d / "link.png").is_symlink():
+                (d / "link.png").unlink(missing_ok=True)
+                (d / "link.png").symlink_to(d / "content.jpg")
 
     prop()
 
