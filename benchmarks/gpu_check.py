@@ -14,6 +14,12 @@
    reported beside it: it lives in the same memory in the device loop).
 3. The whole loop (benchmarks/bench.py --device cuda): our device loop vs torch eager on CUDA
    (if torch has CUDA), per precision.
+4. `nst-ort check` on CUDA (and TensorRT when listed) in fp32, tf32 and fp16, the last on the
+   model's mixed-precision graph (train_fp16.onnx: convolutions fp16, Gram/loss fp32, made here by
+   nst_ort_export.mixed_precision when the model lacks it) against its fp32 train.onnx on the CPU.
+
+The "mixed" variant of step 1 times that mixed graph; "fp16" is onnxconverter-common's whole-graph
+conversion (which overflowed in the Gram on an H200: shared/device/README.md).
 
 Each variant runs in a fresh process (one CUDA context each, and a failure stays contained).
 """
@@ -38,6 +44,7 @@ VARIANTS = {
     "nhwc_tf32": {"use_tf32": "1", "prefer_nhwc": "1"},
     "cudagraph_tf32": {"use_tf32": "1", "enable_cuda_graph": "1"},
     "fp16": {"use_tf32": "0", "_fp16": True},
+    "mixed": {"use_tf32": "0", "_mixed": True},
 }
 MEM8G = {"gpu_mem_limit": str(8 * GiB), "arena_extend_strategy": "kSameAsRequested", "use_tf32": "1"}
 
@@ -75,9 +82,12 @@ def step_child(spec: dict) -> dict:
     art = Artifacts(spec["model"])
     dev, size, opts = spec["device"], spec["size"], dict(spec["options"])
     fp16 = opts.pop("_fp16", False)
+    mixed = opts.pop("_mixed", False)
     train_path = art.graph_path("train")
     if fp16:
         train_path = _fp16_model(train_path, Path(spec["tmp"]) / "train_fp16.onnx")
+    if mixed:
+        train_path = art.train_graph_path("fp16")
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
@@ -135,6 +145,48 @@ def run_child(spec: dict, timeout: float) -> dict:
     return json.loads(lines[-1][7:])
 
 
+def mixed_model(model: Path) -> Path:
+    """The model with train_fp16.onnx (a copy with it added, when it has none)."""
+    import atexit
+    import shutil
+    import tempfile
+
+    if (model / "train_fp16.onnx").exists():
+        return model
+    if model not in _MIXED:
+        from nst_ort_export.mixed_precision import add_to_folder
+
+        tmp = tempfile.mkdtemp(prefix="nst_mixed_")
+        atexit.register(shutil.rmtree, tmp, True)
+        _MIXED[model] = Path(tmp) / model.name
+        shutil.copytree(model, _MIXED[model])
+        add_to_folder(_MIXED[model])
+    return _MIXED[model]
+
+
+_MIXED: dict = {}
+
+
+def run_checks(model: Path, providers: list[str], precisions=("fp32", "tf32", "fp16"), size: int = 256,
+               time_size: int = 1024) -> dict:
+    """`nst-ort check` per provider and precision (exit 0 pass, 10 differs); output kept whole."""
+    mixed = mixed_model(model.resolve())
+    out = {}
+    for provider in providers:
+        for precision in precisions:
+            cmd = [sys.executable, "-m", "nst_ort", "check", "--provider", provider, "--precision", precision,
+                   "--model", str(mixed if precision == "fp16" else model), "--size", str(size),
+                   "--time-size", str(time_size)]
+            try:
+                p = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, cwd=str(ROOT),
+                                   env={**os.environ, "PYTHONPATH": str(ROOT)})
+                out[f"{provider} {precision}"] = {"exit": p.returncode, "stdout": p.stdout, "stderr": p.stderr[-2000:]}
+                print(p.stdout + p.stderr[-500:], flush=True)
+            except subprocess.TimeoutExpired:
+                out[f"{provider} {precision}"] = {"exit": None, "stderr": "timeout after 1800 s"}
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="GPU variants of the training step, 8 GB emulation, whole-loop bench")
     p.add_argument("--model", type=Path, default=ROOT / "models" / "vgg16")
@@ -167,7 +219,8 @@ def main(argv=None) -> int:
             ref = None
             for name in names:
                 opts = VARIANTS.get(name, {})
-                r = run_child({**base, "size": size, "options": opts}, timeout=1800)
+                model = str(mixed_model(args.model.resolve())) if opts.get("_mixed") else base["model"]
+                r = run_child({**base, "model": model, "size": size, "options": opts}, timeout=1800)
                 if "error" not in r:
                     ref = ref or r
                     s0, s1 = ref["grad_sample"], r.pop("grad_sample")
@@ -187,6 +240,13 @@ def main(argv=None) -> int:
                       f" (history would add {r['lbfgs_history_mib']:.0f} MiB)", flush=True)
                 if "error" in r:
                     break
+    if args.device == "cuda":
+        import onnxruntime as ort
+
+        results["check"] = run_checks(args.model, ["CUDAExecutionProvider"] + [
+            p for p in ("TensorrtExecutionProvider",) if p in ort.get_available_providers()])
+    else:  # smoke test of the same path on the CPU provider (which runs the fp16 graph in fp32)
+        results["check"] = run_checks(args.model, ["CPUExecutionProvider"], ("fp32", "fp16"), 64, 0)
     if not args.skip_bench and args.device == "cuda":
         out = Path(tempfile.gettempdir()) / "nst_gpu_bench.json"
         cmd = [sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--model", str(args.model), "--device", "cuda",

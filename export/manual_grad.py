@@ -218,6 +218,13 @@ def _wino_ok(cin: int, cout: int, m: nn.Conv2d) -> bool:
 
 
 
+def _sum1(v: torch.Tensor) -> torch.Tensor:
+    """Sum of a 1-D tensor as ReduceSum(keepdims=1) + Squeeze: OpenVINO's execution provider does not
+    take a ReduceSum with a 0-d output, and each of those left it on the CPU provider, splitting the
+    graph into 8 OpenVINO subgraphs."""
+    return v.sum(0, keepdim=True).squeeze(0)
+
+
 def _pad_to(t: torch.Tensor, hw, value: float = 0.0) -> torch.Tensor:
     """Pad the bottom/right of t [.., 2h, 2w] up to hw = (H, W) (odd sizes: floor-mode pools)."""
     return F.pad(t, (0, hw[1] - t.shape[3], 0, hw[0] - t.shape[2]), value=value)
@@ -299,7 +306,7 @@ def make_train_fn(backbone: Backbone, spec, winograd: bool = False):
             grams = torch.bmm(fm, fm.transpose(1, 2)) / area  # [K, C, C]
             diff = grams - target
             per_style = (diff * diff).mean(dim=(1, 2))  # [K]
-            slosses.append((per_style * sw).sum())
+            slosses.append(_sum1(per_style * sw))
             # dL/dG_k = coef * w_k * (G_k - A_k); dL/dF = sum_k sym(dL/dG_k) / a_k @ (F * m_k^2)
             e = diff * (sw * (tw[1] * slw[j] * (2.0 / (c * c)))).reshape(-1, 1, 1)
             e = (e + e.transpose(1, 2)) / area  # [K, C, C]
@@ -312,7 +319,7 @@ def make_train_fn(backbone: Backbone, spec, winograd: bool = False):
         dx = x[:, :, :, 1:] - x[:, :, :, :-1]
         dy = x[:, :, 1:, :] - x[:, :, :-1, :]
         tv = (dx * dx).mean() + (dy * dy).mean()
-        total = tw[0] * (closs * clw).sum() + tw[1] * (sloss * slw).sum() + tw[2] * tv
+        total = tw[0] * _sum1(closs * clw) + tw[1] * _sum1(sloss * slw) + tw[2] * tv
 
         # backward through the body
         g = None

@@ -49,9 +49,27 @@ def _model(nodes, name, inputs, outputs, doc: str) -> onnx.ModelProto:
     return model
 
 
+def _axes(nodes, name: str, axes: list[int]) -> str:
+    if not any(name in n.output for n in nodes):
+        nodes.append(helper.make_node("Constant", [], [name], value=helper.make_tensor(name, TensorProto.INT64, [len(axes)], axes)))
+    return name
+
+
 def _dot(nodes, a, b, out):
-    """out = a . b for 1-D a, b (MatMul of two vectors is their dot product)."""
-    nodes.append(helper.make_node("MatMul", [a, b], [out]))
+    """out = a . b for 1-D a, b, as MatMul(a [n], b [n, 1]) -> [1] and Squeeze -> []: a MatMul of two
+    1-D vectors (the plain dot) and any op with a 0-d output other than Squeeze are not taken by
+    OpenVINO's execution provider, which then splits the graph and leaves those nodes on the CPU."""
+    ax0, ax1 = _axes(nodes, "ax0", [0]), _axes(nodes, "ax1", [1])
+    nodes += [helper.make_node("Unsqueeze", [b, ax1], [f"{out}_col"]),
+              helper.make_node("MatMul", [a, f"{out}_col"], [f"{out}_1"]),
+              helper.make_node("Squeeze", [f"{out}_1", ax0], [out])]
+
+
+def _reduce(nodes, op, a, out):
+    """out = op(a) over a 1-D a, kept as [1] and squeezed (see _dot)."""
+    ax0 = _axes(nodes, "ax0", [0])
+    nodes += [helper.make_node(op, [a, ax0], [f"{out}_1"], keepdims=1),  # opset 18: axes is an input
+              helper.make_node("Squeeze", [f"{out}_1", ax0], [out])]
 
 
 def adam() -> onnx.ModelProto:
@@ -79,8 +97,9 @@ def lbfgs_pair() -> onnx.ModelProto:
     _dot(nodes, "y", "s", "ys")
     _dot(nodes, "y", "y", "yy")
     _dot(nodes, "g", "g", "gg")
-    nodes += [n("Abs", ["g"], ["ga"]), n("ReduceSum", ["ga"], ["g_l1"], keepdims=0),
-              n("ReduceMax", ["ga"], ["g_max"], keepdims=0)]
+    nodes.append(n("Abs", ["g"], ["ga"]))
+    _reduce(nodes, "ReduceSum", "ga", "g_l1")
+    _reduce(nodes, "ReduceMax", "ga", "g_max")
     return _model(nodes, "lbfgs_pair", [_vec("g"), _vec("g_prev"), _vec("d"), _scalar("t")],
                   [_vec("s"), _vec("y"), _scalar("ys"), _scalar("yy"), _scalar("gg"), _scalar("g_l1"), _scalar("g_max")],
                   "s = t d, y = g - g_prev and the scalars of one L-BFGS step")
@@ -167,5 +186,5 @@ if __name__ == "__main__":
     import sys
 
     if len(sys.argv) != 2:
-        sys.exit("usage: python -m export.optim_graphs ARTIFACT_FOLDER   (adds the optimizer graphs in place)")
+        sys.exit("usage: python -m nst_ort_export.optim_graphs ARTIFACT_FOLDER   (adds the optimizer graphs in place)")
     print(add_to_folder(sys.argv[1]))

@@ -169,7 +169,7 @@ class Artifacts:
             if digest != info.get("sha256"):
                 raise ArtifactError(f"{p}: sha256 mismatch (file changed or truncated: "
                                     f"{p.stat().st_size} bytes, manifest says {info.get('bytes')}); re-export or re-download")
-        for role in ("eval", "train") + (("train_cpu",) if "train_cpu" in self.manifest["graphs"] else ()):
+        for role in ("eval", "train") + tuple(r for r in ("train_cpu", "train_fp16") if r in self.manifest["graphs"]):
             name = self.manifest["graphs"][role]["file"]
             if name not in self.manifest["files"]:
                 raise ArtifactError(f"{self.path / 'manifest.json'}: graph {name} has no sha256 entry")
@@ -180,6 +180,11 @@ class Artifacts:
             if _graph_io(train) != _graph_io(cpu):
                 raise ArtifactError(f"{train}: its inputs and outputs differ from {cpu.name}'s "
                                     "(graph from another backbone?); re-export the model")
+        if "train_fp16" in self.manifest["graphs"]:
+            train, fp16 = self.graph_path("train"), self.graph_path("train_fp16")
+            if _graph_io(train) != _graph_io(fp16):
+                raise ArtifactError(f"{fp16}: its inputs and outputs differ from {train.name}'s "
+                                    "(made from another export?); remake it: python -m nst_ort_export.mixed_precision MODEL")
 
     def _check_external_data(self, graph: Path) -> None:
         try:
@@ -244,11 +249,20 @@ class Artifacts:
         return max(2 * int(layer["stride"]) if layer["name"].startswith("pool") else int(layer["stride"])
                    for layer in self.manifest["layers"])
 
-    def train_graph_path(self, device: str) -> Path:
-        """The training graph for a device: the optional CPU variant (train_cpu.onnx: Winograd
-        convolutions, same inputs and outputs) on the CPU provider, else train.onnx.
-        NST_ORT_TRAIN_GRAPH=train forces train.onnx (comparisons)."""
-        if device == "cpu" and "train_cpu" in self.manifest["graphs"] and os.environ.get("NST_ORT_TRAIN_GRAPH") != "train":
+    def train_graph_path(self, variant: str) -> Path:
+        """The training graph for a variant (providers.Placement.train_variant): "cpu" takes the
+        optional CPU-provider graph (train_cpu.onnx: Winograd convolutions, same inputs and outputs),
+        "fp16" the optional mixed-precision one (train_fp16.onnx: convolutions in fp16) and refuses a
+        model without it; anything else train.onnx. NST_ORT_TRAIN_GRAPH=train forces train.onnx
+        (comparisons)."""
+        from .errors import UsageError
+
+        if variant == "fp16":
+            if "train_fp16" not in self.manifest["graphs"]:
+                raise UsageError(f"--precision fp16: {self.path} has no mixed-precision training graph "
+                                 "(train_fp16.onnx); add one with: python -m nst_ort_export.mixed_precision MODEL")
+            return self.graph_path("train_fp16")
+        if variant == "cpu" and "train_cpu" in self.manifest["graphs"] and os.environ.get("NST_ORT_TRAIN_GRAPH") != "train":
             return self.graph_path("train_cpu")
         return self.graph_path("train")
 

@@ -33,6 +33,12 @@ def _warn(msg: str) -> None:
         print(f"nst-ort: warning: {msg}", file=sys.stderr)
 
 
+def _provider_options(args) -> dict | None:
+    from .providers import parse_options
+
+    return parse_options(args.provider_option) or None
+
+
 def build_config(args, artifacts) -> tuple[Config, Path | None]:
     images = [Path(p) for p in args.images]
     if args.texture:
@@ -67,6 +73,7 @@ def build_config(args, artifacts) -> tuple[Config, Path | None]:
         style_scale=args.style_scale, init=args.init, seed=args.seed or 0, color=args.color, loss=loss,
         optim=optim_cfg, model=Path(args.model) if args.model else None, device=args.device, provider=args.provider,
         threads=args.threads, precision=args.precision, loop=args.loop,
+        provider_options=_provider_options(args),
     )
     cfg.validate()
     return cfg, Path(args.output)
@@ -232,6 +239,7 @@ def _sigterm(signum, frame):
 # `nst-ort NAME ...` for each NAME here runs "module:function"(argv[1:]) instead of stylizing. Each
 # subcommand owns its parser; the module is imported only when asked for (start-up stays small).
 SUBCOMMANDS: dict[str, str] = {
+    "check": "nst_ort.check:main",
     "video": "nst_ort.video:main",
 }
 

@@ -146,7 +146,8 @@ class Config:
     provider: str | None = None
     threads: int | None = None
     loop: str = "auto"  # device (image, gradient, optimizer state in device buffers) | host | auto (device if the model has optimizer graphs)
-    precision: str = "fp32"  # fp32 | tf32 (CUDA: TensorFloat-32 convolutions and matmuls) | fp16 (not yet: needs an fp16 export)
+    precision: str = "fp32"  # fp32 | tf32 (CUDA: TensorFloat-32 convolutions and matmuls) | fp16 (the model's train_fp16.onnx)
+    provider_options: dict[str, str] | None = None  # options of the chosen provider (--provider-option KEY=VALUE)
 
     def resolved_init(self) -> str:
         """init as it applies: a texture (no content image) starts from noise where init says content."""

@@ -41,10 +41,10 @@ def network_order(layers: list[dict]) -> list[dict]:
 
 
 def info(artifacts, as_json: bool) -> int:
-    import onnxruntime
+    from .providers import info as runtime_info
 
     m = artifacts.manifest
-    runtime = {"onnxruntime": onnxruntime.__version__, "providers": onnxruntime.get_available_providers()}
+    runtime = runtime_info()  # onnxruntime's version, its providers, the package it came from
     layers = network_order(m["layers"])
     if as_json:
         print(json.dumps({"path": str(artifacts.path), "backbone": m["backbone"], "layers": layers,
@@ -71,7 +71,8 @@ def info(artifacts, as_json: bool) -> int:
     print(f"            size {Config.size} px, {OptimConfig.iterations} iterations, L-BFGS with history "
           f"{OptimConfig.history} (Adam: lr 0.02)")
     print(f"presets     {', '.join(PRESETS)} (--preset; README: Loss normalization, defaults and presets)")
-    print(f"runtime     onnxruntime {runtime['onnxruntime']}; providers available: {', '.join(runtime['providers'])}")
+    package = f" ({runtime['package']})" if runtime.get("package") else ""
+    print(f"runtime     onnxruntime {runtime['onnxruntime']}{package}; providers available: {', '.join(runtime['providers'])}")
     return 0
 
 

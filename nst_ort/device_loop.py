@@ -75,7 +75,9 @@ class Runner:
         for name, (ptr, shape) in dev.items():
             b.bind_input(name, self.device, 0, np.float32, list(shape), ptr)
         for name, arr in host.items():
-            arr = np.ascontiguousarray(arr, np.float32)
+            # np.require, not ascontiguousarray: that turns a 0-d scalar into shape [1], which the
+            # CPU provider broadcasts but OpenVINO refuses ("model input shape=[], tensor shape=(1)").
+            arr = np.require(arr, np.float32, "C")
             keep.append(arr)
             b.bind_cpu_input(name, arr)
         host_out = [n for n in self.outputs if n not in out_dev]

@@ -158,9 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--threads", type=int_flag("threads", maximum=max_threads),
                    help=f"intra-op threads, at most the CPUs this process may use ({max_threads()} here; "
                    "default: onnxruntime's)")
+    r.add_argument("--provider-option", action="append", metavar="KEY=VALUE",
+                   help="an option of the chosen provider (repeatable), e.g. device_type=GPU for OpenVINO, "
+                   "gpu_mem_limit=8589934592 for CUDA; see onnxruntime's page for that provider")
     r.add_argument("--precision", choices=["fp32", "tf32", "fp16"], default="fp32",
-                   help="CUDA: fp32 (TF32 off, the default) or tf32 (TensorFloat-32 convolutions); the CPU "
-                   "computes in fp32; fp16 needs an fp16 export (not yet)")
+                   help="fp32 (TF32 off on CUDA, f32 inference on OpenVINO), tf32 (CUDA: TensorFloat-32 "
+                   "convolutions), fp16 (the model's mixed-precision graph: convolutions in fp16, Gram "
+                   "matrices and losses in fp32; for GPUs)")
     r.add_argument("--loop", choices=["auto", "device", "host"], default="auto",
                    help="device: image, gradient and optimizer state stay in device buffers (needs the model's "
                    "optimizer graphs); host: optimizer in numpy; auto: device when the model has them")

@@ -51,9 +51,11 @@ def make_session(path, placement: Placement, arena: bool = True,
                                                    placement.ort_providers(), create)
     else:
         sess, make_session.last = create(str(path), options()), "off"
-    if placement.device == "cuda" and placement.providers[0] not in sess.get_providers():
+    if placement.providers[0] not in sess.get_providers():
+        # onnxruntime drops a provider that fails to initialize and runs everything on the next one.
+        why = "check the driver, CUDA and cuDNN" if placement.device == "cuda" else "check its --provider-option values"
         raise DeviceError(f"{path}: {placement.providers[0]} is installed but could not be used (onnxruntime "
-                          f"placed the graph on {sess.get_providers()[0]}; check the driver, CUDA and cuDNN)")
+                          f"placed the graph on {sess.get_providers()[0]}; {why})")
     return sess
 
 
@@ -129,7 +131,7 @@ class Graphs:
         eval_path = self.artifacts.graph_path("eval")
         self.eval = make_session(eval_path, placement, arena=False, cache_key=self._cache_key(eval_path))
         self.cache["eval"] = make_session.last
-        self.train_path = self.artifacts.train_graph_path(placement.device)
+        self.train_path = self.artifacts.train_graph_path(placement.train_variant)
         self.train = make_session(self.train_path, placement, cache_key=self._cache_key(self.train_path))
         self.cache["train"] = make_session.last
 

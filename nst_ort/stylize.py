@@ -68,7 +68,7 @@ class Stylizer:
         self.warn = warn or (lambda msg: None)
         self.artifacts = artifacts or Artifacts(config.model)
         self.placement = choose(config.device, config.provider, config.threads, warn=self.warn,
-                                precision=config.precision)
+                                precision=config.precision, options=config.provider_options)
         self.weights = resolve_weights(config, self.artifacts)
         self.schedule = config.schedule()
         # The inputs as their headers declare them: sizes and memory are known before anything is
@@ -278,7 +278,8 @@ class Stylizer:
     def runtime(self) -> dict:
         """What runs, where the config says "auto": providers, training graph, loop (for the report)."""
         return {"providers": self.graphs.train.get_providers(), "device": self.graphs.placement.device,
-                "train_graph": self.graphs.train_path.name, "loop": self.loop_kind}
+                "train_graph": self.graphs.train_path.name, "loop": self.loop_kind,
+                "provider_options": dict(self.graphs.placement.options)}
 
     def weights_used(self) -> dict:
         """The loss weights this run uses (the model's defaults where the config left them unset)."""
@@ -292,7 +293,8 @@ class Stylizer:
         """What would run, without making sessions (--dry-run): the providers placement asks for, the
         training graph for its device, the loop, the schedule with sizes."""
         return {"providers": list(self.placement.providers), "device": self.placement.device,
-                "train_graph": self.artifacts.train_graph_path(self.placement.device).name, "loop": self.loop_kind,
+                "train_graph": self.artifacts.train_graph_path(self.placement.train_variant).name, "loop": self.loop_kind,
+                "provider_options": dict(self.placement.options),
                 "threads": self.placement.threads,
                 "schedule": [{"scale": k + 1, "long_side": side, "width": w, "height": h, "iterations": n}
                              for k, ((side, n), (w, h)) in enumerate(zip(self.schedule, self.sizes()))]}
