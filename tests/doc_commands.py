@@ -73,7 +73,10 @@ def commands(files: list[Path] | None = None) -> list[DocCommand]:
                 continue
             for m in _COMMAND.finditer(code):
                 text = m.group(1).strip()
-                if re.match(r"nst-ort\s+\S", text.split(";")[-1].strip() if text.startswith("ulimit") else text):
+                command = text.split(";")[-1].strip() if text.startswith("ulimit") else text
+                # Not commands: an output line (`nst-ort check: ...`), a command with its arguments elided.
+                if re.match(r"nst-ort\s+\S", command) and not re.match(r"nst-ort\s+[\w-]+:", command) \
+                        and " ... " not in f"{command} ":
                     found.append(DocCommand(str(path.relative_to(ROOT)), n, text))
     return found
 
