@@ -45,6 +45,7 @@ from PIL import Image, ImageCms  # noqa: E402
 from nst_ort.errors import NstError  # noqa: E402
 
 COUNTS: dict[str, int] = {}
+FAILURES: list[str] = []  # every failing call as first seen (before hypothesis shrinks or calls it flaky)
 
 
 def _settings(n: int):
@@ -359,6 +360,9 @@ def fuzz_cli(n: int, folder: Path, real_share: float = 0.1) -> None:
                 (d / leftover).unlink(missing_ok=True)
         try:
             _check_cli(argv, code, err, inputs)
+        except AssertionError as e:
+            FAILURES.append(repr(e.args)[:3000])  # hypothesis may call it flaky and hide it: keep it
+            raise
         finally:  # files a call was allowed to write (not its inputs) go back as they were for the next
             for path, data in originals.items():
                 if not path.is_file() or path.is_symlink() or path.read_bytes() != data:
@@ -450,8 +454,12 @@ def fuzz_checkpoint(n: int, folder: Path, real_share: float = 0.15) -> None:
             code, err = _cli_call(argv)
         finally:
             os.chdir(home)
-        _check_cli(argv, code, err, inputs)
-        assert code in (0, 2, 7), (code, err)
+        try:
+            _check_cli(argv, code, err, inputs)
+            assert code in (0, 2, 7), (code, err)
+        except AssertionError as e:
+            FAILURES.append(repr(e.args)[:3000])
+            raise
 
     prop()
 
@@ -474,6 +482,10 @@ def main() -> int:
             except Exception as e:  # noqa: BLE001 - hypothesis re-raises the shrunk failure
                 failed.append(name)
                 print(f"{name}: FAILED: {type(e).__name__}: {e}", file=sys.stderr)
+                for sub in getattr(e, "exceptions", ()):
+                    print(f"  {type(sub).__name__}: {sub}"[:3000], file=sys.stderr)
+                for first in FAILURES[:3]:
+                    print(f"  first seen: {first}", file=sys.stderr)
             print(f"{name}: {COUNTS.get(name, 0)} inputs tried", flush=True)
     print(f"total: {sum(COUNTS.values())} inputs tried, {len(failed)} target(s) failed")
     return 1 if failed else 0
