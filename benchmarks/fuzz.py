@@ -327,7 +327,7 @@ def fuzz_cli(n: int, folder: Path, real_share: float = 0.1) -> None:
                 named += v.split(",")
         out = {}
         for name in named:
-            p = (d / name) if name and not name.startswith("/") else Path(name or ".")
+            p = Path(name) if name.startswith("/") else d / name  # "" is the folder itself, as in the call
             try:
                 if p.is_dir():
                     out.update({q.resolve(): _digest(q) for q in p.iterdir() if q.is_file()})
