@@ -229,9 +229,12 @@ def _cli_call(argv: list[str]) -> tuple[int | str, str]:
 
     from nst_ort import cli
 
+    import signal
+
     cli._said.clear()
     err = io.StringIO()
     env = dict(os.environ)
+    sigterm = signal.getsignal(signal.SIGTERM)  # main() installs its own: a SIGTERM must still stop the fuzzer
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
         try:
             code = cli.main(argv)
@@ -241,6 +244,7 @@ def _cli_call(argv: list[str]) -> tuple[int | str, str]:
             code = f"escaped {type(e).__name__}: {e}"
     os.environ.clear()
     os.environ.update(env)
+    signal.signal(signal.SIGTERM, sigterm)
     return code, err.getvalue()
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from conftest import cli_env
 
 CHILD = r"""
-import contextlib, io, json, os, sys
+import contextlib, io, json, os, signal, sys
 sys.modules["torch"] = None
 from nst_ort import cli
 calls = json.load(open(sys.argv[1]))
@@ -36,6 +36,7 @@ for call in calls:
             code = e.code if isinstance(e.code, int) else 2
         except BaseException as e:
             code, err = "escaped", io.StringIO(f"{type(e).__name__}: {e}")
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # main() installs its own handler
     results.append({"code": code, "stdout": out.getvalue(), "stderr": err.getvalue()})
 json.dump(results, sys.stdout)
 """
