@@ -241,6 +241,7 @@ def _sigterm(signum, frame):
 SUBCOMMANDS: dict[str, str] = {
     "check": "nst_ort.check:main",
     "video": "nst_ort.video:main",
+    "web": "nst_ort.web:main",
 }
 
 

@@ -52,7 +52,8 @@ def source(tmp_path_factory) -> Path:
 
     dest = tmp_path_factory.mktemp("src") / "nst-ort"
     shutil.copytree(ROOT, dest, ignore=shutil.ignore_patterns(
-        ".git", ".venv*", "build", "*.egg-info", "__pycache__", ".pytest_cache", "node_modules", "out"))
+        ".git", ".venv*", "build", "*.egg-info", "__pycache__", ".pytest_cache", "node_modules", "out",
+        "ort*.wasm", "ort*.mjs"))  # onnxruntime-web's files: git-ignored (`npm run vendor`), as in a clean clone
     return dest
 
 
@@ -105,6 +106,10 @@ def test_wheel_holds_the_model_and_both_packages_without_warnings(source, tmp_pa
     for name in [*model["files"], "manifest.json"]:
         assert f"nst_ort/models/vgg16/{name}" in names, name
     assert "nst_ort_export/cli.py" in names and "nst_ort/entry.py" in names
+    # the browser app and onnxruntime-web's file list; not the 41 MB it lists (nst-ort web fetches them)
+    for name in ("index.html", "app.css", "js/app.js", "js/worker.js", "vendor/onnxruntime-web/SOURCES.json"):
+        assert f"nst_ort/webapp/{name}" in names, name
+    assert not any(n.endswith(".wasm") for n in names)
     assert not any(n.startswith("export/") for n in names), "a top-level package `export` is installed"
     assert "License-Expression: MIT" in meta
     requires = [line for line in meta.splitlines() if line.startswith("Requires-Dist:")]
