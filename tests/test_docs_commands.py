@@ -31,6 +31,8 @@ SUBCOMMAND_TESTS = {
     "check": "tests/test_providers.py runs nst-ort check (passes on the CPU provider, exit 10 when a graph is off, "
              "--precision fp16 on the mixed model); as written they need OpenVINO or a mixed-precision copy of the "
              "model and ~20 s each",
+    "web": "a server that runs until stopped: tests/test_web.py starts `nst-ort web` as the README says (with "
+           "--port 0) and drives the page",
 }
 # What the docs promise where it is not exit 0 on every machine: (exit codes allowed, regex on stderr).
 EXPECT = {
