@@ -92,18 +92,23 @@ class Artifacts:
     def __init__(self, path: str | Path | None = None, verify: bool = True):
         self.path = Path(path) if path is not None else default_model_dir()
         self.manifest = self._read_manifest()
+        self.verified = False  # every file's sha256 checked (the optimized-graph cache keys on them)
         if verify:
             self.verify()
+            self.verified = True
 
     # -- manifest ------------------------------------------------------------------------------
     def _read_manifest(self) -> dict:
-        if not self.path.exists():
-            raise ArtifactError(f"{self.path}: model folder does not exist")
-        if not self.path.is_dir():
-            raise ArtifactError(f"{self.path}: not a folder (a model is a folder with manifest.json)")
-        mpath = self.path / "manifest.json"
-        if not mpath.is_file():
-            raise ArtifactError(f"{mpath}: missing; not an nst-ort model folder")
+        try:
+            if not self.path.exists():
+                raise ArtifactError(f"{self.path}: model folder does not exist")
+            if not self.path.is_dir():
+                raise ArtifactError(f"{self.path}: not a folder (a model is a folder with manifest.json)")
+            mpath = self.path / "manifest.json"
+            if not mpath.is_file():
+                raise ArtifactError(f"{mpath}: missing; not an nst-ort model folder")
+        except (OSError, ValueError) as e:  # a name too long, a NUL byte
+            raise ArtifactError(f"{self.path}: not a usable model folder path ({getattr(e, 'strerror', None) or e})") from None
         try:
             manifest = json.loads(mpath.read_text())
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -188,6 +193,7 @@ class Artifacts:
             raise ArtifactError(f"{graph}: not a readable ONNX model ({e})") from None
         except RecursionError:
             raise ArtifactError(f"{graph}: not a readable ONNX model (nested too deeply)") from None
+        listed = {self.path_of(name) for name in self.manifest["files"]}  # once, not per tensor
         for entry in entries:
             loc = entry["location"]
             try:
@@ -197,7 +203,7 @@ class Artifacts:
             root = self.path.resolve()
             if os.path.isabs(loc) or (root != target.parent and root not in target.parents):
                 raise ArtifactError(f"{graph}: external data {loc!r} points outside the model folder; refused")
-            if target not in {self.path_of(name) for name in self.manifest["files"]}:
+            if target not in listed:
                 raise ArtifactError(f"{graph}: external data {loc!r} is not listed (with a sha256) in manifest.json")
             self._check_range(graph, target, entry)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -51,15 +52,29 @@ def save(path: str | Path, state: dict, fingerprint: str) -> None:
 
 
 def load(path: str | Path, fingerprint: str) -> dict:
+    """The state saved at `path` if it was made with these inputs and settings; any damage (a
+    truncated or edited file, a folder, a FIFO) is a UsageError naming the file. Whether the state
+    fits the run is Stylizer.load_state_dict's to check."""
     path = Path(path)
+    try:
+        st = path.stat()
+    except OSError as e:
+        raise UsageError(f"{path}: cannot read this checkpoint ({e.strerror or e})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise UsageError(f"{path}: not a checkpoint file (a folder, FIFO or device)")
     try:
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(bytes(z["__meta__"]).decode())
             arrays = {k: z[k] for k in z.files if k != "__meta__"}
-    except (OSError, ValueError, KeyError) as e:
-        raise UsageError(f"{path}: not an nst-ort checkpoint ({e})") from None
+    except MemoryError:
+        raise UsageError(f"{path}: not an nst-ort checkpoint (an array too large to read)") from None
+    except Exception as e:  # noqa: BLE001 - a damaged .npz makes zipfile/zlib/numpy raise anything
+        msg = (str(e).splitlines() or [type(e).__name__])[0][:200]
+        raise UsageError(f"{path}: not an nst-ort checkpoint, or a damaged one ({type(e).__name__}: {msg})") from None
+    if not isinstance(meta, dict):
+        raise UsageError(f"{path}: not an nst-ort checkpoint (no settings record)")
     if meta.get("format") != FORMAT:
-        raise UsageError(f"{path}: checkpoint format {meta.get('format')} is not {FORMAT}")
+        raise UsageError(f"{path}: checkpoint format {meta.get('format')!r} is not {FORMAT}"[:300])
     if meta.get("fingerprint") != fingerprint:
         raise UsageError(f"{path}: checkpoint was made with other inputs or settings; refusing to resume")
     state: dict = {"optimizer": {}}

@@ -2,129 +2,25 @@
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import signal
 import sys
 import traceback
 from pathlib import Path
 
-from . import __version__, checkpoint, memory
+from . import __version__, describe, memory
 from .config import Config, LossConfig, OptimConfig, StyleInput
-from .errors import (EXIT_BATCH_PARTIAL, EXIT_INTERRUPTED, Interrupted, NstError, NumericalError, OutOfMemory,
-                     OutputError, UsageError)
-from .images import save_image
-from .outputs import check_image_output
+from .errors import (EXIT_BATCH_PARTIAL, EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, ImageError, Interrupted, NstError, NumericalError,
+                     OutOfMemory, OutputError, UsageError)
+from .flags import _Parser, build_parser, check_modes  # noqa: F401 - _Parser: subcommands' parsers
+from .outputs import Snapshots, Source, Target, check_writes, image_bytes, same_file
 from .presets import PRESETS
-from .report import Progress, Report
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 
 
 class _Interrupted(BaseException):
     """SIGTERM, raised like KeyboardInterrupt: no `except Exception` on the way may swallow it."""
-
-
-def _csv_floats(text: str, what: str) -> list[float]:
-    try:
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise UsageError(f"{what}: expected comma-separated numbers, got {text!r}") from None
-
-
-def _layer_weights(text: str) -> dict[str, float]:
-    out = {}
-    for item in text.split(","):
-        item = item.strip()
-        if not item:
-            continue
-        name, _, w = item.partition(":")
-        try:
-            out[name] = float(w) if w else 1.0
-        except ValueError:
-            raise UsageError(f"--style-layers: bad weight in {item!r} (use relu1_1:0.2,relu2_1:0.2)") from None
-    return out
-
-
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows a default only where there is one to show (not None/False, not already in the text)."""
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        if action.default in (None, False, argparse.SUPPRESS) or "default" in text:
-            return text
-        return super()._get_help_string(action)
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        # argparse prints the whole usage (a dozen lines here) first: one line, like every other error.
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
-        prog="nst-ort",
-        description="Neural style transfer (Gatys et al.) on ONNX Runtime. "
-        "nst-ort CONTENT STYLE [STYLE ...] -o OUT; CONTENT may be a folder (batch); --texture for no content.",
-        formatter_class=_HelpFormatter,
-    )
-    p.add_argument("images", nargs="*", help="content image (or folder) then style image(s); with --texture, style image(s) only")
-    p.add_argument("-o", "--output", required=False, help="output image (or folder for a batch)")
-    g = p.add_argument_group("size and schedule")
-    g.add_argument("--size", type=int, default=512, help="long side of the output in pixels")
-    g.add_argument("--iterations", type=int, default=None, help="iterations per scale (default 500, or the preset's)")
-    g.add_argument("--scales", help="coarse-to-fine long sides, e.g. 256,512,1024 (each warm-starts the next)")
-    g.add_argument("--scale-iterations", help="iterations per scale, e.g. 300,200,100")
-    g.add_argument("--texture", action="store_true", help="texture synthesis: no content image, style loss only, from noise")
-    g.add_argument("--texture-size", help="WxH of the texture (default SIZExSIZE)")
-    w = p.add_argument_group("loss (weights in the documented normalization; default: the model's)")
-    w.add_argument("--preset", choices=list(PRESETS), default="default",
-                   help="weight presets: default (the model's, chosen by looking), neural-style, paper")
-    w.add_argument("--content-weight", type=float, help="alpha: weight of the content term")
-    w.add_argument("--style-weight", type=float, help="beta: weight of the style term")
-    w.add_argument("--tv-weight", type=float, help="weight of the total-variation term (0 disables)")
-    w.add_argument("--content-layer", help="content layer among the model's (see --info)")
-    w.add_argument("--style-layers", help="per-layer style weights, e.g. relu1_1:1,relu3_1:0.5 (others 0)")
-    s = p.add_argument_group("styles and color")
-    s.add_argument("--style-weights", help="blend weights of several styles, e.g. 0.7,0.3")
-    s.add_argument("--style-masks", help="one mask image per style (white = region of that style), comma-separated")
-    s.add_argument("--style-scale", type=float, default=1.0, help="style image size relative to the output")
-    s.add_argument("--color", choices=["none", "luminance", "histogram"], default="none",
-                   help="keep the content's colors: luminance-only transfer or histogram matching of the style")
-    o = p.add_argument_group("optimizer")
-    o.add_argument("--optimizer", choices=["lbfgs", "adam"], default=None, help="default lbfgs")
-    o.add_argument("--lr", type=float, help="learning rate (lbfgs 1.0, adam 0.02 on [0,1] pixels)")
-    o.add_argument("--history", type=int, default=None, help="L-BFGS history size (default 100)")
-    o.add_argument("--init", default="content", help="content, noise, or an image path")
-    o.add_argument("--seed", type=int, default=0, help="seed for noise init")
-    o.add_argument("--average", action="store_true",
-                   help="output a running average of the iterates (EMA, decay 0.9); off by default: "
-                        "no gain measured at 256 px (benchmarks/RESULTS.md)")
-    r = p.add_argument_group("runtime")
-    r.add_argument("--model", help="artifact folder (default: the embedded VGG16)")
-    r.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    r.add_argument("--provider", help="any onnxruntime execution provider by name, e.g. TensorrtExecutionProvider")
-    r.add_argument("--threads", type=int, help="intra-op threads (default: onnxruntime's)")
-    r.add_argument("--provider-option", action="append", metavar="KEY=VALUE",
-                   help="an option of the chosen provider (repeatable), e.g. device_type=GPU for OpenVINO, "
-                   "gpu_mem_limit=8589934592 for CUDA; see onnxruntime's page for that provider")
-    r.add_argument("--precision", choices=["fp32", "tf32", "fp16"], default="fp32",
-                   help="fp32 (TF32 off on CUDA, f32 inference on OpenVINO), tf32 (CUDA: TensorFloat-32 "
-                   "convolutions), fp16 (the model's mixed-precision graph: convolutions in fp16, Gram "
-                   "matrices and losses in fp32; for GPUs)")
-    r.add_argument("--loop", choices=["auto", "device", "host"], default="auto",
-                   help="device: image, gradient and optimizer state stay in device buffers (needs the model's "
-                   "optimizer graphs); host: optimizer in numpy; auto: device when the model has them")
-    out = p.add_argument_group("progress and results")
-    out.add_argument("--save-every", type=int, default=0, help="write the current image every N iterations")
-    out.add_argument("--report", help="write a JSON report (settings, what ran, per-iteration losses, timings)")
-    out.add_argument("--checkpoint", help="write a checkpoint here (every --save-every and at the end or on Ctrl-C)")
-    out.add_argument("--resume", help="resume from this checkpoint (same inputs and settings)")
-    out.add_argument("--info", action="store_true", help="print the model's layers and defaults, then exit")
-    out.add_argument("-q", "--quiet", action="store_true", help="no progress line")
-    out.add_argument("--debug", action="store_true", help="show tracebacks")
-    p.add_argument("--version", action="version", version=f"nst-ort {__version__}")
-    return p
 
 
 _said: set[str] = set()
@@ -146,6 +42,8 @@ def _provider_options(args) -> dict | None:
 def build_config(args, artifacts) -> tuple[Config, Path | None]:
     images = [Path(p) for p in args.images]
     if args.texture:
+        if not images:
+            raise UsageError("--texture needs at least one style image: nst-ort --texture STYLE -o OUT")
         content, style_paths = None, images
     else:
         if len(images) < 2:
@@ -153,65 +51,140 @@ def build_config(args, artifacts) -> tuple[Config, Path | None]:
         content, style_paths = images[0], images[1:]
     if not args.output:
         raise UsageError("no output: give -o OUT")
-    weights = _csv_floats(args.style_weights, "--style-weights") if args.style_weights else [1.0] * len(style_paths)
-    masks = [Path(m) for m in args.style_masks.split(",")] if args.style_masks else [None] * len(style_paths)
+    weights = args.style_weights if args.style_weights else [1.0] * len(style_paths)
+    masks = [Path(m) for m in args.style_masks] if args.style_masks else [None] * len(style_paths)
     if len(weights) != len(style_paths) or len(masks) != len(style_paths):
         raise UsageError(f"{len(style_paths)} style image(s) but {len(weights)} weight(s) and {len(masks)} mask(s)")
     preset = PRESETS[args.preset]
     loss = preset.loss(artifacts, LossConfig(
         content_weight=args.content_weight, style_weight=args.style_weight, tv_weight=args.tv_weight,
-        content_layer=args.content_layer,
-        style_layer_weights=_layer_weights(args.style_layers) if args.style_layers else None))
+        content_layer=args.content_layer, style_layer_weights=args.style_layers))
     optim_cfg = OptimConfig(
         name=args.optimizer or OptimConfig.name,
         iterations=args.iterations if args.iterations is not None else preset.iterations,
         lr=args.lr, history=args.history or OptimConfig.history, average=args.average,
     )
-    texture_size = None
-    if args.texture_size:
-        try:
-            tw, th = (int(v) for v in args.texture_size.lower().split("x"))
-        except ValueError:
-            raise UsageError(f"--texture-size: expected WxH, got {args.texture_size!r}") from None
-        texture_size = (tw, th)
-    size = max(texture_size) if texture_size else args.size
-    scales = [int(v) for v in _csv_floats(args.scales, "--scales")] if args.scales else None
-    scale_iters = [int(v) for v in _csv_floats(args.scale_iterations, "--scale-iterations")] if args.scale_iterations else None
+    texture_size = tuple(args.texture_size) if args.texture_size else None
+    # The output's size: --texture-size's long side, else the last scale, else --size (default 512).
+    size = max(texture_size) if texture_size else args.scales[-1] if args.scales else args.size or Config.size
     cfg = Config(
         content=content, styles=[StyleInput(p, w, m) for p, w, m in zip(style_paths, weights, masks)],
-        size=size, texture_size=texture_size, scales=scales, scale_iterations=scale_iters,
-        style_scale=args.style_scale, init=args.init, seed=args.seed, color=args.color, loss=loss, optim=optim_cfg,
-        model=Path(args.model) if args.model else None, device=args.device, provider=args.provider,
+        size=size, texture_size=texture_size, scales=args.scales, scale_iterations=args.scale_iterations,
+        style_scale=args.style_scale, init=args.init, seed=args.seed or 0, color=args.color, loss=loss,
+        optim=optim_cfg, model=Path(args.model) if args.model else None, device=args.device, provider=args.provider,
         threads=args.threads, precision=args.precision, loop=args.loop,
         provider_options=_provider_options(args),
     )
-    try:
-        cfg.schedule()
-    except ValueError as e:
-        raise UsageError(f"--scale-iterations: {e}") from None
+    cfg.validate()
     return cfg, Path(args.output)
 
 
-def stylize_one(cfg: Config, out: Path, args, artifacts, settings: dict) -> None:
+def checkpoint_bytes(cfg: Config, size: tuple[int, int]) -> int:
+    """An upper estimate of a checkpoint's size: the image, the optimizer's vectors (L-BFGS: the
+    pairs it has stored, at most one per iteration of a scale), the average."""
+    n = 3 * size[0] * size[1]
+    pairs = min(cfg.optim.history, max(iterations for _, iterations in cfg.schedule()))
+    vectors = 2 * pairs + 4 if cfg.optim.name == "lbfgs" else 4
+    return 4 * n * (vectors + 1) + 16 * pairs ** 2 + (64 << 10)
+
+
+def _sources(cfg: Config, artifacts, resume: Path | None) -> list[Source]:
+    out = []
+    if cfg.content is not None:
+        out.append(Source(cfg.content, "content image"))
+    for st in cfg.styles:
+        out.append(Source(st.path, "style image"))
+        if st.mask is not None:
+            out.append(Source(st.mask, "style mask"))
+    if cfg.init not in ("content", "noise"):
+        out.append(Source(Path(cfg.init), "--init image"))
+    if resume is not None:
+        out.append(Source(resume, "--resume checkpoint"))
+    model = artifacts.path
+    out.append(Source(model / "manifest.json", "model file"))
+    out += [Source(model / name, "model file") for name in artifacts.manifest["files"]]
+    return out
+
+
+def _targets(cfg: Config, out: Path, args, final: tuple[int, int], largest: tuple[int, int], total: int
+             ) -> tuple[list[Target], Snapshots | None]:
+    targets = [Target(out, "-o", image_bytes(*final), image=True)]
+    if args.report:
+        targets.append(Target(Path(args.report), "--report", (64 << 10) + 600 * total))
+    if args.checkpoint:
+        targets.append(Target(Path(args.checkpoint), "--checkpoint", checkpoint_bytes(cfg, largest)))
+    snaps = Snapshots(out, args.save_every, total) if args.snapshots else None
+    if snaps is not None and snaps.count():
+        # One target stands for all of them (their folder's free space); the pattern is checked apart.
+        targets.append(Target(snaps.path(snaps.steps()[0]), "--snapshots", snaps.count() * image_bytes(*largest),
+                              image=True))
+    return targets, snaps
+
+
+def _settings(args, cfg: Config, weights: dict) -> dict:
+    """The report's settings: the flags as given, with the values they resolved to where unset."""
+    settings = {k: v for k, v in vars(args).items()}
+    settings.update({k: weights[k] for k in ("content_weight", "style_weight", "tv_weight")})
+    settings.update(size=cfg.size, iterations=cfg.optim.iterations, scales=[s for s, _ in cfg.schedule()],
+                    scale_iterations=[n for _, n in cfg.schedule()], optimizer=cfg.optim.name,
+                    lr=cfg.optim.learning_rate(), history=cfg.optim.history, seed=cfg.seed)
+    settings["nst_ort"] = __version__
+    import onnxruntime
+
+    settings["onnxruntime"] = onnxruntime.__version__
+    return settings
+
+
+def stylize_one(cfg: Config, out: Path, args, artifacts, label: str = "") -> str:
+    """Check everything, then run (or with --dry-run print the plan). Returns what was written."""
+    from . import checkpoint
     from .stylize import Stylizer
 
-    check_image_output(out, cfg.input_paths())
-    stylizer = Stylizer(cfg, artifacts=artifacts, warn=_warn)
-    memory.check(stylizer.memory_plan())
+    resume = Path(args.resume) if args.resume else None
+    stylizer = Stylizer(cfg, artifacts=artifacts, warn=_warn)  # validates; reads image headers only
+    sizes = stylizer.sizes()
+    total = cfg.total_iterations()
+    largest = max(sizes, key=lambda s: s[0] * s[1])
+    targets, snaps = _targets(cfg, out, args, sizes[-1], largest, total)
+    check_writes(targets, _sources(cfg, artifacts, resume), snaps, resume)
+    plan = stylizer.memory_plan()
+    memory.check(plan)  # before any image is decoded: their headers give the sizes
     fingerprint = checkpoint.fingerprint(cfg)
-    if args.resume:
-        stylizer.load_state_dict(checkpoint.load(args.resume, fingerprint))
-    progress = Progress(enabled=not args.quiet)
-    report = Report(settings)
+    if resume is not None:
+        try:
+            stylizer.load_state_dict(checkpoint.load(resume, fingerprint))
+        except UsageError as e:
+            msg = str(e)
+            raise UsageError(msg if msg.startswith(str(resume)) else f"{resume}: {msg}") from None
+    stylizer.load_inputs()  # decode every image now: a damaged one is refused before the run
+    if args.dry_run:
+        describe.print_plan(stylizer, cfg, out, targets, plan, args, label)
+        return "nothing (dry run)"
+    return _run(stylizer, cfg, out, args, fingerprint, snaps, label)
 
-    def save() -> None:
-        save_image(stylizer.result(), out)
+
+def _run(stylizer, cfg: Config, out: Path, args, fingerprint: str, snaps: Snapshots | None, label: str) -> str:
+    from . import checkpoint
+    from .images import save_image
+    from .report import Progress, Report
+
+    sizes = stylizer.sizes()
+    progress = Progress([(w, h, n) for (w, h), (_, n) in zip(sizes, stylizer.schedule)], enabled=not args.quiet,
+                        label=label, start=(stylizer.scale, stylizer.iteration))
+    weights = stylizer.weights_used()
+    report = Report(_settings(args, cfg, weights), weights)
+    resumed_at = stylizer.steps
+
+    def save(image) -> None:
+        save_image(image, out)
         if args.checkpoint:
             checkpoint.save(args.checkpoint, stylizer.state_dict(), fingerprint)
 
     def finish(status: str) -> None:
-        if stylizer.image() is not None:
-            save()
+        if status == "done":
+            save(stylizer.result())
+        elif stylizer.image() is not None:
+            save(stylizer.current())
         if args.report:
             report.runtime = stylizer.runtime()
             report.write(args.report, status)
@@ -221,30 +194,42 @@ def stylize_one(cfg: Config, out: Path, args, artifacts, settings: dict) -> None
             progress(record)
             report(record)
             if args.save_every and record.step % args.save_every == 0:
-                save()
+                image = stylizer.current()
+                save(image)
+                if snaps is not None:
+                    save_image(image, snaps.path(record.step))
     except (KeyboardInterrupt, _Interrupted):
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the final save short
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        progress.close()
         finish("interrupted")
-        if progress.tty and progress.last:
-            print(file=sys.stderr)  # end the progress line
         done = f"wrote the current image to {out}" if stylizer.image() is not None else "nothing written"
         raise Interrupted(f"{out}: interrupted at iteration {stylizer.steps}; {done}") from None
     # Despite the estimate (other processes, a GPU) memory can run out, and the loss can stop being
     # finite: the Stylizer then holds the last finite image, which is written.
     except OutOfMemory as e:
+        progress.close()
         if stylizer.image() is None:
             raise OutOfMemory(f"{cfg.content or 'texture'}: {e}") from None
         finish("out of memory")
         raise OutOfMemory(f"{out}: {e}; wrote the last image") from None
     except NumericalError:
+        progress.close()
         what = f"{out}: the loss is not finite (NaN or Inf) at iteration {stylizer.steps + 1}; stopped"
         hint = "try a smaller --lr or smaller loss weights"
         if stylizer.image() is None:
             raise NumericalError(f"{what} before any finite image, nothing written; {hint}") from None
         finish("nan")
         raise NumericalError(f"{what} and wrote the last finite image; {hint}") from None
+    except BaseException:
+        progress.close()
+        raise
+    progress.close()
     finish("done")
+    if stylizer.steps == resumed_at:
+        return (f"{out} (no iterations: the start image)" if resumed_at == 0 else
+                f"{out} (nothing left after iteration {resumed_at}: the checkpoint's image)")
+    return str(out)
 
 
 def _sigterm(signum, frame):
@@ -273,11 +258,19 @@ def main(argv: list[str] | None = None) -> int:
         return _subcommand(argv)
     args = build_parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _sigterm)
+    if args.no_cache:
+        os.environ["NST_ORT_CACHE"] = "0"
     try:
         return _main(args)
     except (KeyboardInterrupt, _Interrupted):
         print("nst-ort: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `nst-ort --info | head`: the reader has what it wanted; as SIGPIPE would
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except OSError:
+            pass
+        return EXIT_BROKEN_PIPE
     except MemoryError:  # numpy or Python itself; onnxruntime's failures are mapped in session.py
         if args.debug:
             traceback.print_exc()
@@ -295,61 +288,97 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def _runtime_info() -> dict:
-    from .providers import info
-
-    return info()
-
-
 def _main(args) -> int:
     from .artifacts import Artifacts
 
-    artifacts = Artifacts(args.model)
     if args.info:
-        m = artifacts.manifest
-        print(json.dumps({"path": str(artifacts.path), "backbone": m["backbone"], "layers": m["layers"],
-                          "content_layers": m["content_layers"], "style_layers": m["style_layers"],
-                          "defaults": m["defaults"], "weights": m["weights"], "runtime": _runtime_info()}, indent=1))
-        return 0
-    settings = {k: v for k, v in vars(args).items()}
-    settings["nst_ort"] = __version__
-    import onnxruntime
-
-    settings["onnxruntime"] = onnxruntime.__version__
+        return describe.info(Artifacts(args.model), args.json)
+    check_modes(args)
     if not args.images:
         raise UsageError("no images: nst-ort CONTENT STYLE [STYLE ...] -o OUT (or --texture STYLE -o OUT)")
-    first = Path(args.images[0])
-    if not args.texture and first.is_dir():
-        return _batch(args, artifacts, settings)
+    artifacts = Artifacts(args.model)
+    if not args.texture and _is_dir(Path(args.images[0])):
+        return _batch(args, artifacts)
     cfg, out = build_config(args, artifacts)
-    stylize_one(cfg, out, args, artifacts, settings)
-    if not args.quiet:
-        print(f"wrote {out}", file=sys.stderr)
+    wrote = stylize_one(cfg, out, args, artifacts)
+    if not args.quiet and not args.dry_run:
+        print(f"wrote {wrote}", file=sys.stderr)
     return 0
 
 
-def _batch(args, artifacts, settings) -> int:
-    """Many content images, one style: style targets are rebuilt per image size (cached by size)."""
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except (OSError, ValueError):  # a name too long, a NUL: the image loader says what is wrong
+        return False
+
+
+# -- batch ------------------------------------------------------------------------------------------
+BATCH_PER_IMAGE = {"--report": "report", "--checkpoint": "checkpoint"}
+
+
+def _batch(args, artifacts) -> int:
+    """Many content images, one set of styles: each image is its own run (its own checks, its own
+    --report and --checkpoint file in the folders those flags name); every entry of the folder that
+    is not processed is named."""
     folder, out_dir = Path(args.images[0]), Path(args.output or "")
     if not args.output:
         raise UsageError("batch: give -o OUTPUT_FOLDER")
-    if not out_dir.is_dir():
+    if args.resume:
+        raise UsageError("--resume: resumes one image's run; not in a batch (CONTENT is a folder)")
+    if not _is_dir(out_dir):
         raise OutputError(f"{out_dir}: batch output must be an existing folder")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+    for flag, name in BATCH_PER_IMAGE.items():
+        value = getattr(args, name)
+        if value and not _is_dir(Path(value)):
+            raise UsageError(f"{flag}: in a batch it names a folder (one file per image); {value} is not an "
+                             "existing folder")
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError as e:
+        raise ImageError(f"{folder}: cannot list this folder ({e.strerror or e})") from None
+    files = []
+    for p in entries:
+        if p.is_dir():
+            _warn(f"{p}: a folder, skipped (a batch does not descend into folders)")
+        elif p.suffix.lower() not in IMAGE_EXTS:
+            _warn(f"{p}: not an image file name ({', '.join(sorted(IMAGE_EXTS))}), skipped")
+        elif not p.is_file():
+            _warn(f"{p}: not a regular file, skipped")
+        else:
+            files.append(p)
     if not files:
         raise UsageError(f"{folder}: no images ({', '.join(sorted(IMAGE_EXTS))}) in this folder")
     stems = [p.stem for p in files]
-    failed = 0
+    jobs = []
     for p in files:
         # cat.jpg and cat.png would both become cat.png: the second would overwrite the first result.
-        name = p.stem + ".png" if stems.count(p.stem) == 1 else f"{p.stem}-{p.suffix[1:]}.png"
-        one = argparse.Namespace(**{**vars(args), "images": [str(p), *args.images[1:]],
-                                    "output": str(out_dir / name), "report": None, "checkpoint": None})
+        stem = p.stem if stems.count(p.stem) == 1 else f"{p.stem}-{p.suffix[1:]}"
+        per = {"images": [str(p), *args.images[1:]], "output": str(out_dir / f"{stem}.png")}
+        if args.report:
+            per["report"] = str(Path(args.report) / f"{stem}.json")
+        if args.checkpoint:
+            per["checkpoint"] = str(Path(args.checkpoint) / f"{stem}.npz")
+        jobs.append((p, argparse.Namespace(**{**vars(args), **per})))
+    # Every image's outputs against every input of the batch (and each other) before any work: an
+    # output that would replace a content image still to be read is refused up front.
+    everything = [Source(p, "content image") for p in files]
+    planned = [Target(Path(getattr(one, a)), f) for _, one in jobs
+               for a, f in (("output", "-o"), ("report", "--report"), ("checkpoint", "--checkpoint"))
+               if getattr(one, a)]
+    for t in planned:
+        for src in everything:
+            if same_file(t.path, src.path):
+                raise OutputError(f"{t.path}: {t.flag} would overwrite the content image {src.path} of this batch; "
+                                  "refusing (write the results to another folder)")
+    failed = 0
+    for k, (p, one) in enumerate(jobs):
+        label = f"[{k + 1}/{len(jobs)}] "
         try:
             cfg, out = build_config(one, artifacts)
-            stylize_one(cfg, out, one, artifacts, settings)
-            if not args.quiet:
-                print(f"wrote {out}", file=sys.stderr)
+            wrote = stylize_one(cfg, out, one, artifacts, label=label)
+            if not args.quiet and not args.dry_run:
+                print(f"wrote {wrote}", file=sys.stderr)
         except Interrupted:
             raise
         except NstError as e:

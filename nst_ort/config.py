@@ -1,8 +1,75 @@
-"""Typed configuration: what the CLI builds from flags and the Python API takes directly."""
+"""Typed configuration: what the CLI builds from flags and the Python API takes directly.
+
+`Config.validate()` is the one place that says which values make sense (the CLI's flag parsers call
+the same checkers, so that a bad value is refused at parse time, naming the flag); `Stylizer`
+calls it too, so a Python caller gets the same refusals (`Invalid`, a UsageError: exit 2).
+"""
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 from pathlib import Path
+
+from .errors import UsageError
+
+# Config field -> the flag that sets it: messages name the flag (a Python caller has Invalid.field).
+FLAGS = {
+    "size": "--size", "texture_size": "--texture-size", "scales": "--scales",
+    "scale_iterations": "--scale-iterations", "style_scale": "--style-scale", "init": "--init", "seed": "--seed",
+    "color": "--color", "loss.content_weight": "--content-weight", "loss.style_weight": "--style-weight",
+    "loss.tv_weight": "--tv-weight", "loss.style_layer_weights": "--style-layers",
+    "loss.content_layer": "--content-layer", "styles.weight": "--style-weights", "styles": "STYLE",
+    "optim.name": "--optimizer", "optim.iterations": "--iterations", "optim.lr": "--lr",
+    "optim.history": "--history", "threads": "--threads", "device": "--device", "loop": "--loop",
+    "precision": "--precision", "save_every": "--save-every",
+}
+
+
+class Invalid(UsageError):
+    """A value that makes no sense for a field; the message names the flag that sets it."""
+
+    def __init__(self, field: str, problem: str):
+        self.field, self.problem = field, problem
+        super().__init__(f"{FLAGS.get(field, field)}: {problem}")
+
+
+def max_threads() -> int:
+    """The most intra-op threads worth asking for: the CPUs this process may run on. More threads
+    than CPUs only take turns (onnxruntime's pool threads spin while they wait), and thousands of
+    them made a 2-core machine unresponsive (issue #10: `--threads 1000` hung and ignored Ctrl-C)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def _describe(value) -> str:
+    return repr(value) if not isinstance(value, float) else f"{value:g}"
+
+
+def check_int(field: str, value, minimum: int = 1, maximum: int | None = None) -> int:
+    """An integer in [minimum, maximum] (bools are not integers here)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise Invalid(field, f"expected an integer, got {_describe(value)}")
+    if value < minimum:
+        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise Invalid(field, f"must be {what}, got {value}")
+    if maximum is not None and value > maximum:
+        raise Invalid(field, f"must be at most {maximum}, got {value}")
+    return value
+
+
+def check_number(field: str, value, positive: bool = False) -> float:
+    """A finite float, >= 0 (weights: 0 turns a term off) or > 0 (positive=True: rates, scales)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise Invalid(field, f"expected a number, got {_describe(value)}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise Invalid(field, f"must be a finite number, got {value}")
+    if value < 0 or (positive and value == 0):
+        raise Invalid(field, f"must be {'positive' if positive else 'zero or positive'}, got {value:g}")
+    return value
 
 
 @dataclasses.dataclass
@@ -18,6 +85,18 @@ class LossConfig:
     content_layer: str | None = None  # one of the artifact's content layers
     style_layer_weights: dict[str, float] | None = None  # layer -> weight; others 0
 
+    def validate(self) -> None:
+        for name in ("content_weight", "style_weight", "tv_weight"):
+            if getattr(self, name) is not None:
+                check_number(f"loss.{name}", getattr(self, name))
+        if self.style_layer_weights is not None:
+            if not self.style_layer_weights:
+                raise Invalid("loss.style_layer_weights", "no layers given")
+            for layer, w in self.style_layer_weights.items():
+                if not isinstance(layer, str) or not layer:
+                    raise Invalid("loss.style_layer_weights", f"bad layer name {layer!r}")
+                check_number("loss.style_layer_weights", w)
+
 
 @dataclasses.dataclass
 class OptimConfig:
@@ -32,6 +111,14 @@ class OptimConfig:
             return self.lr
         return 1.0 if self.name == "lbfgs" else 0.02
 
+    def validate(self) -> None:
+        if self.name not in ("lbfgs", "adam"):
+            raise Invalid("optim.name", f"unknown optimizer {self.name!r}: use lbfgs or adam")
+        check_int("optim.iterations", self.iterations, minimum=0)
+        if self.lr is not None:
+            check_number("optim.lr", self.lr, positive=True)
+        check_int("optim.history", self.history)
+
 
 @dataclasses.dataclass
 class StyleInput:
@@ -44,9 +131,9 @@ class StyleInput:
 class Config:
     content: Path | None  # None: texture synthesis (style loss only, from noise)
     styles: list[StyleInput]
-    size: int = 512  # long side of the output (or of the texture)
+    size: int = 512  # long side of the output (or of the texture); with scales, their last one
     texture_size: tuple[int, int] | None = None  # (width, height) for texture synthesis
-    scales: list[int] | None = None  # multi-scale long sides, ending at `size`; None = single scale
+    scales: list[int] | None = None  # multi-scale long sides, coarse to fine, the last = `size`; None = single scale
     scale_iterations: list[int] | None = None  # per scale; None = optim.iterations each
     style_scale: float = 1.0  # style image long side = style_scale * current long side
     init: str = "content"  # content | noise | PATH
@@ -74,11 +161,63 @@ class Config:
         return [Path(p) for p in paths if p is not None]
 
     def schedule(self) -> list[tuple[int, int]]:
-        """[(long side, iterations)] from coarse to fine."""
+        """[(long side, iterations)] from coarse to fine; the last scale is the output's size."""
+        self.validate()
         sizes = list(self.scales) if self.scales else [self.size]
-        if sizes[-1] != self.size:
-            sizes.append(self.size)
-        iters = self.scale_iterations or [self.optim.iterations] * len(sizes)
-        if len(iters) != len(sizes):
-            raise ValueError(f"{len(iters)} iteration counts for {len(sizes)} scales")
+        iters = list(self.scale_iterations) if self.scale_iterations is not None else [self.optim.iterations] * len(sizes)
         return list(zip(sizes, iters))
+
+    def total_iterations(self) -> int:
+        return sum(n for _, n in self.schedule())
+
+    def validate(self) -> None:
+        """Refuse values that make no sense (Invalid names the flag), before anything is loaded."""
+        check_int("size", self.size)
+        if self.texture_size is not None:
+            if self.content is not None:
+                raise Invalid("texture_size", "applies to texture synthesis only (--texture)")
+            if not isinstance(self.texture_size, (tuple, list)) or len(self.texture_size) != 2:
+                raise Invalid("texture_size", f"expected (width, height), got {self.texture_size!r}")
+            for v in self.texture_size:
+                check_int("texture_size", v)
+            if max(self.texture_size) != self.size:
+                raise Invalid("texture_size", f"its long side {max(self.texture_size)} must be the size "
+                              f"({self.size})")
+        if self.scales is not None:
+            if not self.scales:
+                raise Invalid("scales", "no scales given")
+            for v in self.scales:
+                check_int("scales", v)
+            if self.scales[-1] != self.size:
+                raise Invalid("scales", f"the last scale is the output size: the scales end at {self.scales[-1]} "
+                              f"but the size is {self.size} (leave out --size, or end --scales with it)")
+        if self.scale_iterations is not None:
+            n = len(self.scales) if self.scales else 1
+            if len(self.scale_iterations) != n:
+                raise Invalid("scale_iterations", f"{len(self.scale_iterations)} iteration counts for {n} "
+                              f"scale{'s' if n != 1 else ''}")
+            for v in self.scale_iterations:
+                check_int("scale_iterations", v, minimum=0)
+        check_number("style_scale", self.style_scale, positive=True)
+        if not isinstance(self.init, str) or not self.init:
+            raise Invalid("init", f"expected content, noise or an image path, got {self.init!r}")
+        check_int("seed", self.seed, minimum=0)
+        if self.color not in ("none", "luminance", "histogram"):
+            raise Invalid("color", f"unknown {self.color!r}: use none, luminance or histogram")
+        if self.color != "none" and self.content is None:
+            raise Invalid("color", "keeps the content's colors, and a texture has no content image")
+        if not self.styles:
+            raise Invalid("styles", "at least one style image is needed")
+        for s in self.styles:
+            check_number("styles.weight", s.weight)
+        if sum(float(s.weight) for s in self.styles) <= 0:
+            raise Invalid("styles.weight", "the style weights must not all be zero")
+        self.loss.validate()
+        self.optim.validate()
+        if self.threads is not None:
+            check_int("threads", self.threads, maximum=max_threads())
+        if self.loop not in ("auto", "device", "host"):
+            raise Invalid("loop", f"unknown loop {self.loop!r}: use auto, device or host")
+        if self.loop == "device" and self.optim.average:
+            raise Invalid("loop", "--average needs the image at every iteration, which the host loop has; "
+                          "use --loop host or auto")

@@ -235,7 +235,7 @@ class DeviceLBFGS:
         c = min(len(s["rho"]), self.m)
         S, Y = S[len(S) - c:], Y[len(Y) - c:]
         slots = [int(i) for i in np.asarray(s.get("slots", []), np.int64).reshape(-1)][len(s["rho"]) - c:]
-        if len(slots) != c or len(set(slots)) != c or not all(0 <= i <= self.m for i in slots):
+        if len(slots) != c or len(set(slots)) != c or not all(0 <= i < self.m for i in slots):
             slots = list(range(c))  # a host-loop checkpoint, or another history size: pack them
         if c:
             rows = max(slots) + 1

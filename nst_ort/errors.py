@@ -21,6 +21,7 @@ class OutputError(NstError): exit_code = 8  # the output cannot be written, or i
 EXIT_BATCH_PARTIAL = 9  # a batch went on past failed images; each was reported on its own line
 EXIT_CHECK_FAILED = 10  # `nst-ort check`: a graph differs from the CPU provider's beyond its limit, or fails to run
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C; SIGTERM gives the same
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: stdout was closed by its reader (`nst-ort --info | head`)
 
 
 class Interrupted(NstError):

@@ -4,9 +4,11 @@ Images inside the runtime are float32 arrays [H, W, 3], RGB in [0, 1], sRGB.
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import re
+import stat
 import warnings
 from pathlib import Path
 
@@ -114,6 +116,73 @@ def _sixteen_bit(img: Image.Image) -> np.ndarray | None:
     return None
 
 
+def _check_file(path: Path) -> None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise ImageError(f"{path}: no such file") from None
+    except OSError as e:  # ENAMETOOLONG, ELOOP, EACCES on a folder on the way
+        raise ImageError(f"{path}: cannot read ({e.strerror or e})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ImageError(f"{path}: is a directory, not an image")
+    if not stat.S_ISREG(st.st_mode):
+        # A FIFO would block the open until someone writes to it; a device node is no image file.
+        raise ImageError(f"{path}: not a regular file (a FIFO, socket or device)")
+    if st.st_size == 0:
+        raise ImageError(f"{path}: empty file")
+
+
+@dataclasses.dataclass(frozen=True)
+class Probe:
+    """What an image file declares, read without decoding its pixels."""
+
+    path: Path
+    width: int  # upright (EXIF orientation applied)
+    height: int
+    format: str
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+
+def probe_image(path: str | Path) -> Probe:
+    """The upright size an image declares, from its header (Pillow opens lazily): what decoding it
+    will cost is known before it is decoded. The same ImageErrors as load_image for files that are
+    missing, empty, not images or bombs; damage inside the pixel data shows only when decoding."""
+    path = Path(path)
+    _check_file(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                w, h, fmt = im.size[0], im.size[1], im.format or "?"
+                try:
+                    orientation = im.getexif().get(0x0112)
+                except Exception:  # noqa: BLE001 - damaged EXIF: load_image ignores it too
+                    orientation = None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise _bomb_error(path, e) from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{path}: not an image (no format Pillow reads recognizes it)") from None
+    except PermissionError:
+        raise ImageError(f"{path}: permission denied") from None
+    except MemoryError:
+        raise OutOfMemory(f"{path}: out of memory while reading this image's header") from None
+    except Exception as e:  # noqa: BLE001 - a damaged header makes decoders raise anything
+        msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise ImageError(f"{path}: damaged or unsupported image ({msg})") from None
+    if w < 1 or h < 1:
+        raise ImageError(f"{path}: image has no pixels")
+    if w * h > MAX_PIXELS:
+        raise ImageError(f"{path}: {w}x{h} = {w * h:,} pixels is over the limit of {MAX_PIXELS:,} "
+                         "(possible image bomb); refused")
+    if orientation in (5, 6, 7, 8):  # rotated by 90 degrees: load_image's exif_transpose swaps them
+        w, h = h, w
+    return Probe(path, w, h, fmt)
+
+
 def load_image(path: str | Path, notes: list[str] | None = None) -> np.ndarray:
     """Read any Pillow-readable image as float32 RGB [H, W, 3] in [0, 1], sRGB, upright.
 
@@ -122,15 +191,7 @@ def load_image(path: str | Path, notes: list[str] | None = None) -> np.ndarray:
     """
     path = Path(path)
     notes = notes if notes is not None else []
-    if not path.exists():
-        raise ImageError(f"{path}: no such file")
-    if path.is_dir():
-        raise ImageError(f"{path}: is a directory, not an image")
-    try:
-        if path.stat().st_size == 0:
-            raise ImageError(f"{path}: empty file")
-    except OSError as e:
-        raise ImageError(f"{path}: cannot read ({e.strerror})") from None
+    _check_file(path)
     with warnings.catch_warnings(record=True) as caught:
         # Pillow warns (on stderr, several lines) about damaged metadata it skips: one note instead.
         warnings.simplefilter("always")

@@ -29,6 +29,7 @@ from typing import Protocol
 import numpy as np
 
 from . import optim
+from .artifacts import Artifacts
 from .config import Config, OptimConfig
 from .contract import Losses
 from .device_loop import DeviceLoop
@@ -85,14 +86,15 @@ class HostLoop:
         self.optimizer.load_state_dict(state)
 
 
-def choose_loop(config: Config, graphs: Graphs) -> str:
+def choose_loop(config: Config, artifacts: Artifacts) -> str:
     """"device" where the model has optimizer graphs for the run's optimizer (config.loop auto or
-    device), else "host". Iterate averaging needs the image at every iteration: host."""
+    device), else "host". Iterate averaging needs the image at every iteration: host. Decided from
+    the manifest, before any session is made."""
     if config.loop == "host" or config.optim.average:
         return "host"
-    if graphs.optimizer_sessions(config.optim.name) is None:
+    if artifacts.optimizer_graphs(config.optim.name) is None:
         if config.loop == "device":
-            raise UsageError(f"{graphs.artifacts.path}: this model has no {config.optim.name} optimizer graphs "
+            raise UsageError(f"{artifacts.path}: this model has no {config.optim.name} optimizer graphs "
                              "(re-export it, or: python -m nst_ort_export.optim_graphs MODEL); use --loop host")
         return "host"
     return "device"

@@ -96,19 +96,104 @@ def _mem_available() -> int | None:
     return None
 
 
-def _cgroup_available() -> int | None:
-    """A container's memory limit (cgroup v2) left over, which MemAvailable does not show."""
+CGROUP_ROOT = Path("/sys/fs/cgroup")  # tests point this at a stand-in tree
+
+
+def _read(path: Path) -> str | None:
     try:
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        used = int(Path("/sys/fs/cgroup/memory.current").read_text().strip())
-    except (OSError, ValueError):
+        return path.read_text().strip()
+    except (OSError, UnicodeDecodeError):
         return None
-    if limit == "max":
-        return None
-    try:
-        return max(0, int(limit) - used)
-    except ValueError:
-        return None
+
+
+def _stat_value(text: str | None, key: str) -> int | None:
+    for line in (text or "").splitlines():
+        name, _, value = line.partition(" ")
+        if name == key:
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+def _own_cgroup(controller: str | None) -> str:
+    """This process's cgroup path for a v1 controller (None: the v2 unified hierarchy), from
+    /proc/self/cgroup; "/" where unknown. Inside a container the path is often not mounted as such
+    (the container sees its own cgroup as the root), so callers fall back to the root."""
+    text = _read(Path("/proc/self/cgroup")) or ""
+    for line in text.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        if (controller is None and parts[0] == "0" and parts[1] == "") or (
+                controller is not None and controller in parts[1].split(",")):
+            return parts[2] or "/"
+    return "/"
+
+
+def _candidates(base: Path, own: str) -> list[Path]:
+    own = own.strip("/")
+    return ([base / own] if own and (base / own).is_dir() else []) + [base]
+
+
+def _cgroup_v2(root: Path) -> int | None:
+    """memory.max - memory.current (+ reclaimable page cache), the smallest over this process's
+    cgroup and its ancestors (v2: a parent's limit binds its children too)."""
+    own = _own_cgroup(None).strip("/")
+    folder = root / own if own and (root / own).is_dir() else root
+    found: list[int] = []
+    while True:
+        limit, used = _read(folder / "memory.max"), _read(folder / "memory.current")
+        if limit is not None and used is not None and limit != "max":
+            try:
+                free = int(limit) - int(used)
+            except ValueError:
+                free = None
+            if free is not None:
+                # Page cache counts as used but is given back under pressure (docker subtracts it too).
+                inactive = _stat_value(_read(folder / "memory.stat"), "inactive_file") or 0
+                found.append(max(0, free + inactive))
+        if folder == root or root not in folder.parents:
+            break
+        folder = folder.parent
+    return min(found) if found else None
+
+
+# cgroup v1 reports "no limit" as a huge number (PAGE_COUNTER_MAX pages): anything above this is none.
+V1_UNLIMITED = 1 << 60
+
+
+def _cgroup_v1(root: Path) -> int | None:
+    """memory.limit_in_bytes - memory.usage_in_bytes (+ reclaimable page cache) (cgroup v1). The
+    limit that binds may be an ancestor's: memory.stat's hierarchical_memory_limit says so."""
+    base = root / "memory"
+    for folder in _candidates(base, _own_cgroup("memory")):
+        limit, used = _read(folder / "memory.limit_in_bytes"), _read(folder / "memory.usage_in_bytes")
+        if limit is None or used is None:
+            continue
+        try:
+            limit_b, used_b = int(limit), int(used)
+        except ValueError:
+            return None
+        stat_text = _read(folder / "memory.stat")
+        hierarchical = _stat_value(stat_text, "hierarchical_memory_limit")
+        if hierarchical is not None:
+            limit_b = min(limit_b, hierarchical)
+        if limit_b >= V1_UNLIMITED:
+            return None
+        inactive = _stat_value(stat_text, "total_inactive_file")
+        if inactive is None:
+            inactive = _stat_value(stat_text, "inactive_file") or 0
+        return max(0, limit_b - used_b + inactive)
+    return None
+
+
+def _cgroup_available(root: Path | None = None) -> int | None:
+    """A container's memory limit left over (cgroup v2, else v1), which MemAvailable does not show."""
+    root = root or CGROUP_ROOT
+    v2 = _cgroup_v2(root)
+    return v2 if v2 is not None else _cgroup_v1(root)
 
 
 def _address_space_left() -> int | None:
@@ -125,6 +210,7 @@ def _address_space_left() -> int | None:
 class Available:
     resident: int | None  # bytes of memory the run may still use; None: unknown
     address: int | None  # bytes of address space left under RLIMIT_AS; None: no limit
+    source: str = "MemAvailable"  # which limit `resident` comes from
 
     def fits(self, need: Need, share: float = 1.0) -> bool:
         """share < 1 keeps headroom: what is free now varies from run to run by tens of MB."""
@@ -136,17 +222,17 @@ class Available:
         if self.address is not None and (self.resident is None or need.address - self.address
                                          > need.resident - self.resident):
             return need.address, self.address, "address space left under RLIMIT_AS"
-        return need.resident, self.resident or 0, "MemAvailable"
+        return need.resident, self.resident or 0, self.source
 
 
 def available() -> Available:
-    host = [v for v in (_mem_available(), _cgroup_available()) if v is not None]
-    resident = min(host) if host else None
-    address = _address_space_left()
-    return Available(resident, address)
+    host = [(v, name) for v, name in ((_mem_available(), "MemAvailable"),
+                                      (_cgroup_available(), "the cgroup's memory limit")) if v is not None]
+    resident, source = min(host) if host else (None, "MemAvailable")
+    return Available(resident, _address_space_left(), source)
 
 
-def _gib(n: int) -> str:
+def gib(n: int) -> str:
     return f"{n / (1 << 30):.2f} GiB" if n >= 1 << 30 else f"{n / (1 << 20):.0f} MiB"
 
 
@@ -163,6 +249,27 @@ def largest_fitting(fits, low: int, high: int) -> int | None:
     return low
 
 
+# Decoding an image (images.load_image) peaks at 24-39 bytes per declared pixel (measured at 4000x3000:
+# 16-bit gray 24, RGB PNG and JPEG 32, RGBA 36, palette with transparency 39: Pillow's buffers, its
+# conversions and the float32 result); the float32 RGB result (12 bytes per pixel) stays for the run.
+DECODE_BYTES_PER_PIXEL = 48
+KEPT_BYTES_PER_PIXEL = 12
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageInput:
+    """An input image as its header declares it (images.probe_image), before it is decoded."""
+
+    path: str
+    width: int
+    height: int
+    kept: bool = True  # content, styles, init stay decoded for the run; masks are decoded per scale
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+
 @dataclasses.dataclass(frozen=True)
 class Plan:
     """What a run will hold in memory: the one input of check() (Stylizer.memory_plan() makes it)."""
@@ -176,33 +283,81 @@ class Plan:
     style_scale: float = 1.0
     on_host: bool = True  # activations in host memory (CPU provider)
     factor: float = GRAPH_FACTOR  # graph_factor(manifest)
+    images: tuple[ImageInput, ...] = ()  # the input files, checked before they are decoded
+
+
+@dataclasses.dataclass(frozen=True)
+class Assessment:
+    """check()'s figures: what the run needs at its largest scale, and what is available."""
+
+    need: Need  # the run (largest scale, decoded images included)
+    decode: Need  # the peak while decoding the largest input
+    available: Available
+    size: tuple[int, int]  # the largest scale (w, h)
+
+    def fits(self) -> bool:
+        return self.available.fits(self.need) and self.available.fits(self.decode)
+
+
+def _kept(plan: Plan) -> int:
+    return sum(KEPT_BYTES_PER_PIXEL * im.pixels for im in plan.images if im.kept)
+
+
+def _need_at(plan: Plan, side: int) -> Need:
+    w, h = max(plan.sizes, key=lambda s: s[0] * s[1])
+    long_side = max(w, h)
+    sw, sh = max(1, round(w * side / long_side)), max(1, round(h * side / long_side))
+    style = (max(1, round(sw * plan.style_scale)), max(1, round(sh * plan.style_scale)))
+    run = estimate(plan.layers, (sw, sh), plan.optimizer, plan.history, style, plan.on_host, plan.factor)
+    kept = _kept(plan)
+    return Need(run.resident + kept, run.address + kept)
+
+
+def _decode_need(plan: Plan) -> tuple[Need, ImageInput | None]:
+    if not plan.images:
+        return Need(0, 0), None
+    big = max(plan.images, key=lambda im: im.pixels)
+    extra = (DECODE_BYTES_PER_PIXEL - (KEPT_BYTES_PER_PIXEL if big.kept else 0)) * big.pixels
+    kept = _kept(plan)
+    return Need(FIXED + kept + extra, FIXED + ADDRESS_EXTRA + kept + extra), big
+
+
+def assess(plan: Plan, avail: Available | None = None) -> Assessment:
+    """The figures check() decides on (also what --dry-run prints)."""
+    avail = avail or available()
+    w, h = max(plan.sizes, key=lambda s: s[0] * s[1])
+    return Assessment(_need_at(plan, max(w, h)), _decode_need(plan)[0], avail, (w, h))
 
 
 def check(plan: Plan, avail: Available | None = None) -> None:
-    """Raise OutOfMemory if the largest scale of the plan would not fit; name the size that would."""
+    """Raise OutOfMemory if decoding the inputs or the largest scale would not fit; name the file,
+    and the size that would fit."""
     if os.environ.get("NST_ORT_MEMORY_CHECK", "1") == "0":
         return
     avail = avail or available()
     if avail.resident is None and avail.address is None:
         return
+    decode, big = _decode_need(plan)
+    if big is not None and not avail.fits(decode):
+        needed, have, source = avail.binding(decode)
+        largest = max(plan.sizes, key=lambda s: s[0] * s[1])
+        want = max(largest) * max(1.0, plan.style_scale)
+        raise OutOfMemory(f"{big.path}: declares {big.width}x{big.height} pixels ({big.pixels / 1e6:.1f} Mpx), "
+                          f"which needs about {gib(needed)} of memory to decode, {gib(have)} is available "
+                          f"({source}); this run uses it at most {round(want)} px on its long side: "
+                          "scale it down first")
     w, h = max(plan.sizes, key=lambda s: s[0] * s[1])
     long_side = max(w, h)
-
-    def need_at(side: int) -> Need:
-        sw, sh = max(1, round(w * side / long_side)), max(1, round(h * side / long_side))
-        style = (max(1, round(sw * plan.style_scale)), max(1, round(sh * plan.style_scale)))
-        return estimate(plan.layers, (sw, sh), plan.optimizer, plan.history, style, plan.on_host, plan.factor)
-
-    need = need_at(long_side)
+    need = _need_at(plan, long_side)
     if avail.fits(need):
         return
     needed, have, source = avail.binding(need)
-    best = largest_fitting(lambda s: avail.fits(need_at(s), SUGGEST_SHARE), max(1, plan.min_side), long_side)
+    best = largest_fitting(lambda s: avail.fits(_need_at(plan, s), SUGGEST_SHARE), max(1, plan.min_side), long_side)
     if best and best >= 2 * plan.min_side:
         best -= best % 8  # a round number; the estimate is not that precise anyway
     advice = (f"the largest size that fits is about --size {best}" if best else
               "not even the smallest size the network accepts fits; free memory or use a GPU")
     if plan.optimizer == "lbfgs" and plan.history > 10:
         advice += f" (or lower --history, now {plan.history}: L-BFGS keeps 2 x history copies of the image)"
-    raise OutOfMemory(f"{plan.what}: {w}x{h} needs about {_gib(needed)} of memory, {_gib(have)} is available "
+    raise OutOfMemory(f"{plan.what}: {w}x{h} needs about {gib(needed)} of memory, {gib(have)} is available "
                       f"({source}); {advice}")

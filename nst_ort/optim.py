@@ -131,6 +131,54 @@ class Adam:
         self.m1, self.m2, self.k = s["m1"].astype(np.float32), s["m2"].astype(np.float32), int(s["k"])
 
 
+def check_state(s: dict, n: int, name: str, history: int) -> None:
+    """Refuse an optimizer state_dict (a checkpoint's) that does not fit an image of n floats and
+    this optimizer, before a loop takes it: UsageError naming the field (never an IndexError later)."""
+    from .errors import UsageError
+
+    def bad(what: str) -> UsageError:
+        return UsageError(f"checkpoint: optimizer state: {what}"[:300])
+
+    if not isinstance(s, dict) or s.get("kind") != name:
+        raise bad(f"kind is {s.get('kind') if isinstance(s, dict) else s!r}, this run uses {name!r}")
+
+    def array(key: str, shape: tuple) -> np.ndarray:
+        a = s.get(key)
+        if not isinstance(a, np.ndarray) or a.shape != shape or a.dtype.kind != "f":
+            got = f"{a.dtype} {list(a.shape)}" if isinstance(a, np.ndarray) else type(a).__name__
+            raise bad(f"{key} is {got}, expected floats {list(shape)}")
+        if not np.isfinite(a).all():
+            raise bad(f"{key} has NaN or Inf")
+        return a
+
+    def number(key: str, integer: bool = False) -> float:
+        v = s.get(key)
+        ok = isinstance(v, (int, np.integer)) if integer else isinstance(v, (int, float, np.integer, np.floating))
+        if isinstance(v, bool) or not ok or not np.isfinite(float(v)) or (integer and not 0 <= v <= 2**53):
+            raise bad(f"{key} is {v!r}")
+        return float(v)
+
+    number("k", integer=True)
+    if name == "adam":
+        array("m1", (n,)), array("m2", (n,))
+        return
+    rho = s.get("rho")
+    c = rho.shape[0] if isinstance(rho, np.ndarray) and rho.ndim == 1 else -1
+    if not 0 <= c <= history:
+        raise bad(f"{c if c >= 0 else 'no'} curvature pairs for a history of {history}")
+    array("rho", (c,)), array("S", (c, n)), array("Y", (c, n)), array("d", (n,)), array("g_prev", (n,))
+    number("h_diag"), number("t")
+    number("restarts", integer=True), number("sd_steps", integer=True)
+    for key in ("R", "YY"):  # the device loop's dot products (optional)
+        if s.get(key) is not None:
+            array(key, (c, c))
+    slots = s.get("slots")
+    if slots is not None:
+        if (not isinstance(slots, np.ndarray) or slots.dtype.kind not in "iu" or slots.shape != (c,)
+                or len(set(slots.tolist())) != c or not all(0 <= i < history for i in slots.tolist())):
+            raise bad(f"slots must be {c} distinct buffer rows below {history}")
+
+
 def make(name: str, n: int, lr: float, history: int = 100):
     if name == "lbfgs":
         return LBFGS(n, lr=lr, history=history)

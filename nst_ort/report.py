@@ -10,38 +10,83 @@ from .atomic import atomic_write
 from .stylize import IterationRecord
 
 
-class Progress:
-    """One line on stderr, rewritten in place: scale, iteration, loss terms, iterations/s."""
+def _clock(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    h, rest = divmod(seconds, 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60:02d}:{rest % 60:02d}"
 
-    def __init__(self, stream=sys.stderr, every: float = 0.2, enabled: bool = True):
-        self.stream, self.every, self.enabled = stream, every, enabled
-        self.last = 0.0
-        self.t_start = time.perf_counter()
-        self.t_scale = self.t_start
-        self.scale = -1
-        self.tty = hasattr(stream, "isatty") and stream.isatty()
+
+class Progress:
+    """Where the run is, on stderr. On a terminal one tqdm line rewritten in place (it fits the
+    terminal's width, clears what the previous line left, and shows scale k of n, the iteration,
+    the loss, elapsed time and an ETA); elsewhere (a log file, a pipe) a plain line at each scale's
+    first and last iteration and at most every `every` seconds between.
+
+    The ETA counts work in pixel-iterations, not iterations: in a multi-scale run an iteration at
+    twice the size costs about four times as long, so an iteration count would promise too early."""
+
+    def __init__(self, schedule: list[tuple[int, int, int]], stream=None, enabled: bool = True,
+                 every: float | None = None, label: str = "", start: tuple[int, int] = (0, 0)):
+        """schedule: (width, height, iterations) per scale; start: (scale, iteration) already done."""
+        import os
+
+        self.stream = stream if stream is not None else sys.stderr
+        self.enabled, self.label = enabled, label
+        self.every = every if every is not None else float(os.environ.get("NST_ORT_PROGRESS_SECONDS", "10"))
+        self.schedule = schedule
+        self.total = sum(w * h * n for w, h, n in schedule)
+        s0, i0 = start
+        self.initial = sum(w * h * n for w, h, n in schedule[:s0]) + (
+            schedule[s0][0] * schedule[s0][1] * min(i0, schedule[s0][2]) if s0 < len(schedule) else 0)
+        self.done = self.initial
+        self.t0 = time.perf_counter()
+        self.last = -1e9
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.bar = None
+
+    def _start(self, r: IterationRecord) -> None:
+        """The clock starts at the first iteration (session start-up is not part of the rate)."""
+        from tqdm import tqdm
+
+        self.t0 = time.perf_counter()
+        self.bar = tqdm(total=self.total, initial=self.done, file=self.stream, dynamic_ncols=True, leave=True,
+                        mininterval=0.2, smoothing=0.1, desc=self.describe(r),
+                        bar_format="{desc} {percentage:3.0f}%|{bar}| {elapsed}<{remaining}")
+
+    def describe(self, r: IterationRecord) -> str:
+        n = len(self.schedule)
+        where = f"scale {r.scale + 1}/{n} " if n > 1 else ""
+        return f"{self.label}{where}{r.width}x{r.height} it {r.iteration}/{r.iterations} loss {r.loss:.4g}"
 
     def __call__(self, r: IterationRecord) -> None:
         if not self.enabled:
             return
+        if self.tty:
+            if self.bar is None:
+                self._start(r)
+            self.done += r.width * r.height
+            self.bar.set_description_str(self.describe(r), refresh=False)
+            self.bar.update(r.width * r.height)
+            return
+        if self.done == self.initial:
+            self.t0 = time.perf_counter() - r.seconds
+        self.done += r.width * r.height
         now = time.perf_counter()
-        if r.scale != self.scale:
-            self.scale, self.t_scale = r.scale, now - r.seconds
-        done = r.iteration == r.iterations
-        if not done and now - self.last < self.every:
+        if r.iteration not in (1, r.iterations) and now - self.last < self.every:
             return
         self.last = now
-        rate = r.iteration / max(now - self.t_scale, 1e-9)
-        bar_w = 20
-        filled = int(bar_w * r.iteration / max(r.iterations, 1))
-        line = (f"[{'#' * filled}{'.' * (bar_w - filled)}] scale {r.scale + 1} {r.width}x{r.height} "
-                f"it {r.iteration}/{r.iterations} loss {r.loss:.4g} (content {r.content:.3g} style {r.style:.3g} "
-                f"tv {r.tv:.3g}) {rate:.2f} it/s")
-        if self.tty:
-            self.stream.write("\r" + line + ("\n" if done else ""))
-        elif done or r.iteration % 50 == 0 or r.iteration == 1:
-            self.stream.write(line + "\n")
+        elapsed = now - self.t0
+        rate = (self.done - self.initial) / elapsed if elapsed > 0 else 0.0
+        eta = _clock((self.total - self.done) / rate) if rate > 0 else "?"
+        self.stream.write(f"nst-ort: {self.describe(r)} (content {r.content:.3g}, style {r.style:.3g}, tv {r.tv:.3g}); "
+                          f"{_clock(elapsed)} elapsed, {eta} left\n")
         self.stream.flush()
+
+    def close(self) -> None:
+        """End the line (before any other message is printed)."""
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def write_json_atomic(path: str | Path, data: dict) -> None:
@@ -53,10 +98,11 @@ def write_json_atomic(path: str | Path, data: dict) -> None:
 
 
 class Report:
-    """Settings, every record, timings; written with --report as JSON."""
+    """Settings, the weights used, what ran, every record, timings; written with --report as JSON."""
 
-    def __init__(self, settings: dict):
+    def __init__(self, settings: dict, weights: dict | None = None):
         self.settings = settings
+        self.weights = weights or {}  # the loss weights actually used (flags left unset: the model's)
         self.records: list[dict] = []
         self.runtime: dict = {}  # what actually ran (providers, training graph, loop): flags say "auto"
         self.t0 = time.perf_counter()
@@ -77,5 +123,5 @@ class Report:
         return out
 
     def write(self, path: str | Path, status: str = "done") -> None:
-        write_json_atomic(path, {"status": status, "settings": self.settings, "runtime": self.runtime,
-                                 "summary": self.summary(), "records": self.records})
+        write_json_atomic(path, {"status": status, "settings": self.settings, "weights": self.weights,
+                                 "runtime": self.runtime, "summary": self.summary(), "records": self.records})

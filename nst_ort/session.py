@@ -8,42 +8,58 @@ that stays on the device in the device loop) and the loss terms come to the host
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-from . import contract
+from . import contract, ortcache
 from .artifacts import Artifacts
 from .contract import Losses
 from .errors import ArtifactError, DeviceError, OutOfMemory
 from .providers import Placement
 
 
-def make_session(path, placement: Placement, arena: bool = True) -> ort.InferenceSession:
+def make_session(path, placement: Placement, arena: bool = True,
+                 cache_key: tuple[str, dict[str, str]] | None = None) -> ort.InferenceSession:
     """arena=False: the CPU allocations of this session go straight to malloc (and back to the OS
-    when freed) instead of an arena that keeps its peak for the session's life."""
-    so = placement.session_options()
-    if not arena:
-        so.enable_cpu_mem_arena = False
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # ORT's provider warnings: get_providers() is checked below
-            # enable_fallback=0: ORT would otherwise print a banner on stdout and quietly use the CPU.
-            sess = ort.InferenceSession(str(path), so, providers=placement.ort_providers(),
-                                        enable_fallback=0)
-    except Exception as e:  # noqa: BLE001 - ORT raises bare RuntimeErrors/Fail
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        if isinstance(e, MemoryError) or "bad_alloc" in msg or "alloc" in msg.lower() and "memory" in msg.lower():
-            raise OutOfMemory(f"{path}: out of memory while loading this graph ({msg[:200]})") from None
-        if "CUDA" in msg or "cuda" in msg:
-            raise DeviceError(f"{path}: cannot create a session on {placement.providers[0]} ({msg})") from None
-        raise ArtifactError(f"{path}: onnxruntime cannot load this graph ({msg})") from None
+    when freed) instead of an arena that keeps its peak for the session's life.
+    cache_key: (the graph's sha256, its weights files' sha256) from the verified manifest: on the CPU
+    provider the optimized graph is then taken from (or put in) the cache (ortcache.py)."""
+    def options() -> ort.SessionOptions:
+        so = placement.session_options()
+        if not arena:
+            so.enable_cpu_mem_arena = False
+        return so
+
+    def create(where: str, so: ort.SessionOptions) -> ort.InferenceSession:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # ORT's provider warnings: get_providers() is checked below
+                # enable_fallback=0: ORT would otherwise print a banner on stdout and quietly use the CPU.
+                return ort.InferenceSession(where, so, providers=placement.ort_providers(), enable_fallback=0)
+        except Exception as e:  # noqa: BLE001 - ORT raises bare RuntimeErrors/Fail
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            if isinstance(e, MemoryError) or "bad_alloc" in msg or "alloc" in msg.lower() and "memory" in msg.lower():
+                raise OutOfMemory(f"{path}: out of memory while loading this graph ({msg[:200]})") from None
+            if "CUDA" in msg or "cuda" in msg:
+                raise DeviceError(f"{path}: cannot create a session on {placement.providers[0]} ({msg})") from None
+            raise ArtifactError(f"{path}: onnxruntime cannot load this graph ({msg})") from None
+
+    if cache_key is not None and list(placement.providers) == ["CPUExecutionProvider"]:
+        sess, make_session.last = ortcache.session(Path(path), cache_key[0], cache_key[1], options,
+                                                   placement.ort_providers(), create)
+    else:
+        sess, make_session.last = create(str(path), options()), "off"
     if placement.providers[0] not in sess.get_providers():
         # onnxruntime drops a provider that fails to initialize and runs everything on the next one.
         why = "check the driver, CUDA and cuDNN" if placement.device == "cuda" else "check its --provider-option values"
         raise DeviceError(f"{path}: {placement.providers[0]} is installed but could not be used (onnxruntime "
                           f"placed the graph on {sess.get_providers()[0]}; {why})")
     return sess
+
+
+make_session.last = "off"  # how the last session was made: "hit", "miss" (cache filled) or "off"
 
 
 def run_error(e: Exception, what: str) -> Exception:
@@ -76,19 +92,16 @@ class Graphs:
     def __init__(self, artifacts: Artifacts, placement: Placement):
         self.artifacts, self.placement = artifacts, placement
         self._optimizers: dict[str, dict | None] = {}
+        self.cache: dict[str, str] = {}  # role -> "hit" | "miss" | "off" (ortcache.py)
         try:
-            self.eval = make_session(artifacts.graph_path("eval"), placement, arena=False)
-            self.train_path = artifacts.train_graph_path(placement.train_variant)
-            self.train = make_session(self.train_path, placement)
+            self._open(placement)
         except DeviceError as e:
             if not placement.fallback:
                 raise
             if placement.warn is not None:
                 placement.warn(f"{e}; running on the CPU")
             self.placement = placement = placement.on_cpu()
-            self.eval = make_session(artifacts.graph_path("eval"), placement, arena=False)
-            self.train_path = artifacts.train_graph_path(placement.train_variant)
-            self.train = make_session(self.train_path, placement)
+            self._open(placement)
         _release_freed_memory()
         expected = set(artifacts.content_layers) | set(artifacts.style_layers)
         outs = {contract.layer_of(o.name) for o in self.eval.get_outputs()}
@@ -104,6 +117,23 @@ class Graphs:
             if c != artifacts.layer_info[n]["channels"]:
                 raise ArtifactError(f"{artifacts.graph_path('train')}: layer {n} has {c} channels, manifest.json "
                                     f"says {artifacts.layer_info[n]['channels']} (graph from another backbone?)")
+
+    def _cache_key(self, path: Path) -> tuple[str, dict[str, str]] | None:
+        """The graph's sha256 and its weights' (the manifest's, verified when the folder was read)."""
+        files = self.artifacts.manifest["files"]
+        info = files.get(path.name)
+        if not isinstance(info, dict) or not self.artifacts.verified:
+            return None
+        data = {n: f["sha256"] for n, f in files.items() if not n.endswith((".onnx", ".json", ".md"))}
+        return info["sha256"], data
+
+    def _open(self, placement: Placement) -> None:
+        eval_path = self.artifacts.graph_path("eval")
+        self.eval = make_session(eval_path, placement, arena=False, cache_key=self._cache_key(eval_path))
+        self.cache["eval"] = make_session.last
+        self.train_path = self.artifacts.train_graph_path(placement.train_variant)
+        self.train = make_session(self.train_path, placement, cache_key=self._cache_key(self.train_path))
+        self.cache["train"] = make_session.last
 
     def features(self, image: np.ndarray) -> dict[str, np.ndarray]:
         """image [H, W, 3] -> {'content.<layer>': [1, C, h, w], 'gram.<layer>': [C, C]}."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
@@ -29,9 +30,10 @@ import numpy as np
 from . import color, memory
 from .artifacts import Artifacts
 from .config import Config
-from .errors import NumericalError, OutOfMemory, UsageError
-from .images import resize
+from .errors import ImageError, NumericalError, OutOfMemory, UsageError
+from .images import fit_size, load_image, probe_image, resize
 from .loop import Loop, choose_loop, make_loop
+from .optim import check_state
 from .providers import choose
 from .session import Graphs
 from .targets import Targets, chw, hwc
@@ -61,17 +63,22 @@ class Stylizer:
     """Runs a Config against an artifact folder; `run()` yields an IterationRecord per iteration."""
 
     def __init__(self, config: Config, artifacts: Artifacts | None = None, warn: Callable[[str], None] | None = None):
+        config.validate()
         self.config = config
         self.warn = warn or (lambda msg: None)
         self.artifacts = artifacts or Artifacts(config.model)
         self.placement = choose(config.device, config.provider, config.threads, warn=self.warn,
                                 precision=config.precision, options=config.provider_options)
-        self.graphs = Graphs(self.artifacts, self.placement)
         self.weights = resolve_weights(config, self.artifacts)
         self.schedule = config.schedule()
-        self.targets = Targets(config, self.artifacts, self.graphs, self.weights, self.warn)
-        self.targets.check_sizes(self.schedule)
-        self.loop_kind = choose_loop(config, self.graphs)  # host or device, for the whole run
+        # The inputs as their headers declare them: sizes and memory are known before anything is
+        # decoded (a small file can declare a huge image). Decoding waits for `targets`, sessions
+        # for `graphs`: both are made on first use, so that memory.check and --dry-run come first.
+        self.inputs = {p: probe_image(p) for p in dict.fromkeys(config.input_paths())}
+        self._graphs: Graphs | None = None
+        self._targets: Targets | None = None
+        self.check_sizes()
+        self.loop_kind = choose_loop(config, self.artifacts)  # host or device, for the whole run
         self.rng = np.random.default_rng(config.seed)
         # Where the run is: what a checkpoint saves.
         self.scale = 0
@@ -84,6 +91,61 @@ class Stylizer:
         self._x: np.ndarray | None = None
         self._optimizer_state: dict | None = None
         self._best: np.ndarray | None = None  # the last finite image before the current loop
+
+    # -- made on first use -------------------------------------------------------------------
+    @property
+    def graphs(self) -> Graphs:
+        """The ONNX Runtime sessions (made on first use: 0.2-4 s on a CPU)."""
+        if self._graphs is None:
+            self._graphs = Graphs(self.artifacts, self.placement)
+            self.placement = self._graphs.placement  # `auto` may have fallen back to the CPU
+        return self._graphs
+
+    @property
+    def targets(self) -> Targets:
+        """The decoded input images and what they become at each scale (decoded on first use)."""
+        if self._targets is None:
+            self._targets = Targets(self.config, self.artifacts, lambda image: self.graphs.features(image),
+                                    self.weights, self.warn)
+        return self._targets
+
+    def load_inputs(self) -> None:
+        """Decode every input image now (a damaged one raises ImageError here, not mid-run)."""
+        self.targets  # content, styles, the init image
+        for s in self.config.styles:
+            if s.mask is not None:
+                load_image(s.mask)  # masks are decoded per scale: once now, so that damage shows now
+        self.check_sizes()
+
+    def size_at(self, long_side: int) -> tuple[int, int]:
+        """(width, height) of the image at a scale's long side: the content's aspect (as decoded, or
+        as its header declares before that), or the texture's."""
+        if self.config.content is None:
+            tw, th = self.config.texture_size or (self.config.size, self.config.size)
+            return fit_size(tw, th, long_side)
+        if self._targets is not None:
+            return self._targets.size_at(long_side)
+        p = self.inputs[Path(self.config.content)]
+        return fit_size(p.width, p.height, long_side)
+
+    def sizes(self) -> list[tuple[int, int]]:
+        """(width, height) of every scale of the schedule."""
+        return [self.size_at(long_side) for long_side, _ in self.schedule]
+
+    def check_sizes(self) -> None:
+        minimum = self.artifacts.min_size
+        for long_side, _ in self.schedule:
+            w, h = self.size_at(long_side)
+            if min(w, h) < minimum:
+                what = str(self.config.content) if self.config.content is not None else "texture"
+                raise ImageError(f"{what}: {w}x{h} at long side {long_side} is too small for this network; "
+                                 f"the short side must be at least {minimum} px")
+            for style in self.config.styles:  # as Targets.style_at will resize it
+                p = self.inputs[Path(style.path)]
+                sw, sh = fit_size(p.width, p.height, max(1, round(max(w, h) * self.config.style_scale)))
+                if min(sw, sh) < minimum:
+                    raise ImageError(f"{style.path}: {sw}x{sh} after --style-scale is smaller than the network's "
+                                     f"minimum of {minimum} px")
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self) -> Iterator[IterationRecord]:
@@ -108,7 +170,7 @@ class Stylizer:
         if self.done():
             raise UsageError("no iterations left in the schedule")
         long_side, iterations = self.schedule[self.scale]
-        size = self.targets.size_at(long_side)
+        size = self.size_at(long_side)
         try:
             if self.loop is None:
                 self._start_scale(size)
@@ -184,13 +246,33 @@ class Stylizer:
         x = self.average if self.average is not None else self.image()
         if x is None or not np.isfinite(x).all():
             x = self.best()
+        return self._finish(x)
+
+    def result(self) -> np.ndarray:
+        """The output image once the schedule is done: float RGB [H, W, 3] at the last scale's size.
+        With no iterations at all (--iterations 0) that is the start image (content, noise or the
+        init image; a resumed run's image), and where the last scales had none, the image as
+        the last iteration left it, resized to the output size (as a next scale would start)."""
+        if self.remaining() == 0 and self.loop is None and self.average is None:
+            size = self.size_at(self.schedule[-1][0])
+            x = self._x
+            if x is None or x.shape[2:] != (size[1], size[0]):
+                self._x = self.targets.initial(size, x, self.rng)
+            return self._finish(self._x)
+        return self.current()
+
+    def remaining(self) -> int:
+        """Iterations left in the schedule."""
+        return max(0, self.schedule[self.scale][1] - self.iteration) + sum(n for _, n in self.schedule[self.scale + 1:])
+
+    def _finish(self, x: np.ndarray | None) -> np.ndarray:
+        if x is None:
+            raise UsageError("no image yet: nothing has run")
         img = np.clip(hwc(x), 0.0, 1.0)
-        content = self.targets.content
-        if self.config.color == "luminance" and content is not None:
+        if self.config.color == "luminance" and self.config.content is not None:
+            content = self.targets.content
             img = np.clip(color.recombine(img, resize(content, (img.shape[1], img.shape[0]))), 0.0, 1.0)
         return img
-
-    result = current
 
     # -- what ran, what it needs, where it is --------------------------------------------------
     def runtime(self) -> dict:
@@ -199,14 +281,36 @@ class Stylizer:
                 "train_graph": self.graphs.train_path.name, "loop": self.loop_kind,
                 "provider_options": dict(self.graphs.placement.options)}
 
+    def weights_used(self) -> dict:
+        """The loss weights this run uses (the model's defaults where the config left them unset)."""
+        w, a = self.weights, self.artifacts
+        return {"content_weight": float(w.terms[0]), "style_weight": float(w.terms[1]), "tv_weight": float(w.terms[2]),
+                "content_layers": {n: float(v) for n, v in zip(a.content_layers, w.content_layers) if v},
+                "style_layers": {n: float(v) for n, v in zip(a.style_layers, w.style_layers) if v},
+                "style_weights": [float(s.weight) for s in self.config.styles]}
+
+    def plan(self) -> dict:
+        """What would run, without making sessions (--dry-run): the providers placement asks for, the
+        training graph for its device, the loop, the schedule with sizes."""
+        return {"providers": list(self.placement.providers), "device": self.placement.device,
+                "train_graph": self.artifacts.train_graph_path(self.placement.train_variant).name, "loop": self.loop_kind,
+                "provider_options": dict(self.placement.options),
+                "threads": self.placement.threads,
+                "schedule": [{"scale": k + 1, "long_side": side, "width": w, "height": h, "iterations": n}
+                             for k, ((side, n), (w, h)) in enumerate(zip(self.schedule, self.sizes()))]}
+
     def memory_plan(self) -> memory.Plan:
-        """What memory.check needs to know about this run."""
+        """What memory.check needs to know about this run (before the inputs are decoded: their
+        declared sizes)."""
         cfg, art = self.config, self.artifacts
+        masks = {s.mask for s in cfg.styles if s.mask is not None}
+        images = tuple(memory.ImageInput(str(p), pr.width, pr.height, kept=p not in masks)
+                       for p, pr in self.inputs.items())
         return memory.Plan(
             what=str(cfg.content) if cfg.content is not None else "texture", layers=art.manifest["layers"],
-            sizes=[self.targets.size_at(long_side) for long_side, _ in self.schedule], optimizer=cfg.optim.name,
-            history=cfg.optim.history, min_side=art.min_size, style_scale=cfg.style_scale,
-            on_host=self.graphs.placement.device == "cpu", factor=memory.graph_factor(art.manifest))
+            sizes=self.sizes(), optimizer=cfg.optim.name, history=cfg.optim.history, min_side=art.min_size,
+            style_scale=cfg.style_scale, on_host=self.placement.device == "cpu", factor=memory.graph_factor(art.manifest),
+            images=images)
 
     def state_dict(self) -> dict:
         """Everything needed to resume: the CheckpointState (checkpoint.py writes it)."""
@@ -220,9 +324,45 @@ class Stylizer:
         return s
 
     def load_state_dict(self, s: dict) -> None:
-        self.scale, self.iteration, self.steps = int(s["scale"]), int(s["iteration"]), int(s["step"])
+        """Go on from a state_dict (a checkpoint's). A state that does not fit this run's schedule is
+        refused (UsageError naming the field), before anything is changed."""
+        scale, iteration, steps = (_field_int(s, k) for k in ("scale", "iteration", "step"))
+        if scale >= len(self.schedule):
+            raise UsageError(f"checkpoint: scale {scale} is out of range (this run has {len(self.schedule)} "
+                             f"scale{'s' if len(self.schedule) > 1 else ''})")
+        x = s.get("x")
+        optimizer = s.get("optimizer")
+        if x is not None:
+            x = np.asarray(x)
+            if x.dtype != np.float32 or x.ndim != 4 or x.shape[:2] != (1, 3) or min(x.shape[2:]) < 1:
+                raise UsageError(f"checkpoint: the image is {x.dtype} {list(x.shape)}, expected float32 [1, 3, H, W]")
+            if not np.isfinite(x).all():
+                raise UsageError("checkpoint: the image has NaN or Inf pixels")
+        if optimizer is not None:
+            w, h = self.size_at(self.schedule[scale][0])
+            if x is None or x.shape[2:] != (h, w):
+                raise UsageError(f"checkpoint: an optimizer state needs the image at scale {scale + 1}'s size "
+                                 f"{w}x{h}")
+            check_state(optimizer, x.size, self.config.optim.name, self.config.optim.history)
+        average = s.get("average")
+        if average is not None and (x is None or np.shape(average) != x.shape
+                                    or np.asarray(average).dtype != np.float32):
+            raise UsageError("checkpoint: the average does not match the image")
+        rng = np.random.default_rng(0)
+        try:
+            rng.bit_generator.state = s["rng"]
+        except (KeyError, TypeError, ValueError, OverflowError) as e:
+            raise UsageError(f"checkpoint: bad noise generator state ({type(e).__name__}: {e})"[:300]) from None
+        self.scale, self.iteration, self.steps = scale, iteration, steps
         self.loop = None
-        self._x = self._best = s["x"]
-        self.rng.bit_generator.state = s["rng"]
-        self.average = s.get("average")
-        self._optimizer_state = s.get("optimizer")
+        self._x = self._best = x
+        self.rng = rng
+        self.average = average
+        self._optimizer_state = optimizer
+
+
+def _field_int(s: dict, key: str) -> int:
+    v = s.get(key)
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0 or v > 2**53:
+        raise UsageError(f"checkpoint: {key} must be a non-negative integer, got {v!r}"[:300])
+    return int(v)

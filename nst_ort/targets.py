@@ -16,7 +16,6 @@ from .artifacts import Artifacts
 from .config import Config
 from .errors import ImageError, UsageError
 from .images import fit_size, load_image, load_mask, resize
-from .session import Graphs
 from .weights import Weights
 
 
@@ -33,9 +32,11 @@ def hwc(x: np.ndarray) -> np.ndarray:
 class Targets:
     """The run's input images and what they become at each scale's size."""
 
-    def __init__(self, config: Config, artifacts: Artifacts, graphs: Graphs, weights: Weights,
-                 warn: Callable[[str], None]):
-        self.config, self.artifacts, self.graphs, self.weights = config, artifacts, graphs, weights
+    def __init__(self, config: Config, artifacts: Artifacts, features: Callable[[np.ndarray], dict[str, np.ndarray]],
+                 weights: Weights, warn: Callable[[str], None]):
+        """features: image [H, W, 3] -> the eval graph's outputs (Graphs.features; sessions are made
+        when the first scale needs them, not when the images are read)."""
+        self.config, self.artifacts, self.features, self.weights = config, artifacts, features, weights
         notes: list[str] = []
         self.content = load_image(config.content, notes) if config.content is not None else None
         if not config.styles:
@@ -53,15 +54,6 @@ class Targets:
             tw, th = self.config.texture_size or (self.config.size, self.config.size)
             return fit_size(tw, th, long_side)
         return fit_size(self.content.shape[1], self.content.shape[0], long_side)
-
-    def check_sizes(self, schedule: list[tuple[int, int]]) -> None:
-        minimum = self.artifacts.min_size
-        for long_side, _ in schedule:
-            w, h = self.size_at(long_side)
-            if min(w, h) < minimum:
-                what = str(self.config.content) if self.content is not None else "texture"
-                raise ImageError(f"{what}: {w}x{h} at long side {long_side} is too small for this network; "
-                                 f"the short side must be at least {minimum} px")
 
     # -- images at a size ----------------------------------------------------------------------
     def content_at(self, size: tuple[int, int]) -> np.ndarray | None:
@@ -107,15 +99,13 @@ class Targets:
         a = self.artifacts
         content = self.content_at(size)
         if content is not None:
-            feats = self.graphs.features(content)
+            feats = self.features(content)
         else:
             # Texture synthesis: content terms have weight 0; targets only need the right shapes.
-            feats = {k: np.zeros_like(v) for k, v in self.graphs.features(hwc(x0)).items()}
+            feats = {k: np.zeros_like(v) for k, v in self.features(hwc(x0)).items()}
         weights = np.array([s.weight for s in self.config.styles], np.float32)
-        if weights.sum() <= 0:
-            raise UsageError("style weights must sum to a positive number")
-        weights = weights / weights.sum()
-        grams = [self.graphs.features(self.style_at(k, size)) for k in range(len(self.styles))]
+        weights = weights / weights.sum()  # Config.validate: not all zero
+        grams = [self.features(self.style_at(k, size)) for k in range(len(self.styles))]
         masked = any(s.mask is not None for s in self.config.styles)
         feeds = {contract.content_target(n): feats[contract.content_feature(n)] for n in a.content_layers}
         if masked:

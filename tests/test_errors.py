@@ -221,7 +221,12 @@ def _address_space_limit():
 
 
 def _file_size_limit():
-    resource.setrlimit(resource.RLIMIT_FSIZE, (1024, 1024))  # a disk that fills up mid-write
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1024, 1024))  # a disk with no room: the probe before the run fails
+
+
+def _file_size_limit_100k():
+    # The probe before the run (64 KiB) fits, the 384 px PNG (~95 KB) does not: a disk that fills mid-write.
+    resource.setrlimit(resource.RLIMIT_FSIZE, (80 << 10, 80 << 10))
 
 
 def _artifact(tamper: Callable[[Path], None]) -> Callable[[Path], list]:
@@ -334,7 +339,9 @@ CASES = [
     Case("output-is-content", _same_as_content, 8, "also an input", "{content}"),
     Case("output-is-style-hardlink", _hardlink_to_style, 8, "also an input", "{d}/style-link.jpg"),
     Case("unknown-extension", lambda d: _args(d, out="out.xyz"), 8, "unknown image extension", "{d}/out.xyz"),
-    Case("disk-full-while-writing", _args, 8, "cannot write", "{out}", preexec=_file_size_limit),
+    Case("disk-full-before-the-run", _args, 8, "cannot write", "{out}", preexec=_file_size_limit),
+    Case("disk-full-while-writing", lambda d: [*_args(d), "--size", "384", "--iterations", "1"], 8, "cannot write",
+         "{out}", preexec=_file_size_limit_100k),
     # artifacts (4)
     Case("model-missing", lambda d: [*_args(d), "--model", d / "nomodel"], 4, "does not exist", "{d}/nomodel"),
     Case("weights-missing", _artifact(lambda m: (m / "weights.bin").unlink()), 4, "missing",
@@ -381,7 +388,7 @@ CASES = [
     Case("batch-skips-bad-file", _batch, 9, "", None, check=_batch_results),
     # usage (2)
     Case("no-style", lambda d: [d / "content.jpg", "-o", d / "out.png", *FAST], 2, "at least one style image", None),
-    Case("bad-flag-value", lambda d: [*_args(d), "--size", "big"], 2, "argument --size: invalid int value", None),
+    Case("bad-flag-value", lambda d: [*_args(d), "--size", "big"], 2, "argument --size: expected an integer, got .big.", None),
 ]
 
 

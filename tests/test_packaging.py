@@ -61,7 +61,7 @@ def source(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def stubs(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("wheels")
-    for name in ("numpy", "pillow"):
+    for name in ("numpy", "pillow", "tqdm"):
         _stub_wheel(folder, name, "99.0")
     _stub_wheel(folder, "onnxruntime", "1.30.0")
     _stub_wheel(folder, "onnxruntime-gpu", "1.30.0", ("cuda", "cudnn"))

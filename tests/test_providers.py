@@ -202,7 +202,7 @@ def test_openvino_refusing_an_option_is_exit_2_with_its_reason(tmp_path):
 
 
 def test_info_lists_this_onnxruntime():
-    r = run_cli(["--info"])
+    r = run_cli(["--info", "--json"])  # --info is for people since issue #10; --json for machines
     assert r.returncode == 0, r.stderr
     rt = json.loads(r.stdout)["runtime"]
     assert rt["onnxruntime"] == ort.__version__ and rt["providers"] == ort.get_available_providers()

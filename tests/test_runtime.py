@@ -53,7 +53,7 @@ def test_cli_stylizes_at_256_without_torch(tmp_path, examples):
 def test_version_and_info(default_model):
     r = run_cli(["--version"])
     assert r.returncode == 0 and "nst-ort" in r.stdout
-    r = run_cli(["--info"])
+    r = run_cli(["--info", "--json"])  # --info is for people since issue #10
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["backbone"] == "vgg16"
 
