@@ -104,7 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--model", help="artifact folder (default: the embedded VGG16)")
     r.add_argument("--device", default="auto", help="auto, cpu or cuda")
     r.add_argument("--provider", help="any onnxruntime execution provider by name, e.g. TensorrtExecutionProvider")
-    r.add_argument("--threads", type=int, help="intra-op threads (default: onnxruntime's)")
+    r.add_argument("--threads", type=int,
+                   help="intra-op threads (default: the usable physical cores on the CPU provider, onnxruntime's "
+                   "own elsewhere)")
     r.add_argument("--precision", choices=["fp32", "tf32", "fp16"], default="fp32",
                    help="CUDA: fp32 (TF32 off, the default) or tf32 (TensorFloat-32 convolutions); the CPU "
                    "computes in fp32; fp16 needs an fp16 export (not yet)")

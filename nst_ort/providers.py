@@ -8,6 +8,7 @@ from typing import Callable
 import onnxruntime as ort
 
 from .errors import DeviceError
+from .threads import SPIN_STOP, default_threads
 
 ALIASES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
@@ -31,7 +32,7 @@ class Placement:
         return [(p, dict(self.cuda_options)) if p == "CUDAExecutionProvider" else p for p in self.providers]
 
     def on_cpu(self) -> "Placement":
-        return Placement(["CPUExecutionProvider"], "cpu", self.threads)
+        return Placement(["CPUExecutionProvider"], "cpu", self.threads or default_threads("CPUExecutionProvider"))
 
     def session_options(self) -> ort.SessionOptions:
         so = ort.SessionOptions()
@@ -44,6 +45,9 @@ class Placement:
         if self.threads:
             so.intra_op_num_threads = self.threads
             so.inter_op_num_threads = 1
+        # Workers stop spinning when their session's run returns: the next session (the training and
+        # optimizer graphs take turns every iteration) gets the cores (nst_ort/threads.py).
+        so.add_session_config_entry(*SPIN_STOP)
         # Same inputs + thread count -> same bytes (issue: reproducible runs on the CPU provider).
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         return so
@@ -93,8 +97,11 @@ def cuda_options(precision: str = "fp32") -> tuple:
 def choose(device: str = "auto", provider: str | None = None, threads: int | None = None, warn=None,
            precision: str = "fp32") -> Placement:
     """device: auto | cpu | cuda; provider: any ORT provider name, overrides device.
-    precision: fp32 | tf32 (CUDA; the CPU provider always computes in fp32) | fp16 (not yet)."""
+    precision: fp32 | tf32 (CUDA; the CPU provider always computes in fp32) | fp16 (not yet).
+    threads: intra-op threads; None: the provider's default (nst_ort/threads.py, measured there)."""
     placement = _choose(device, provider, threads, warn)
+    if placement.threads is None:
+        placement = dataclasses.replace(placement, threads=default_threads(placement.providers[0]))
     if placement.device == "cuda" and "CUDAExecutionProvider" in placement.providers:
         return dataclasses.replace(placement, cuda_options=cuda_options(precision))
     if precision not in PRECISIONS:
