@@ -314,7 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", type=int, nargs="+", default=[256, 512], help="long sides")
     p.add_argument("--iterations", type=int, default=10, help="L-BFGS iterations per run (N)")
     p.add_argument("--warmup", type=int, default=2, help="iterations left out of the time median")
-    p.add_argument("--threads", type=int, default=2, help="intra-op threads, both sides")
+    p.add_argument("--threads", type=int, default=None,
+                   help="intra-op threads, both sides (default: nst-ort's default, and torch the same number)")
     p.add_argument("--repeats", type=int, default=1, help="ORT/torch pairs per size, alternating (ABAB)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--precision", choices=["fp32", "tf32", "fp16"], default=None,
@@ -338,6 +339,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     sys.path.insert(0, str(ROOT))
+    if args.threads is None:  # nst-ort's own default; the torch side gets the same count
+        from nst_ort.threads import default_threads
+
+        args.threads = default_threads("CPUExecutionProvider") if args.device == "cpu" else 2
     sides = [s.strip() for s in args.sides.split(",") if s.strip()]
     results = {"conditions": conditions(args), "sizes": {}}
     with tempfile.TemporaryDirectory(prefix="nst-bench-") as tmp:

@@ -95,6 +95,30 @@ class Runner:
         return {name: vals[i].numpy() for i, name in enumerate(self.outputs) if name in host_out}
 
 
+# The k x k algebra below is written out instead of calling np.linalg.solve and `@`: those go to
+# numpy's BLAS/LAPACK, whose own thread pool (OpenBLAS: one thread per core) wakes for a 100 x 100
+# solve and then waits for cores that onnxruntime's threads hold. Measured on the 2-core machine
+# (busy, 256 px, history 100): np.linalg.solve 0.4-1.1 s per iteration with BLAS threads, 0.3 ms with
+# one; these loops take about 0.3 ms. They also make the coefficients independent of the BLAS build
+# and its thread count.
+def _solve_triangular(R: np.ndarray, b: np.ndarray, upper: bool) -> np.ndarray:
+    """x with R x = b (upper) or R^T x = b (upper=False), R upper triangular, by substitution."""
+    k = len(b)
+    x = np.zeros(k)
+    if upper:
+        for i in range(k - 1, -1, -1):
+            x[i] = (b[i] - float(np.multiply(R[i, i + 1:], x[i + 1:]).sum())) / R[i, i]
+    else:  # R^T is lower triangular
+        L = np.ascontiguousarray(R.T)
+        for i in range(k):
+            x[i] = (b[i] - float(np.multiply(L[i, :i], x[:i]).sum())) / L[i, i]
+    return x
+
+
+def _matvec(M: np.ndarray, v: np.ndarray) -> np.ndarray:
+    return np.multiply(M, v).sum(axis=1)
+
+
 class DeviceLBFGS:
     def __init__(self, runners: dict, device: str, n: int, lr: float = 1.0, history: int = 100):
         self.r, self.device, self.n = runners, device, n
@@ -175,11 +199,10 @@ class DeviceLBFGS:
             self._grow(sp[self.order, 1], yp[self.order, 1], ys)
         u, v = sp[self.order, 0], yp[self.order, 0]
         gamma = self.h_diag
-        try:
-            w = np.linalg.solve(self.R, u)
-            p = np.linalg.solve(self.R.T, (np.diag(np.diag(self.R)) + gamma * self.YY) @ w - gamma * v)
-        except np.linalg.LinAlgError:
-            return None
+        with np.errstate(all="ignore"):  # a broken history shows as non-finite w or p below
+            w = _solve_triangular(self.R, u, upper=True)
+            p = _solve_triangular(self.R, _matvec(np.diag(np.diag(self.R)) + gamma * self.YY, w) - gamma * v,
+                                  upper=False)
         if not (np.isfinite(w).all() and np.isfinite(p).all()):
             return None
         if -gamma * gg - float(u @ p) + gamma * float(v @ w) >= 0.0:  # g.d: uphill

@@ -157,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--provider", help="any onnxruntime execution provider by name, e.g. TensorrtExecutionProvider")
     r.add_argument("--threads", type=int_flag("threads", maximum=max_threads),
                    help=f"intra-op threads, at most the CPUs this process may use ({max_threads()} here; "
-                   "default: onnxruntime's)")
+                   "default: the usable physical cores on the CPU provider, onnxruntime's own elsewhere)")
     r.add_argument("--provider-option", action="append", metavar="KEY=VALUE",
                    help="an option of the chosen provider (repeatable), e.g. device_type=GPU for OpenVINO, "
                    "gpu_mem_limit=8589934592 for CUDA; see onnxruntime's page for that provider")

@@ -10,6 +10,7 @@ from typing import Callable
 import onnxruntime as ort
 
 from .errors import DeviceError, UsageError
+from .threads import SPIN_STOP, default_threads
 
 ALIASES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 CPU = "CPUExecutionProvider"
@@ -58,7 +59,7 @@ class Placement:
         return "cpu" if self.provider == CPU else "default"
 
     def on_cpu(self) -> "Placement":
-        return Placement([CPU], "cpu", self.threads)
+        return Placement([CPU], "cpu", self.threads or default_threads(CPU))
 
     def session_options(self) -> ort.SessionOptions:
         so = ort.SessionOptions()
@@ -71,6 +72,9 @@ class Placement:
         if self.threads:
             so.intra_op_num_threads = self.threads
             so.inter_op_num_threads = 1
+        # Workers stop spinning when their session's run returns: the next session (the training and
+        # optimizer graphs take turns every iteration) gets the cores (nst_ort/threads.py).
+        so.add_session_config_entry(*SPIN_STOP)
         # Same inputs + thread count -> same bytes (issue: reproducible runs on the CPU provider).
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         return so
@@ -226,10 +230,13 @@ def choose(device: str = "auto", provider: str | None = None, threads: int | Non
     """device: auto | cpu | cuda; provider: any ORT provider name, overrides device.
     precision: fp32 | tf32 (CUDA) | fp16 (the model's mixed-precision training graph, see
     Artifacts.train_graph_path). options: provider options for the chosen provider
-    (--provider-option), checked here (check_options) when given."""
+    (--provider-option), checked here (check_options) when given.
+    threads: intra-op threads; None: the provider's default (nst_ort/threads.py, measured there)."""
     if precision not in PRECISIONS:
         raise DeviceError(f"unknown precision {precision!r}: use {', '.join(PRECISIONS)}")
     placement = _choose(device, provider, threads, warn)
+    if placement.threads is None:
+        placement = dataclasses.replace(placement, threads=default_threads(placement.provider))
     user = dict(_env_cuda_options()) if placement.provider == CUDA else {}
     user.update(options or {})
     if options:
