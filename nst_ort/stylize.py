@@ -13,6 +13,10 @@
     again = Stylizer(config)
     again.load_state_dict(state)      # ... and goes on where the first stopped, with the same bytes
 
+Extra loss terms (terms.py; a video's temporal term) are given with `set_terms` before a run's first
+step; `restart(content)` starts a new run on another content image with the same sessions and style
+targets (a video's next frame).
+
 Everything the progress line, the JSON report, intermediate saves and checkpoints need comes from the
 records and from `state_dict()`. When the loss stops being finite or memory runs out, `step()` keeps
 the last finite image as the current one and raises (NumericalError, OutOfMemory): `result()` and
@@ -35,6 +39,7 @@ from .loop import Loop, choose_loop, make_loop
 from .providers import choose
 from .session import Graphs
 from .targets import Targets, chw, hwc
+from .terms import Term
 from .weights import resolve_weights
 
 
@@ -52,6 +57,7 @@ class IterationRecord:
     tv: float  # weighted tv term
     style_layers: list[float]  # unweighted per style layer
     seconds: float  # wall time of this iteration (evaluation + update)
+    terms: dict[str, float] = dataclasses.field(default_factory=dict)  # weighted extra terms (in `loss`)
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -60,7 +66,10 @@ class IterationRecord:
 class Stylizer:
     """Runs a Config against an artifact folder; `run()` yields an IterationRecord per iteration."""
 
-    def __init__(self, config: Config, artifacts: Artifacts | None = None, warn: Callable[[str], None] | None = None):
+    def __init__(self, config: Config, artifacts: Artifacts | None = None, warn: Callable[[str], None] | None = None,
+                 content: np.ndarray | None = None):
+        """content: the content image as float RGB [H, W, 3] in [0, 1], instead of reading
+        config.content (which still names it in messages)."""
         self.config = config
         self.warn = warn or (lambda msg: None)
         self.artifacts = artifacts or Artifacts(config.model)
@@ -69,10 +78,14 @@ class Stylizer:
         self.graphs = Graphs(self.artifacts, self.placement)
         self.weights = resolve_weights(config, self.artifacts)
         self.schedule = config.schedule()
-        self.targets = Targets(config, self.artifacts, self.graphs, self.weights, self.warn)
+        self.targets = Targets(config, self.artifacts, self.graphs, self.weights, self.warn, content=content)
         self.targets.check_sizes(self.schedule)
         self.loop_kind = choose_loop(config, self.graphs)  # host or device, for the whole run
-        self.rng = np.random.default_rng(config.seed)
+        self._reset()
+
+    def _reset(self) -> None:
+        self.rng = np.random.default_rng(self.config.seed)
+        self.terms: list[Term] = []
         # Where the run is: what a checkpoint saves.
         self.scale = 0
         self.iteration = 0  # done at this scale
@@ -135,14 +148,21 @@ class Stylizer:
         return IterationRecord(
             step=self.steps, scale=self.scale, iteration=self.iteration, iterations=iterations,
             width=size[0], height=size[1], loss=losses.loss, content=content, style=style, tv=tv,
-            style_layers=[float(v) for v in losses.style_losses], seconds=time.perf_counter() - t0)
+            style_layers=[float(v) for v in losses.style_losses], seconds=time.perf_counter() - t0,
+            terms=dict(losses.terms))
 
     def _start_scale(self, size: tuple[int, int]) -> None:
         x0 = self._x
         if x0 is None or x0.shape[2:] != (size[1], size[0]):
             x0 = self._x = self.targets.initial(size, x0, self.rng)
         feeds = self.targets.feeds(size, x0)
-        self.loop = make_loop(self.loop_kind, self.graphs, feeds, x0, self.config.optim, self._optimizer_state)
+        for term in self.terms:
+            for name, a in term.feeds.items():
+                if np.ndim(a) == 4 and tuple(np.shape(a)[2:]) != (size[1], size[0]):
+                    raise UsageError(f"term {term.name!r}: input {name} is {np.shape(a)[3]}x{np.shape(a)[2]}, "
+                                     f"the image at this scale {size[0]}x{size[1]}")
+        self.loop = make_loop(self.loop_kind, self.graphs, feeds, x0, self.config.optim, self._optimizer_state,
+                              self.terms)
         self._x = self._optimizer_state = None
 
     def _end_scale(self) -> None:
@@ -161,6 +181,29 @@ class Stylizer:
         if self.loop is not None:
             self._optimizer_state, self.loop = self.loop.state_dict(), None
         self._x, self.average = best, None
+
+    def set_terms(self, terms: list[Term]) -> None:
+        """Extra loss terms (terms.Term: a graph and its fixed feeds at the image's size) that every
+        step runs after the training graph; their weighted losses are in IterationRecord.terms and
+        in its `loss`. Before the first step. Not part of state_dict: a caller that resumes gives
+        them again, as it gives the images."""
+        if self.loop is not None or self.steps:
+            raise UsageError("set_terms comes before the first step")
+        self.terms = list(terms)
+
+    def restart(self, content: np.ndarray | None = None, iterations: int | None = None) -> None:
+        """A new run from the start of the schedule with the same sessions, weights and style images:
+        on another content image (float RGB [H, W, 3] in [0, 1], e.g. a video's next frame) and, if
+        given, another iteration count (single scale). Terms, warm start and the noise generator
+        start afresh (so each run repeats on its own)."""
+        if content is not None:
+            self.targets.content = np.asarray(content, np.float32)
+        if iterations is not None:
+            if len(self.schedule) != 1:
+                raise UsageError("restart(iterations=...) is for single-scale runs")
+            self.schedule = [(self.schedule[0][0], int(iterations))]
+        self.targets.check_sizes(self.schedule)
+        self._reset()
 
     def warm_start(self, image: np.ndarray) -> None:
         """Start from `image` (float RGB [H, W, 3] in [0, 1]) instead of config.init, resized to the

@@ -34,10 +34,14 @@ class Targets:
     """The run's input images and what they become at each scale's size."""
 
     def __init__(self, config: Config, artifacts: Artifacts, graphs: Graphs, weights: Weights,
-                 warn: Callable[[str], None]):
+                 warn: Callable[[str], None], content: np.ndarray | None = None):
+        """content: the content image as an array instead of reading config.content (a video frame)."""
         self.config, self.artifacts, self.graphs, self.weights = config, artifacts, graphs, weights
         notes: list[str] = []
-        self.content = load_image(config.content, notes) if config.content is not None else None
+        if content is not None:
+            self.content = np.asarray(content, np.float32)
+        else:
+            self.content = load_image(config.content, notes) if config.content is not None else None
         if not config.styles:
             raise UsageError("at least one style image is needed")
         self.styles = [load_image(s.path, notes) for s in config.styles]

@@ -7,18 +7,26 @@ import json
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from conftest import EXAMPLES, ROOT, cli_command, cli_env, run_cli
-from video_clips import NTSC, frames, needs, read_video, write_clip, write_folder
+from video_clips import NTSC, frames, needs, read_video, temporal_model, write_clip, write_folder  # noqa: F401
 
 needs("av")
 needs("cv2")
 
 STYLE = EXAMPLES / "starry_night.jpg"
 FAST = ["--size", "64", "--iterations", "4", "--threads", "1", "-q"]
+
+
+@pytest.fixture(autouse=True)
+def _model_with_temporal(temporal_model, monkeypatch):
+    """The default mode (temporal) needs temporal.onnx: the default model, or a copy with it added
+    where the default model lacks it (subprocesses take it from NST_ORT_MODEL)."""
+    monkeypatch.setenv("NST_ORT_MODEL", str(temporal_model))
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +55,8 @@ def test_video_to_video_keeps_rate_and_audio(tmp_path, clip_frames):
     r = json.loads(report.read_text())
     assert [f["frame"] for f in r["frames"]] == [1, 2, 3]
     assert [f["init"] for f in r["frames"]] == ["content", "warped previous", "warped previous"]
+    assert r["settings"]["mode"] == "temporal" and r["settings"]["temporal_weight"] > 0
+    assert r["frames"][0]["temporal"] is None and all(f["temporal"] > 0 for f in r["frames"][1:])
     assert r["frames"][0]["warping_error"] is None and all(f["warping_error"] > 0 for f in r["frames"][1:])
     assert all(f["iterations"] == 4 and np.isfinite(f["loss"]) for f in r["frames"])
     # the frames are stylized, not the input passed through: further from the clip than the input video's
@@ -148,6 +158,11 @@ def test_bad_inputs_one_line_each(tmp_path, clip_frames):
         (["video", good, STYLE, "-o", tmp_path / "o12.mp4", "--report", good], 8, "would overwrite an input"),
         (["video", good, STYLE, "-o", tmp_path / "o9.mp4", "--fps", "fast"], 2, "--fps"),
         (["video", good, STYLE, "-o", tmp_path / "o10.mp4", "--iterations", "0"], 2, "--iterations"),
+        (["video", good, STYLE, "-o", tmp_path / "o13.mp4", "--temporal-weight", "-1"], 2, "--temporal-weight"),
+        (["video", good, STYLE, "-o", tmp_path / "o14.mp4", "--mode", "warm", "--temporal-weight", "1e7"], 2,
+         "--temporal-weight is for --mode temporal"),
+        (["video", good, STYLE, "-o", tmp_path / "o15.mp4", "--model", _without_temporal(tmp_path)], 4,
+         "python -m nst_ort_export.temporal"),
     ]
     for args, code, words in cases:
         done = run_cli([*args, "-q"])
@@ -158,10 +173,24 @@ def test_bad_inputs_one_line_each(tmp_path, clip_frames):
         assert words in line, (args, line)
     assert (busy / "mine.txt").read_text() == "keep me" and sorted(p.name for p in busy.iterdir()) == ["mine.txt"]
     # nothing was left behind by the failed runs
-    assert not list(tmp_path.glob("o*"))
+    assert not list(tmp_path.glob("o[0-9]*"))
     # without PyAV: which extra to install
     line = _one_line(run_cli(["video", good, STYLE, "-o", tmp_path / "o11.mp4"], prelude="sys.modules['av'] = None; "), 2)
     assert "pip install 'nst-ort[video]'" in line
+
+
+def _without_temporal(tmp_path) -> Path:
+    """A copy of the default model without temporal.onnx (as the committed one was before it got it)."""
+    import shutil
+
+    model = tmp_path / "no-temporal"
+    shutil.copytree(ROOT / "models" / "vgg16", model)
+    (model / "temporal.onnx").unlink(missing_ok=True)
+    manifest = json.loads((model / "manifest.json").read_text())
+    manifest.pop("terms", None)
+    manifest["files"].pop("temporal.onnx", None)
+    (model / "manifest.json").write_text(json.dumps(manifest))
+    return model
 
 
 def test_runtime_imports_without_the_video_extra():
