@@ -120,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("-q", "--quiet", action="store_true", help="no progress line")
     out.add_argument("--debug", action="store_true", help="show tracebacks")
     p.add_argument("--version", action="version", version=f"nst-ort {__version__}")
+    from .distributed import add_arguments  # --workers, --ray-address (batch folders)
+
+    add_arguments(p)
     return p
 
 
@@ -300,7 +303,13 @@ def _main(args) -> int:
     if not args.images:
         raise UsageError("no images: nst-ort CONTENT STYLE [STYLE ...] -o OUT (or --texture STYLE -o OUT)")
     first = Path(args.images[0])
+    from . import distributed
+
+    if distributed.wanted(args) and (args.texture or not first.is_dir()):
+        raise UsageError("--workers and --ray-address are for a folder of content images (or nst-ort video)")
     if not args.texture and first.is_dir():
+        if distributed.wanted(args):
+            return distributed.batch(args, artifacts, settings, IMAGE_EXTS, build_config)
         return _batch(args, artifacts, settings)
     cfg, out = build_config(args, artifacts)
     stylize_one(cfg, out, args, artifacts, settings)

@@ -108,6 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", help="write a JSON report: settings and every frame's losses, time and warping error")
     p.add_argument("--keep-frames", action="store_true", help="keep the frames folder (OUT.frames) after writing a video")
     p.add_argument("--restart", action="store_true", help="discard the frames of an earlier run of this output")
+    from .distributed import add_arguments
+
+    add_arguments(p)
+    p.add_argument("--shard-frames", type=int, help="with --workers: frames per shard (default: the frames "
+                   "divided evenly among the workers)")
+    p.add_argument("--overlap", type=int, default=2, help="with --workers: each shard but the first starts this "
+                   "many frames early and discards them, so that its first frame continues a chain (docs/video.md)")
     p.add_argument("-q", "--quiet", action="store_true", help="no line per frame")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
@@ -184,11 +191,13 @@ def _plan_output(out: Path, inputs: list[Path]) -> tuple[str, Path]:
 
 
 def _settings(args, size, styles, weights) -> dict:
-    """What shapes the frames (the resume fingerprint); not --frames, so a run can be extended."""
+    """What shapes the frames (the resume fingerprint); not --frames, so a run can be extended (a
+    sharded run: its shard plan is part of it, so extending it means --shard-frames as before)."""
     keys = ("mode", "temporal_weight", "iterations", "first_iterations", "flow", "content_weight", "style_weight",
             "tv_weight", "optimizer", "lr", "seed", "device", "provider", "loop")
+    shards = {"shard_frames": args.shard_frames, "overlap": args.overlap} if args.shard_frames else None
     return {**{k: getattr(args, k) for k in keys}, "size": list(size), "style_weights": weights,
-            "styles": [str(s) for s in styles], "model": args.model, "format": 1}
+            "styles": [str(s) for s in styles], "model": args.model, "shards": shards, "format": 1}
 
 
 class FrameStylizer:
@@ -276,6 +285,8 @@ def _check_args(args) -> None:
         raise UsageError(f"--temporal-weight is for --mode temporal (this run: --mode {args.mode})")
     if args.temporal_weight is None:
         args.temporal_weight = TEMPORAL_WEIGHT if args.mode == "temporal" else None
+    if args.overlap < 0 or (args.shard_frames is not None and args.shard_frames < 1):
+        raise UsageError("--overlap must be at least 0 and --shard-frames at least 1")
 
 
 def run(args) -> int:
@@ -304,6 +315,16 @@ def run(args) -> int:
     if kind == "folder" and folder.exists() and _same(folder, src.path):
         raise OutputError(f"{out}: output folder is the input folder; give another")
     size = _even_size(src.width, src.height, args.size)
+    from .distributed import wanted
+
+    sharded = wanted(args)
+    contents = None
+    if sharded:
+        # The shard plan depends on the frame count: decode first (shards get their frames through Ray).
+        contents = [resize(f, size) for i, f in enumerate(src.frames()) if args.frames is None or i < args.frames]
+        if not contents:
+            raise UsageError(f"{src.path}: no frames to stylize")
+        args.shard_frames = args.shard_frames or _default_shard_frames(len(contents), args)
     artifacts = Artifacts(args.model)
     if args.mode == "temporal":
         from .temporal import temporal_graph_path
@@ -318,6 +339,8 @@ def run(args) -> int:
     if job.done and not args.quiet:
         print(f"nst-ort: resuming {folder} after frame {job.done}", file=sys.stderr)
     limit = min(n for n in (args.frames, src.count) if n) if (args.frames or src.count) else None
+    if sharded:
+        return _run_sharded(args, artifacts, job, contents, styles, weights, kind, out, folder, size, src, settings)
     frames = FrameStylizer(args, artifacts, size, styles, weights, src.path)
     index = 0
     try:
@@ -351,6 +374,45 @@ def run(args) -> int:
     # A run resumed with a smaller --frames than before stops at it (the frames past it stay on disk).
     count = min(job.done, index)
     return _finish(args, job, count, kind, out, size, src, settings)
+
+
+def _default_shard_frames(count: int, args) -> int:
+    from .distributed import default_shard_frames
+
+    return default_shard_frames(count, args.workers or 1)
+
+
+def _run_sharded(args, artifacts, job, contents, styles, weights, kind, out, folder, size, src, settings) -> int:
+    """--workers / --ray-address: shards on Ray (distributed.py); frames are written here in order."""
+    from . import flow as F
+    from .atomic import atomic_write
+    from .distributed import video_shards
+
+    def on_frame(index: int, png: bytes, rec: dict) -> None:
+        path = job.frame_path(index)
+        atomic_write(path, lambda f: f.write(png))
+        if rec.get("seam"):
+            # across the seam: against the frame the previous shard wrote (not the shard's own overlap frame)
+            cur, prev = contents[index - 1], contents[index - 2]
+            back, fwd = F.optical_flow(cur, prev, args.flow), F.optical_flow(prev, cur, args.flow)
+            rec = {**rec, "warping_error": F.warping_error(load_image(path), load_image(job.frame_path(index - 1)),
+                                                           back, F.consistency(back, fwd) >= 0.5)}
+        job.finish_frame(index, rec)
+        if not args.quiet:
+            _say_frame(index, len(contents), size, rec)
+
+    try:
+        video_shards(args, artifacts, job, contents, styles, weights, on_frame)
+    except NstError:
+        if job.done == 0 and job.created:
+            job.remove()
+        raise
+    except (KeyboardInterrupt, _Interrupted):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Interrupted(f"{out}: interrupted; {job.done} frame(s) done in {folder}; "
+                          "run the same command again to resume") from None
+    return _finish(args, job, min(job.done, len(contents)), kind, out, size, src, settings)
 
 
 def _say_frame(index: int, limit, size, rec: dict) -> None:
@@ -396,8 +458,14 @@ def summary(frames: list[dict]) -> dict:
     """Means over the frames: losses over all, the warping error over frames 2.. (it needs a previous)."""
     werr = [f["warping_error"] for f in frames if f.get("warping_error") is not None]
     mean = lambda k: float(np.mean([f[k] for f in frames])) if frames else None  # noqa: E731
-    return {"frames": len(frames), "warping_error": float(np.mean(werr)) if werr else None,
-            "style": mean("style"), "content": mean("content"), "loss": mean("loss"), "seconds": mean("seconds")}
+    out = {"frames": len(frames), "warping_error": float(np.mean(werr)) if werr else None,
+           "style": mean("style"), "content": mean("content"), "loss": mean("loss"), "seconds": mean("seconds")}
+    if any("shard" in f for f in frames):  # a sharded run: the seams against the inside of the shards
+        seams = [f["warping_error"] for f in frames if f.get("seam")]
+        inside = [f["warping_error"] for f in frames if not f.get("seam") and f.get("warping_error") is not None]
+        out["warping_error_seams"] = float(np.mean(seams)) if seams else None
+        out["warping_error_inside_shards"] = float(np.mean(inside)) if inside else None
+    return out
 
 
 def _write_report(path: Path, job, settings: dict, out: Path, audio: str | None) -> None:
