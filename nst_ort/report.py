@@ -36,7 +36,7 @@ class Progress:
         filled = int(bar_w * r.iteration / max(r.iterations, 1))
         line = (f"[{'#' * filled}{'.' * (bar_w - filled)}] scale {r.scale + 1} {r.width}x{r.height} "
                 f"it {r.iteration}/{r.iterations} loss {r.loss:.4g} (content {r.content:.3g} style {r.style:.3g} "
-                f"tv {r.tv:.3g}) {rate:.2f} it/s")
+                f"tv {r.tv:.3g}{''.join(f' {k} {v:.3g}' for k, v in r.terms.items())}) {rate:.2f} it/s")
         if self.tty:
             self.stream.write("\r" + line + ("\n" if done else ""))
         elif done or r.iteration % 50 == 0 or r.iteration == 1:

@@ -297,6 +297,10 @@ def run(args) -> int:
     from .video_job import Job, fingerprint
 
     _check_args(args)
+    from .distributed import wanted
+
+    if wanted(args):
+        require("ray", "--workers / --ray-address")
     src = open_source(Path(args.input), args.fps)
     styles = [Path(s) for s in args.styles]
     for s in styles:
@@ -315,8 +319,6 @@ def run(args) -> int:
     if kind == "folder" and folder.exists() and _same(folder, src.path):
         raise OutputError(f"{out}: output folder is the input folder; give another")
     size = _even_size(src.width, src.height, args.size)
-    from .distributed import wanted
-
     sharded = wanted(args)
     contents = None
     if sharded:

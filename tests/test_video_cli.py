@@ -177,6 +177,10 @@ def test_bad_inputs_one_line_each(tmp_path, clip_frames):
     # without PyAV: which extra to install
     line = _one_line(run_cli(["video", good, STYLE, "-o", tmp_path / "o11.mp4"], prelude="sys.modules['av'] = None; "), 2)
     assert "pip install 'nst-ort[video]'" in line
+    # --workers without Ray: which extra to install
+    line = _one_line(run_cli(["video", good, STYLE, "-o", tmp_path / "o16.mp4", "--workers", "2"],
+                             prelude="sys.modules['ray'] = None; "), 2)
+    assert "pip install 'nst-ort[ray]'" in line
 
 
 def _without_temporal(tmp_path) -> Path:
@@ -219,21 +223,47 @@ def test_runtime_imports_without_the_video_extra():
 
 
 def test_docs_commands_run_as_written(tmp_path):
-    """The commands of docs/video.md, as written, in a folder that has the examples."""
+    """The commands of docs/video.md, as written, in a folder that has the examples (and a photos/
+    folder of two of them, and an empty out/, for the batch command); the Ray ones need the [ray] extra."""
     import shlex
+    import shutil
     import sys
 
     doc = (ROOT / "docs" / "video.md").read_text()
     commands = [line.strip() for line in doc.splitlines()
-                if line.startswith(("    nst-ort video ", "    python -m nst_ort.video_synthetic "))]
-    assert len(commands) == 2, commands
+                if line.startswith(("    nst-ort ", "    python -m nst_ort.video_synthetic "))]
+    assert len(commands) == 4, commands
     (tmp_path / "examples").symlink_to(EXAMPLES)
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "out").mkdir()
+    for name in ("chelsea_cat.jpg", "coffee.jpg"):
+        shutil.copy(EXAMPLES / name, tmp_path / "photos" / name)
     for command in commands:
         argv = shlex.split(command)
+        if "--workers" in argv:
+            needs("ray")
         full = cli_command(argv[1:]) if argv[0] == "nst-ort" else [sys.executable, *argv[1:]]
-        done = subprocess.run(full, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=600)
+        done = subprocess.run(full, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=900)
         assert done.returncode == 0, (command, done.stderr)
     imgs, fps, _ = read_video(tmp_path / "clip_starry.mp4")
     assert (len(imgs), imgs[0].shape, fps) == (4, (96, 128, 3), 12)
     report = json.loads((tmp_path / "clip_starry.json").read_text())
     assert len(report["frames"]) == 4 and report["summary"]["warping_error"] > 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["chelsea_cat.png", "coffee.png"]
+
+
+def test_readme_video_commands_are_the_demo_s():
+    """The README's video commands are the ones examples/video_demo.py runs (it made the figure), and
+    they parse. (Running them takes minutes: the docs test above runs the same modes smaller.)"""
+    import shlex
+
+    from nst_ort.video import build_parser
+
+    readme = (ROOT / "README.md").read_text()
+    demo = (ROOT / "examples" / "video_demo.py").read_text()
+    section = readme[readme.index("## Video"):readme.index("## Loss normalization")]
+    commands = [line.strip() for line in section.splitlines() if line.startswith(("    nst-ort ", "    python -m "))]
+    assert len(commands) == 3 and all(c in demo for c in commands), commands
+    for c in commands[1:]:
+        args = build_parser().parse_args(shlex.split(c)[2:])
+        assert args.mode in ("per-frame", "temporal") and args.size == 192

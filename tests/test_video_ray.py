@@ -12,7 +12,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
 
 from conftest import EXAMPLES, cli_command, cli_env, run_cli
 from video_clips import frames, needs, temporal_model, write_folder  # noqa: F401
