@@ -15,7 +15,8 @@ frame; then for every output frame:
   a Stylizer started from the frame, first record), so that modes are compared at their outputs.
 
 Writes benchmarks/results/video_consistency.json, a markdown table (.md) and a strip of frames
-(_strip.png: input, then each mode; below each mode the per-pixel warping error, brighter = worse).
+(_strip.png: input, then per-frame, warm and temporal mode at the default weight; below each mode the
+per-pixel warping error, brighter = worse).
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ import numpy as np
 from nst_ort import Config, StyleInput, Stylizer
 from nst_ort import flow as F
 from nst_ort.images import load_image, save_image
+from nst_ort.video import TEMPORAL_WEIGHT
 from nst_ort.video import main as video_main
 from nst_ort.video_synthetic import camera_clip
 
@@ -125,7 +127,11 @@ def main() -> None:
                          "content": float(np.mean([x["content"] for x in losses])),
                          "style_frames_2on": float(np.mean([x["style"] for x in losses[1:]]))},
             }
-        _strip(args.out.with_name(args.out.name + "_strip.png"), inputs, outs_by_mode, clip)
+        # the strip: per-frame, warm and temporal mode at the default weight (or the first one run)
+        temporal = [m for m in outs_by_mode if m.startswith("temporal")]
+        default = [m for m in temporal if float(m.split()[1]) == TEMPORAL_WEIGHT] or temporal[:1]
+        shown = [m for m in outs_by_mode if not m.startswith("temporal")] + default
+        _strip(args.out.with_name(args.out.name + "_strip.png"), inputs, {m: outs_by_mode[m] for m in shown}, clip)
     pf = results["modes"]["per-frame"]["mean"]
     results["ratios_over_per_frame"] = {mode: {k: m["mean"][k] / pf[k] for k in pf}
                                         for mode, m in results["modes"].items() if mode != "per-frame"}
@@ -172,7 +178,12 @@ def _strip(path: Path, inputs, outs_by_mode, clip) -> None:
         maps = [np.zeros_like(outs[0])] + [error_map(outs[t], outs[t - 1], clip.backward[t], clip.visible[t])
                                            for t in range(1, len(outs))]
         rows.append(np.concatenate(maps, 1))
-    save_image(np.concatenate(rows, 0), path)
+    from PIL import Image
+
+    from nst_ort.images import to_uint8
+
+    # a 256-colour palette: a third of the bytes, and the error maps are grey anyway
+    Image.fromarray(to_uint8(np.concatenate(rows, 0))).quantize(256, dither=Image.Dither.NONE).save(path, optimize=True)
 
 
 if __name__ == "__main__":
