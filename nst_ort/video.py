@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import Config, LossConfig, OptimConfig, StyleInput
-from .errors import EXIT_INTERRUPTED, Interrupted, NstError, OutOfMemory, OutputError, UsageError
+from .errors import EXIT_INTERRUPTED, Interrupted, NstError, NumericalError, OutOfMemory, OutputError, UsageError
 from .extras import require
 from .images import fit_size, load_image, resize, save_image
 
@@ -262,9 +262,16 @@ class FrameStylizer:
             stylizer.warm_start(start)
         if term is not None:
             stylizer.set_terms([self.temporal.term(*term)])
-        record = None
-        for record in stylizer.run():
-            pass
+        record, stopped = None, None
+        try:
+            for record in stylizer.run():
+                pass
+        except NumericalError as e:
+            # L-BFGS without line search can diverge on a frame; the frame keeps its last finite image
+            # (the still-image CLI writes it too) and the video goes on rather than losing the run.
+            if record is None:
+                raise
+            stopped = str(e)
         written = save(stylizer.result())
         if previous is not None:
             werr = F.warping_error(written, prev_out, back, c >= 0.5)
@@ -272,6 +279,8 @@ class FrameStylizer:
                "temporal": record.terms.get("temporal"), "iterations": record.step,
                "seconds": round(time.perf_counter() - t0, 3), "warping_error": werr,
                "init": "warped previous" if start is not None else "content"}
+        if stopped:
+            rec["stopped"] = stopped
         return rec, written
 
 
@@ -364,6 +373,8 @@ def run(args) -> int:
             prev_content = content
             if not args.quiet:
                 _say_frame(index, limit, size, rec)
+            elif rec.get("stopped"):
+                _warn(f"frame {index}: {rec['stopped']}")
     except NstError:
         if job.done == 0 and job.created:
             job.remove()  # nothing done: leave no empty frames folder behind
@@ -402,6 +413,8 @@ def _run_sharded(args, artifacts, job, contents, styles, weights, kind, out, fol
         job.finish_frame(index, rec)
         if not args.quiet:
             _say_frame(index, len(contents), size, rec)
+        elif rec.get("stopped"):
+            _warn(f"frame {index}: {rec['stopped']}")
 
     try:
         video_shards(args, artifacts, job, contents, styles, weights, on_frame)
@@ -418,6 +431,8 @@ def _run_sharded(args, artifacts, job, contents, styles, weights, kind, out, fol
 
 
 def _say_frame(index: int, limit, size, rec: dict) -> None:
+    if rec.get("stopped"):
+        _warn(f"frame {index}: {rec['stopped']}")
     total = f"/{limit}" if limit else ""
     werr = rec.get("warping_error")
     we = f", warping error {werr:.5f}" if werr is not None else ""

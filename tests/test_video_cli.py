@@ -267,3 +267,18 @@ def test_readme_video_commands_are_the_demo_s():
     for c in commands[1:]:
         args = build_parser().parse_args(shlex.split(c)[2:])
         assert args.mode in ("per-frame", "temporal") and args.size == 192
+
+
+def test_a_diverging_frame_keeps_its_last_finite_image_and_the_run_goes_on(tmp_path, clip_frames):
+    """Adam at lr 1e30: every frame's second step is not finite. Each frame keeps the image its first
+    step evaluated (its content, or the warped previous frame), says so, and the video is complete."""
+    folder = write_folder(tmp_path / "seq", clip_frames[:2])
+    out, report = tmp_path / "out", tmp_path / "run.json"
+    done = run_cli(["video", folder, STYLE, "-o", out, "--optimizer", "adam", "--lr", "1e30", "--report", report,
+                    *FAST])
+    assert done.returncode == 0, done.stderr
+    frames_ = json.loads(report.read_text())["frames"]
+    assert [f["iterations"] for f in frames_] == [1, 1]
+    assert all("not finite" in f["stopped"] or "loss became" in f["stopped"] for f in frames_)
+    assert "frame 1: " in done.stderr and "frame 2: " in done.stderr and "Traceback" not in done.stderr
+    assert sorted(p.name for p in out.glob("0*.png")) == ["000001.png", "000002.png"]
