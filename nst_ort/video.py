@@ -262,17 +262,23 @@ class FrameStylizer:
             stylizer.warm_start(start)
         if term is not None:
             stylizer.set_terms([self.temporal.term(*term)])
-        record, stopped = None, None
+        record = first = stopped = None
         try:
             for record in stylizer.run():
-                pass
+                first = first or record
         except NumericalError as e:
-            # L-BFGS without line search can diverge on a frame; the frame keeps its last finite image
-            # (the still-image CLI writes it too) and the video goes on rather than losing the run.
+            # L-BFGS without line search can diverge on a frame; the video goes on rather than losing
+            # the run. The frame keeps its last finite image (as the still-image CLI does) unless that
+            # is worse than where it started (a diverging run's last finite loss can be 1e22): then
+            # its start image (its content, or the warped previous frame).
             if record is None:
                 raise
             stopped = str(e)
-        written = save(stylizer.result())
+        result = stylizer.result()
+        if stopped and record.loss > first.loss:
+            stopped += "; kept the frame's start image instead (the last finite one was worse)"
+            result = np.clip(start if start is not None else content, 0.0, 1.0)
+        written = save(result)
         if previous is not None:
             werr = F.warping_error(written, prev_out, back, c >= 0.5)
         rec = {"loss": record.loss, "content": record.content, "style": record.style, "tv": record.tv,
