@@ -1,6 +1,8 @@
-"""Temporal consistency of `nst-ort video`: warping error and losses, per-frame mode against warm start.
+"""Temporal consistency of `nst-ort video`: warping error and losses, per-frame mode against warm start
+and temporal mode (at one or more temporal weights).
 
-    python benchmarks/video_consistency.py [--size 128] [--frames 6] [--iterations 60] [--threads 2]
+    python benchmarks/video_consistency.py [--size 128] [--frames 6] [--iterations 80] [--threads 2]
+        [--temporal-weights 1e7,3e7,1e8,3e8] [--model MODEL_WITH_TEMPORAL_ONNX]
 
 The clip is synthetic (nst_ort/video_synthetic.py: a pan and zoom over examples/tuebingen_neckarfront.jpg
 with a square cut from chelsea_cat.jpg sliding over it), so the true flow and the true visibility are
@@ -13,7 +15,8 @@ frame; then for every output frame:
   a Stylizer started from the frame, first record), so that modes are compared at their outputs.
 
 Writes benchmarks/results/video_consistency.json, a markdown table (.md) and a strip of frames
-(_strip.png: input, then each mode; below each mode the per-pixel warping error, brighter = worse).
+(_strip.png: input, then per-frame, warm and temporal mode at the default weight; below each mode the
+per-pixel warping error, brighter = worse).
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ import numpy as np
 from nst_ort import Config, StyleInput, Stylizer
 from nst_ort import flow as F
 from nst_ort.images import load_image, save_image
+from nst_ort.video import TEMPORAL_WEIGHT
 from nst_ort.video import main as video_main
 from nst_ort.video_synthetic import camera_clip
 
@@ -37,9 +41,9 @@ HERE = Path(__file__).resolve().parent
 EX = HERE.parent / "examples"
 
 
-def frame_losses(frame: Path, content: Path, style: Path, threads: int | None) -> dict:
+def frame_losses(frame: Path, content: Path, style: Path, threads: int | None, model=None) -> dict:
     cfg = Config(content=content, styles=[StyleInput(style)], size=max(load_image(content).shape[:2]),
-                 init=str(frame), threads=threads)
+                 init=str(frame), threads=threads, model=Path(model) if model else None)
     cfg.optim.iterations = 1
     rec = next(iter(Stylizer(cfg).run()))  # evaluated at the init image, before the update
     return {"loss": rec.loss, "style": rec.style, "content": rec.content, "tv": rec.tv}
@@ -65,7 +69,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=128, help="long side (frames are 4:3)")
     ap.add_argument("--frames", type=int, default=6)
-    ap.add_argument("--iterations", type=int, default=60)
+    ap.add_argument("--iterations", type=int, default=80)
+    ap.add_argument("--temporal-weights", default="1e8", help="comma-separated lambda_t values for temporal mode")
+    ap.add_argument("--modes", default="per-frame,warm,temporal")
+    ap.add_argument("--model", help="artifact folder with temporal.onnx (default: the embedded model)")
     ap.add_argument("--style", default="starry_night.jpg")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=HERE / "results" / "video_consistency")
@@ -88,11 +95,19 @@ def main() -> None:
         inputs = [load_image(seq / f"{i:04d}.png") for i in range(args.frames)]  # 8-bit, as the tool reads them
         results["input_warping_error"] = warping_errors(inputs, clip, inputs)
         outs_by_mode = {}
-        for mode in ("per-frame", "warm"):
-            out = tmp / mode
+        runs = []
+        for mode in args.modes.split(","):
+            if mode == "temporal":
+                runs += [(f"temporal {w}", ["--mode", "temporal", "--temporal-weight", w])
+                         for w in args.temporal_weights.split(",")]
+            else:
+                runs.append((mode, ["--mode", mode]))
+        for mode, flags in runs:
+            out = tmp / mode.replace(" ", "_")
             t0 = time.perf_counter()
-            rc = video_main([str(seq), str(style), "-o", str(out), "--mode", mode, "--size", str(args.size),
-                             "--iterations", str(args.iterations), "--threads", str(args.threads),
+            model = ["--model", args.model] if args.model else []
+            rc = video_main([str(seq), str(style), "-o", str(out), *flags, "--size", str(args.size),
+                             "--iterations", str(args.iterations), "--threads", str(args.threads), *model,
                              "--report", str(tmp / f"{mode}.json"), "-q"])
             assert rc == 0, rc
             seconds = time.perf_counter() - t0
@@ -100,20 +115,26 @@ def main() -> None:
             paths = [out / f"{i:06d}.png" for i in range(1, args.frames + 1)]
             outs = [load_image(p) for p in paths]
             outs_by_mode[mode] = outs
-            losses = [frame_losses(p, seq / f"{i:04d}.png", style, args.threads) for i, p in enumerate(paths)]
+            losses = [frame_losses(p, seq / f"{i:04d}.png", style, args.threads, args.model) for i, p in enumerate(paths)]
             werr = warping_errors(outs, clip, inputs)
             assert np.allclose(werr["estimated_flow"], [f["warping_error"] for f in report["frames"][1:]])
             results["modes"][mode] = {
                 "seconds": seconds, "warping_error": werr, "losses": losses,
+                "temporal_loss": [f.get("temporal") for f in report["frames"]],
                 "mean": {"warping_error_estimated": float(np.mean(werr["estimated_flow"])),
                          "warping_error_true": float(np.mean(werr["true_flow"])),
                          "style": float(np.mean([x["style"] for x in losses])),
                          "content": float(np.mean([x["content"] for x in losses])),
                          "style_frames_2on": float(np.mean([x["style"] for x in losses[1:]]))},
             }
-        _strip(args.out.with_name(args.out.name + "_strip.png"), inputs, outs_by_mode, clip)
-    pf, wm = results["modes"]["per-frame"]["mean"], results["modes"]["warm"]["mean"]
-    results["ratios_warm_over_per_frame"] = {k: wm[k] / pf[k] for k in pf}
+        # the strip: per-frame, warm and temporal mode at the default weight (or the first one run)
+        temporal = [m for m in outs_by_mode if m.startswith("temporal")]
+        default = [m for m in temporal if float(m.split()[1]) == TEMPORAL_WEIGHT] or temporal[:1]
+        shown = [m for m in outs_by_mode if not m.startswith("temporal")] + default
+        _strip(args.out.with_name(args.out.name + "_strip.png"), inputs, {m: outs_by_mode[m] for m in shown}, clip)
+    pf = results["modes"]["per-frame"]["mean"]
+    results["ratios_over_per_frame"] = {mode: {k: m["mean"][k] / pf[k] for k in pf}
+                                        for mode, m in results["modes"].items() if mode != "per-frame"}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
     table = _table(results)
@@ -144,9 +165,9 @@ def _table(r: dict) -> str:
         x = m["mean"]
         rows.append(f"| {mode} | {x['warping_error_estimated']:.3e} | {x['warping_error_true']:.3e} | {x['style']:.4g} | "
                     f"{x['content']:.4g} | {x['style_frames_2on']:.4g} | {m['seconds']:.0f} |")
-    q = r["ratios_warm_over_per_frame"]
-    rows.append(f"| warm / per-frame | {q['warping_error_estimated']:.2f}x | {q['warping_error_true']:.2f}x | "
-                f"{q['style']:.2f}x | {q['content']:.2f}x | {q['style_frames_2on']:.2f}x | |")
+    for mode, q in r["ratios_over_per_frame"].items():
+        rows.append(f"| {mode} / per-frame | {q['warping_error_estimated']:.2f}x | {q['warping_error_true']:.2f}x | "
+                    f"{q['style']:.2f}x | {q['content']:.2f}x | {q['style_frames_2on']:.2f}x | |")
     return "\n".join(rows) + "\n"
 
 
@@ -157,7 +178,12 @@ def _strip(path: Path, inputs, outs_by_mode, clip) -> None:
         maps = [np.zeros_like(outs[0])] + [error_map(outs[t], outs[t - 1], clip.backward[t], clip.visible[t])
                                            for t in range(1, len(outs))]
         rows.append(np.concatenate(maps, 1))
-    save_image(np.concatenate(rows, 0), path)
+    from PIL import Image
+
+    from nst_ort.images import to_uint8
+
+    # a 256-colour palette: a third of the bytes, and the error maps are grey anyway
+    Image.fromarray(to_uint8(np.concatenate(rows, 0))).quantize(256, dither=Image.Dither.NONE).save(path, optimize=True)
 
 
 if __name__ == "__main__":

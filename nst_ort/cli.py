@@ -297,7 +297,18 @@ def _main(args) -> int:
     if not args.images:
         raise UsageError("no images: nst-ort CONTENT STYLE [STYLE ...] -o OUT (or --texture STYLE -o OUT)")
     artifacts = Artifacts(args.model)
-    if not args.texture and _is_dir(Path(args.images[0])):
+    from . import distributed
+
+    batch = not args.texture and _is_dir(Path(args.images[0]))
+    if distributed.wanted(args):
+        if not batch:
+            raise UsageError("--workers and --ray-address are for a folder of content images (or nst-ort video)")
+        for flag, name in (("--report", "report"), ("--checkpoint", "checkpoint"), ("--resume", "resume"),
+                           ("--save-every", "save_every"), ("--dry-run", "dry_run")):
+            if getattr(args, name, None):
+                raise UsageError(f"{flag}: not with --workers / --ray-address (a Ray batch writes only the images)")
+        return distributed.batch(args, artifacts, IMAGE_EXTS, build_config)
+    if batch:
         return _batch(args, artifacts)
     cfg, out = build_config(args, artifacts)
     wrote = stylize_one(cfg, out, args, artifacts)

@@ -48,12 +48,14 @@ TERM_WEIGHTS = "term_weights"  # [3]: content, style, tv
 
 
 class Losses(NamedTuple):
-    """The training graph's loss outputs, by name and in its output order (fetched every iteration)."""
+    """The training graph's loss outputs, by name and in its output order (fetched every iteration),
+    and the losses of the extra terms (terms.py) that a loop ran after it."""
 
-    loss: float  # the weighted total
+    loss: float  # the weighted total, extra terms included
     content_losses: np.ndarray  # [nc], unweighted, float64 on the host
     style_losses: np.ndarray  # [ns], unweighted
     tv_loss: float  # unweighted
+    terms: tuple = ()  # (name, weighted loss) per extra term, in the order they ran
 
     @classmethod
     def from_outputs(cls, values) -> "Losses":
@@ -62,9 +64,14 @@ class Losses(NamedTuple):
         return cls(float(total), closs.astype(np.float64), sloss.astype(np.float64), float(tv))
 
 
-LOSS_OUTPUTS = Losses._fields
+LOSS_OUTPUTS = ("loss", "content_losses", "style_losses", "tv_loss")  # the training graph's, in order
 GRADIENT_OUTPUT = "image_grad"  # [1, 3, H, W]; stays in a device buffer in the device loop
 TRAIN_OUTPUTS = (*LOSS_OUTPUTS, GRADIENT_OUTPUT)
+
+# -- extra loss term graphs (terms.py; manifest "terms"): image, gradient so far, fixed feeds -> -----
+# [their loss [], TERM_GRADIENT_OUT [1, 3, H, W] = TERM_GRADIENT_IN + their gradient]
+TERM_GRADIENT_IN = "image_grad_in"
+TERM_GRADIENT_OUT = "image_grad_out"
 
 # -- optimizer graphs (manifest "optimizers": kind -> role -> file), on flat float32 vectors --------
 # export/optim_graphs.py writes them; device_loop.py binds their inputs and outputs.

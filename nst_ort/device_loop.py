@@ -22,6 +22,7 @@ from .errors import ArtifactError, NumericalError
 from .contract import Losses
 from .optim import CURVATURE_MIN, MAX_STEP, steepest_descent_length
 from .session import Graphs, TrainingGraph, run_error
+from .terms import bind
 
 F32 = 4  # bytes
 
@@ -317,7 +318,7 @@ class DeviceLoop:
     kind = "device"
 
     def __init__(self, graphs: Graphs, feeds: dict[str, np.ndarray], x0: np.ndarray, optimizer: str, lr: float,
-                 history: int = 100):
+                 history: int = 100, terms=None):
         device = graphs.placement.device
         self.shape = tuple(x0.shape)
         n = self.n = int(np.prod(self.shape))
@@ -331,13 +332,27 @@ class DeviceLoop:
         self.cur = 0
         self.steps = 0  # taken by this loop (a resumed optimizer may count more)
         self.graph = TrainingGraph(graphs, feeds, self.shape)  # targets and weights: on the device once
-        self.bindings = [self.graph.binding(self.x.row(p), self.g.row(p)) for p in (0, 1)]
+        self.terms = bind(terms, device, self.shape)
+        if not self.terms:
+            self.bindings = [self.graph.binding(self.x.row(p), self.g.row(p)) for p in (0, 1)]
+            self.term_bindings = [[], []]
+        else:
+            # Extra terms: the training graph writes into scratch, each term reads one buffer and writes
+            # another (never in place), the last into g[cur], which the optimizer reads.
+            self.scratch = Buffer(device, min(len(self.terms), 2), n)
+            self.bindings = [self.graph.binding(self.x.row(p), self.scratch.row(0)) for p in (0, 1)]
+            self.term_bindings = [[t.binding(self.x.row(p), self.scratch.row(i % 2),
+                                             self.g.row(p) if i == len(self.terms) - 1 else self.scratch.row((i + 1) % 2))
+                                   for i, t in enumerate(self.terms)] for p in (0, 1)]
         self.opt = (DeviceLBFGS(runners, device, n, lr=lr, history=history) if optimizer == "lbfgs" else
                     DeviceAdam(runners, device, n, lr=lr))
 
     def step(self) -> Losses:
         c = self.cur
         losses = self.graph.run(self.bindings[c])
+        if self.terms:
+            extra = tuple((t.term.name, t.run(b)) for t, b in zip(self.terms, self.term_bindings[c]))
+            losses = losses._replace(loss=losses.loss + sum(v for _, v in extra), terms=extra)
         if not np.isfinite(losses.loss) or not self.opt.step(self.x.row(c), self.g.row(c), self.g.row(1 - c),
                                                              self.x.row(1 - c)):
             raise NumericalError(f"loss became {losses.loss}")

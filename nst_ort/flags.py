@@ -188,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("-q", "--quiet", action="store_true", help="no progress line")
     out.add_argument("--debug", action="store_true", help="show tracebacks")
     p.add_argument("--version", action="version", version=f"nst-ort {__version__}")
+    from .distributed import add_arguments  # --workers, --ray-address (batch folders)
+
+    add_arguments(p)
     return p
 
 

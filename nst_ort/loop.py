@@ -1,6 +1,6 @@
 """The iteration as one interface: a Loop runs one scale's optimization from a start image.
 
-    loop = make_loop(kind, graphs, feeds, x0, config.optim)   # kind = choose_loop(config, graphs), once
+    loop = make_loop(kind, graphs, feeds, x0, config.optim, terms=[...])   # kind = choose_loop(...), once
     losses = loop.step()         # evaluate the current image, update it (contract.Losses)
     loop.image(), loop.best()    # the current image, the last one whose loss was finite
     loop.state_dict()            # the optimizer's state, in optim.py's format
@@ -14,8 +14,9 @@ one resumes in the other). Stylizer (stylize.py) builds a loop per scale and own
 it: targets, schedule, records, checkpoints, recovery.
 
 A Loop's contract:
-- `step() -> Losses`: one evaluation of the training graph at the current image and one optimizer
-  update. If the loss or the gradient is not finite it raises NumericalError and changes nothing, so
+- `step() -> Losses`: one evaluation of the training graph at the current image, then of each extra
+  term (terms.py: its loss into `Losses.loss` and `Losses.terms`, its gradient added), and one
+  optimizer update. If the loss or the gradient is not finite it raises NumericalError and changes nothing, so
   `best()` is still the last image whose loss (and gradient) was finite.
 - `image()`: the current image [1, 3, H, W] float32, a host array the caller must not modify.
 - `best()`: the image the last successful step evaluated, or None before this loop's first step.
@@ -35,6 +36,7 @@ from .contract import Losses
 from .device_loop import DeviceLoop
 from .errors import NumericalError, UsageError
 from .session import Graphs, TrainStep
+from .terms import Term, bind
 
 KINDS = ("host", "device")
 
@@ -58,8 +60,10 @@ class HostLoop:
 
     kind = "host"
 
-    def __init__(self, graphs: Graphs, feeds: dict[str, np.ndarray], x0: np.ndarray, optimizer):
+    def __init__(self, graphs: Graphs, feeds: dict[str, np.ndarray], x0: np.ndarray, optimizer,
+                 terms: list[Term] | None = None):
         self.train = TrainStep(graphs, feeds, x0.shape)
+        self.terms = bind(terms, graphs.placement.device, x0.shape)
         self.optimizer = optimizer  # optim.LBFGS or optim.Adam
         self.x = x0
         self._best: np.ndarray | None = None
@@ -67,6 +71,12 @@ class HostLoop:
     def step(self) -> Losses:
         *outputs, grad = self.train(self.x)
         losses = Losses(*outputs)
+        if self.terms:
+            extra = []
+            for term in self.terms:
+                value, grad = term(self.x, grad)
+                extra.append((term.term.name, value))
+            losses = losses._replace(loss=losses.loss + sum(v for _, v in extra), terms=tuple(extra))
         if not (np.isfinite(losses.loss) and np.isfinite(grad).all()):
             raise NumericalError(f"loss became {losses.loss}")
         self._best = self.x
@@ -101,15 +111,17 @@ def choose_loop(config: Config, artifacts: Artifacts) -> str:
 
 
 def make_loop(kind: str, graphs: Graphs, feeds: dict[str, np.ndarray], x0: np.ndarray, config: OptimConfig,
-              state: dict | None = None) -> Loop:
+              state: dict | None = None, terms: list[Term] | None = None) -> Loop:
     """A loop of `kind` from x0 [1, 3, H, W] with the training graph fed `feeds` (targets and weights);
-    state: an optimizer state_dict to go on from (a checkpoint's, of either kind of loop)."""
+    state: an optimizer state_dict to go on from (a checkpoint's, of either kind of loop); terms:
+    extra loss terms run after the training graph at every step."""
     if state is not None and state.get("kind") != config.name:
         raise UsageError(f"the saved optimizer state is {state.get('kind')!r}, this run uses {config.name!r}")
     if kind == "device":
-        loop = DeviceLoop(graphs, feeds, x0, config.name, config.learning_rate(), config.history)
+        loop = DeviceLoop(graphs, feeds, x0, config.name, config.learning_rate(), config.history, terms)
     else:
-        loop = HostLoop(graphs, feeds, x0, optim.make(config.name, x0.size, config.learning_rate(), config.history))
+        loop = HostLoop(graphs, feeds, x0, optim.make(config.name, x0.size, config.learning_rate(), config.history),
+                        terms)
     if state is not None:
         loop.load_state_dict(state)
     return loop

@@ -78,7 +78,8 @@ class Progress:
         elapsed = now - self.t0
         rate = (self.done - self.initial) / elapsed if elapsed > 0 else 0.0
         eta = _clock((self.total - self.done) / rate) if rate > 0 else "?"
-        self.stream.write(f"nst-ort: {self.describe(r)} (content {r.content:.3g}, style {r.style:.3g}, tv {r.tv:.3g}); "
+        self.stream.write(f"nst-ort: {self.describe(r)} (content {r.content:.3g}, style {r.style:.3g}, tv {r.tv:.3g}"
+                          f"{''.join(f', {k} {v:.3g}' for k, v in r.terms.items())}); "
                           f"{_clock(elapsed)} elapsed, {eta} left\n")
         self.stream.flush()
 

@@ -17,6 +17,10 @@ Everything the progress line, the JSON report, intermediate saves and checkpoint
 records and from `state_dict()`. When the loss stops being finite or memory runs out, `step()` keeps
 the last finite image as the current one and raises (NumericalError, OutOfMemory): `result()` and
 `state_dict()` then hold that image.
+
+Extra loss terms (terms.py; a video's temporal term) are given with `set_terms` before a run's first
+step; `restart(content)` starts a new run on another content image with the same sessions and style
+targets (a video's next frame).
 """
 from __future__ import annotations
 
@@ -37,6 +41,7 @@ from .optim import check_state
 from .providers import choose
 from .session import Graphs
 from .targets import Targets, chw, hwc
+from .terms import Term
 from .weights import resolve_weights
 
 
@@ -54,6 +59,7 @@ class IterationRecord:
     tv: float  # weighted tv term
     style_layers: list[float]  # unweighted per style layer
     seconds: float  # wall time of this iteration (evaluation + update)
+    terms: dict[str, float] = dataclasses.field(default_factory=dict)  # weighted extra terms (in `loss`)
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -62,7 +68,10 @@ class IterationRecord:
 class Stylizer:
     """Runs a Config against an artifact folder; `run()` yields an IterationRecord per iteration."""
 
-    def __init__(self, config: Config, artifacts: Artifacts | None = None, warn: Callable[[str], None] | None = None):
+    def __init__(self, config: Config, artifacts: Artifacts | None = None, warn: Callable[[str], None] | None = None,
+                 content: np.ndarray | None = None):
+        """content: the content image as float RGB [H, W, 3] in [0, 1], instead of reading
+        config.content (which still names it in messages: a video's frames)."""
         config.validate()
         self.config = config
         self.warn = warn or (lambda msg: None)
@@ -74,12 +83,18 @@ class Stylizer:
         # The inputs as their headers declare them: sizes and memory are known before anything is
         # decoded (a small file can declare a huge image). Decoding waits for `targets`, sessions
         # for `graphs`: both are made on first use, so that memory.check and --dry-run come first.
-        self.inputs = {p: probe_image(p) for p in dict.fromkeys(config.input_paths())}
+        self._content = None if content is None else np.asarray(content, np.float32)
+        self.inputs = {p: probe_image(p) for p in dict.fromkeys(config.input_paths())
+                       if content is None or p != Path(config.content)}
         self._graphs: Graphs | None = None
         self._targets: Targets | None = None
         self.check_sizes()
         self.loop_kind = choose_loop(config, self.artifacts)  # host or device, for the whole run
-        self.rng = np.random.default_rng(config.seed)
+        self._reset()
+
+    def _reset(self) -> None:
+        self.rng = np.random.default_rng(self.config.seed)
+        self.terms: list[Term] = []
         # Where the run is: what a checkpoint saves.
         self.scale = 0
         self.iteration = 0  # done at this scale
@@ -106,7 +121,7 @@ class Stylizer:
         """The decoded input images and what they become at each scale (decoded on first use)."""
         if self._targets is None:
             self._targets = Targets(self.config, self.artifacts, lambda image: self.graphs.features(image),
-                                    self.weights, self.warn)
+                                    self.weights, self.warn, content=self._content)
         return self._targets
 
     def load_inputs(self) -> None:
@@ -125,6 +140,8 @@ class Stylizer:
             return fit_size(tw, th, long_side)
         if self._targets is not None:
             return self._targets.size_at(long_side)
+        if self._content is not None:
+            return fit_size(self._content.shape[1], self._content.shape[0], long_side)
         p = self.inputs[Path(self.config.content)]
         return fit_size(p.width, p.height, long_side)
 
@@ -197,14 +214,21 @@ class Stylizer:
         return IterationRecord(
             step=self.steps, scale=self.scale, iteration=self.iteration, iterations=iterations,
             width=size[0], height=size[1], loss=losses.loss, content=content, style=style, tv=tv,
-            style_layers=[float(v) for v in losses.style_losses], seconds=time.perf_counter() - t0)
+            style_layers=[float(v) for v in losses.style_losses], seconds=time.perf_counter() - t0,
+            terms=dict(losses.terms))
 
     def _start_scale(self, size: tuple[int, int]) -> None:
         x0 = self._x
         if x0 is None or x0.shape[2:] != (size[1], size[0]):
             x0 = self._x = self.targets.initial(size, x0, self.rng)
         feeds = self.targets.feeds(size, x0)
-        self.loop = make_loop(self.loop_kind, self.graphs, feeds, x0, self.config.optim, self._optimizer_state)
+        for term in self.terms:
+            for name, a in term.feeds.items():
+                if np.ndim(a) == 4 and tuple(np.shape(a)[2:]) != (size[1], size[0]):
+                    raise UsageError(f"term {term.name!r}: input {name} is {np.shape(a)[3]}x{np.shape(a)[2]}, "
+                                     f"the image at this scale {size[0]}x{size[1]}")
+        self.loop = make_loop(self.loop_kind, self.graphs, feeds, x0, self.config.optim, self._optimizer_state,
+                              self.terms)
         self._x = self._optimizer_state = None
 
     def _end_scale(self) -> None:
@@ -230,6 +254,31 @@ class Stylizer:
         if self.loop is not None or self.steps:
             raise UsageError("warm_start comes before the first step")
         self._x = chw(image)
+
+    def set_terms(self, terms: list[Term]) -> None:
+        """Extra loss terms (terms.Term: a graph and its fixed feeds at the image's size) that every
+        step runs after the training graph; their weighted losses are in IterationRecord.terms and
+        in its `loss`. Before the first step. Not part of state_dict: a caller that resumes gives
+        them again, as it gives the images."""
+        if self.loop is not None or self.steps:
+            raise UsageError("set_terms comes before the first step")
+        self.terms = list(terms)
+
+    def restart(self, content: np.ndarray | None = None, iterations: int | None = None) -> None:
+        """A new run from the start of the schedule with the same sessions, weights and style images:
+        on another content image (float RGB [H, W, 3] in [0, 1], e.g. a video's next frame) and, if
+        given, another iteration count (single scale). Terms, warm start and the noise generator
+        start afresh (so each run repeats on its own)."""
+        if content is not None:
+            self._content = np.asarray(content, np.float32)
+            if self._targets is not None:
+                self._targets.content = self._content
+        if iterations is not None:
+            if len(self.schedule) != 1:
+                raise UsageError("restart(iterations=...) is for single-scale runs")
+            self.schedule = [(self.schedule[0][0], int(iterations))]
+        self.check_sizes()
+        self._reset()
 
     # -- images ------------------------------------------------------------------------------
     def image(self) -> np.ndarray | None:
@@ -306,6 +355,9 @@ class Stylizer:
         masks = {s.mask for s in cfg.styles if s.mask is not None}
         images = tuple(memory.ImageInput(str(p), pr.width, pr.height, kept=p not in masks)
                        for p, pr in self.inputs.items())
+        if self._content is not None:  # given as an array (a video frame): it stays for the whole run
+            h, w = self._content.shape[:2]
+            images += (memory.ImageInput(str(cfg.content), w, h, kept=True),)
         return memory.Plan(
             what=str(cfg.content) if cfg.content is not None else "texture", layers=art.manifest["layers"],
             sizes=self.sizes(), optimizer=cfg.optim.name, history=cfg.optim.history, min_side=art.min_size,

@@ -33,12 +33,16 @@ class Targets:
     """The run's input images and what they become at each scale's size."""
 
     def __init__(self, config: Config, artifacts: Artifacts, features: Callable[[np.ndarray], dict[str, np.ndarray]],
-                 weights: Weights, warn: Callable[[str], None]):
+                 weights: Weights, warn: Callable[[str], None], content: np.ndarray | None = None):
         """features: image [H, W, 3] -> the eval graph's outputs (Graphs.features; sessions are made
-        when the first scale needs them, not when the images are read)."""
+        when the first scale needs them, not when the images are read). content: the content image as an
+        array instead of reading config.content (a video frame)."""
         self.config, self.artifacts, self.features, self.weights = config, artifacts, features, weights
         notes: list[str] = []
-        self.content = load_image(config.content, notes) if config.content is not None else None
+        if content is not None:
+            self.content = np.asarray(content, np.float32)
+        else:
+            self.content = load_image(config.content, notes) if config.content is not None else None
         if not config.styles:
             raise UsageError("at least one style image is needed")
         self.styles = [load_image(s.path, notes) for s in config.styles]

@@ -1,12 +1,13 @@
 """The temporal term at run time: the model's `temporal.onnx` (export/temporal.py) as a session.
 
-    term = TemporalTerm(graphs)                       # graphs: session.Graphs (artifact + placement)
-    loss, grad = term(x, grad, target, mask, weight)  # host arrays; loss = weight * mean(c (x - t)^2)
+    temporal = TemporalTerm(graphs)                   # graphs: session.Graphs (artifact + placement), once
+    stylizer.set_terms([temporal.term(target, mask, weight)])    # per frame: a terms.Term
+    loss, grad = temporal(x, grad, target, mask, weight)  # or directly, host arrays
 
-Per iteration the loop runs it right after the training graph: the gradient goes in, the gradient
-with the temporal term added comes out, and the temporal loss is one more scalar for the record.
-The device loop binds the same graph by pointer (`inputs()`/`outputs()` name what to bind); it never
-needs a host copy, which is why the term is a graph and not numpy.
+Per iteration the loop runs it right after the training graph (terms.py): the gradient goes in, the
+gradient with the temporal term added comes out, and the temporal loss is one more scalar for the
+record. The device loop binds the same graph by pointer; it never needs a host copy, which is why
+the term is a graph and not numpy.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import numpy as np
 
 from .errors import ArtifactError
 from .session import make_session, run_error
+from .terms import Term
 
 INPUTS = ("image", "image_grad_in", "target", "mask", "weight")
 OUTPUTS = ("temporal_loss", "image_grad_out")
@@ -39,6 +41,18 @@ class TemporalTerm:
         names = ([i.name for i in self.sess.get_inputs()], [o.name for o in self.sess.get_outputs()])
         if names != (list(INPUTS), list(OUTPUTS)):
             raise ArtifactError(f"{self.path}: inputs/outputs {names}, expected {list(INPUTS)} -> {list(OUTPUTS)}")
+
+    def term(self, target: np.ndarray, mask: np.ndarray, weight: float) -> Term:
+        """The term for one frame: target [1, 3, H, W] or [H, W, 3] (the warped previous stylized frame),
+        mask [H, W] or [1, 1, H, W] (c), weight (lambda_t)."""
+        target = np.asarray(target, np.float32)
+        if target.ndim == 3:
+            target = target.transpose(2, 0, 1)[None]
+        mask = np.asarray(mask, np.float32)
+        if mask.ndim == 2:
+            mask = mask[None, None]
+        return Term("temporal", self.sess, {"target": np.ascontiguousarray(target), "mask": np.ascontiguousarray(mask),
+                                            "weight": np.array(weight, np.float32)})
 
     def __call__(self, image: np.ndarray, image_grad: np.ndarray, target: np.ndarray, mask: np.ndarray,
                  weight: float) -> tuple[float, np.ndarray]:

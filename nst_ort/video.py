@@ -1,14 +1,14 @@
 """nst-ort video IN STYLE [STYLE ...] -o OUT: a video or an image-sequence folder, frame by frame.
 
-Each frame is one Stylizer run (the public API: Config, Stylizer, IterationRecords). Modes:
+Each frame is one run of a Stylizer kept across frames (the public API: Config, Stylizer,
+IterationRecords; `restart` on each new frame keeps the sessions). Modes:
 
 - `per-frame`: every frame starts from its own content (flickers: each frame finds its own optimum);
 - `warm` (Ruder et al. 2016's "prevWarped" initialization): frame t starts from the stylized frame
-  t-1 warped onto frame t by the optical flow of the input frames.
-
-The temporal loss (`--mode temporal`, Ruder et al.'s short-term term through the model's
-temporal.onnx) needs the loop to take an extra graph per iteration: not in this version (see
-docs/video.md, "What the loop needs").
+  t-1 warped onto frame t by the optical flow of the input frames;
+- `temporal` (the default): warm, plus Ruder et al.'s short-term temporal loss
+  lambda_t * mean(c (x - warp(prev))^2) through the model's temporal.onnx, an extra term that both
+  loops run after the training graph (terms.py).
 
 Frames are written as they finish into a frames folder with a small JSON state (video_job.py): the
 same command run again after a kill resumes at the next frame. Each frame's record holds its losses
@@ -19,10 +19,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import signal
 import sys
-import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -30,11 +28,14 @@ from pathlib import Path
 import numpy as np
 
 from .config import Config, LossConfig, OptimConfig, StyleInput
-from .errors import EXIT_INTERRUPTED, Interrupted, NstError, OutOfMemory, OutputError, UsageError
+from .errors import EXIT_INTERRUPTED, Interrupted, NstError, NumericalError, OutOfMemory, OutputError, UsageError
 from .extras import require
 from .images import fit_size, load_image, resize, save_image
 
-MODES = ("per-frame", "warm")
+MODES = ("per-frame", "warm", "temporal")
+# lambda_t of --mode temporal in our normalization (weight * mean over 3*H*W of c (x - warp(prev))^2,
+# pixels in [0, 1]; README "Loss normalization"), chosen by measuring (benchmarks/RESULTS.md, video).
+TEMPORAL_WEIGHT = 1e8
 
 
 class _Interrupted(BaseException):
@@ -77,8 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("styles", nargs="+", help="style image(s)")
     p.add_argument("-o", "--output", required=True,
                    help="video file (.mp4, .webm, .mkv, .mov: frame rate kept, audio carried over) or a folder (PNG frames)")
-    p.add_argument("--mode", choices=MODES, default="warm",
-                   help="per-frame: each frame from its content; warm: from the previous stylized frame warped by the flow")
+    p.add_argument("--mode", choices=MODES, default="temporal",
+                   help="per-frame: each frame from its content; warm: from the previous stylized frame warped by "
+                   "the flow; temporal: warm plus Ruder et al.'s short-term temporal loss (needs the model's temporal.onnx)")
+    p.add_argument("--temporal-weight", type=float,
+                   help=f"lambda_t of --mode temporal (default {TEMPORAL_WEIGHT:g}; pixels in [0, 1], mean over the "
+                   "frame: docs/video.md)")
     p.add_argument("--size", type=int, default=384, help="long side of the output frames (rounded down to even)")
     p.add_argument("--iterations", type=int, default=100, help="iterations per frame")
     p.add_argument("--first-iterations", type=int,
@@ -103,6 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", help="write a JSON report: settings and every frame's losses, time and warping error")
     p.add_argument("--keep-frames", action="store_true", help="keep the frames folder (OUT.frames) after writing a video")
     p.add_argument("--restart", action="store_true", help="discard the frames of an earlier run of this output")
+    from .distributed import add_arguments
+
+    add_arguments(p)
+    p.add_argument("--shard-frames", type=int, help="with --workers: frames per shard (default: the frames "
+                   "divided evenly among the workers)")
+    p.add_argument("--overlap", type=int, default=2, help="with --workers: each shard but the first starts this "
+                   "many frames early and discards them, so that its first frame continues a chain (docs/video.md)")
     p.add_argument("-q", "--quiet", action="store_true", help="no line per frame")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
@@ -179,26 +191,131 @@ def _plan_output(out: Path, inputs: list[Path]) -> tuple[str, Path]:
 
 
 def _settings(args, size, styles, weights) -> dict:
-    """What shapes the frames (the resume fingerprint); not --frames, so a run can be extended."""
-    keys = ("mode", "iterations", "first_iterations", "flow", "content_weight", "style_weight", "tv_weight", "optimizer", "lr", "seed",
-            "device", "provider", "loop")
+    """What shapes the frames (the resume fingerprint); not --frames, so a run can be extended (a
+    sharded run: its shard plan is part of it, so extending it means --shard-frames as before)."""
+    keys = ("mode", "temporal_weight", "iterations", "first_iterations", "flow", "content_weight", "style_weight",
+            "tv_weight", "optimizer", "lr", "seed", "device", "provider", "loop")
+    shards = {"shard_frames": args.shard_frames, "overlap": args.overlap} if args.shard_frames else None
     return {**{k: getattr(args, k) for k in keys}, "size": list(size), "style_weights": weights,
-            "styles": [str(s) for s in styles], "model": args.model, "format": 1}
+            "styles": [str(s) for s in styles], "model": args.model, "shards": shards, "format": 1}
+
+
+class FrameStylizer:
+    """Stylizes frames in order, each from the one before (warm start, temporal term): one Stylizer whose
+    sessions and style targets are kept from frame to frame (restart on each new content frame).
+
+    The sequential run and each shard of a distributed run (distributed.py) go through `frame()`, so
+    that they write the same bytes."""
+
+    def __init__(self, args, artifacts, size: tuple[int, int], styles: list[Path], weights: list[float],
+                 content_path: Path):
+        self.args, self.artifacts, self.size = args, artifacts, size
+        self.styles, self.weights, self.content_path = styles, weights, content_path
+        self.stylizer = None
+        self.temporal = None
+
+    def _config(self, iterations: int) -> Config:
+        a = self.args
+        loss = LossConfig(content_weight=a.content_weight, style_weight=a.style_weight, tv_weight=a.tv_weight)
+        return Config(content=self.content_path, styles=[StyleInput(s, w) for s, w in zip(self.styles, self.weights)],
+                      size=max(self.size), seed=a.seed, loss=loss,
+                      optim=OptimConfig(name=a.optimizer, iterations=iterations, lr=a.lr),
+                      model=self.artifacts.path, device=a.device, provider=a.provider, threads=a.threads, loop=a.loop)
+
+    def _start(self, content: np.ndarray, iterations: int):
+        from . import memory
+        from .stylize import Stylizer
+        from .temporal import TemporalTerm
+
+        if self.stylizer is None:
+            self.stylizer = Stylizer(self._config(iterations), artifacts=self.artifacts, warn=_warn, content=content)
+            memory.check(self.stylizer.memory_plan())
+            if self.args.mode == "temporal":
+                self.temporal = TemporalTerm(self.stylizer.graphs)
+        else:
+            self.stylizer.restart(content=content, iterations=iterations)
+        return self.stylizer
+
+    def frame(self, content: np.ndarray, previous: tuple[np.ndarray, np.ndarray] | None, iterations: int,
+              save) -> tuple[dict, np.ndarray]:
+        """content: this frame [H, W, 3] at the output size; previous: (its content, its output as
+        written) or None for a chain's first frame; save(image) writes the result and returns it as read
+        back. Returns the frame's record and the written image."""
+        from . import flow as F
+
+        t0 = time.perf_counter()
+        start = term = werr = None
+        if previous is not None:
+            prev_content, prev_out = previous
+            back = F.optical_flow(content, prev_content, self.args.flow)
+            fwd = F.optical_flow(prev_content, content, self.args.flow)
+            c = F.consistency(back, fwd)
+            warped, inside = F.warp(prev_out, back)
+            if self.args.mode in ("warm", "temporal"):
+                # Deviation: where the flow leaves the frame Ruder et al. start from the VGG mean
+                # pixel; here from the frame's own content (what per-frame mode starts from).
+                start = np.where(inside[..., None], warped, content).astype(np.float32)
+            if self.args.mode == "temporal":
+                term = (warped, c * inside, self.args.temporal_weight)
+        stylizer = self._start(content, iterations)
+        if start is not None:
+            stylizer.warm_start(start)
+        if term is not None:
+            stylizer.set_terms([self.temporal.term(*term)])
+        record = first = stopped = None
+        try:
+            for record in stylizer.run():
+                first = first or record
+        except NumericalError as e:
+            # L-BFGS without line search can diverge on a frame; the video goes on rather than losing
+            # the run. The frame keeps its last finite image (as the still-image CLI does) unless that
+            # is worse than where it started (a diverging run's last finite loss can be 1e22): then
+            # its start image (its content, or the warped previous frame).
+            if record is None:
+                raise
+            stopped = str(e)
+        result = stylizer.result()
+        if stopped and record.loss > first.loss:
+            stopped += "; kept the frame's start image instead (the last finite one was worse)"
+            result = np.clip(start if start is not None else content, 0.0, 1.0)
+        written = save(result)
+        if previous is not None:
+            werr = F.warping_error(written, prev_out, back, c >= 0.5)
+        rec = {"loss": record.loss, "content": record.content, "style": record.style, "tv": record.tv,
+               "temporal": record.terms.get("temporal"), "iterations": record.step,
+               "seconds": round(time.perf_counter() - t0, 3), "warping_error": werr,
+               "init": "warped previous" if start is not None else "content"}
+        if stopped:
+            rec["stopped"] = stopped
+        return rec, written
+
+
+def _check_args(args) -> None:
+    if (args.iterations < 1 or args.size < 16 or (args.frames is not None and args.frames < 1)
+            or (args.first_iterations is not None and args.first_iterations < 1)):
+        raise UsageError("--iterations, --first-iterations and --frames must be at least 1, --size at least 16")
+    if args.temporal_weight is not None and not (np.isfinite(args.temporal_weight) and args.temporal_weight >= 0):
+        raise UsageError(f"--temporal-weight must be a finite number >= 0, got {args.temporal_weight}")
+    if args.temporal_weight is not None and args.mode != "temporal":
+        raise UsageError(f"--temporal-weight is for --mode temporal (this run: --mode {args.mode})")
+    if args.temporal_weight is None:
+        args.temporal_weight = TEMPORAL_WEIGHT if args.mode == "temporal" else None
+    if args.overlap < 0 or (args.shard_frames is not None and args.shard_frames < 1):
+        raise UsageError("--overlap must be at least 0 and --shard-frames at least 1")
 
 
 def run(args) -> int:
     require("av", "nst-ort video")
     require("cv2", "nst-ort video")
-    from . import flow as F
-    from . import memory
     from .artifacts import Artifacts, sha256_file
-    from .stylize import Stylizer
-    from .video_io import check_video, open_source, remove_stray_temporaries, write_video
+    from .video_io import open_source, remove_stray_temporaries
     from .video_job import Job, fingerprint
 
-    if (args.iterations < 1 or args.size < 16 or (args.frames is not None and args.frames < 1)
-            or (args.first_iterations is not None and args.first_iterations < 1)):
-        raise UsageError("--iterations, --first-iterations and --frames must be at least 1, --size at least 16")
+    _check_args(args)
+    from .distributed import wanted
+
+    if wanted(args):
+        require("ray", "--workers / --ray-address")
     src = open_source(Path(args.input), args.fps)
     styles = [Path(s) for s in args.styles]
     for s in styles:
@@ -217,7 +334,19 @@ def run(args) -> int:
     if kind == "folder" and folder.exists() and _same(folder, src.path):
         raise OutputError(f"{out}: output folder is the input folder; give another")
     size = _even_size(src.width, src.height, args.size)
+    sharded = wanted(args)
+    contents = None
+    if sharded:
+        # The shard plan depends on the frame count: decode first (shards get their frames through Ray).
+        contents = [resize(f, size) for i, f in enumerate(src.frames()) if args.frames is None or i < args.frames]
+        if not contents:
+            raise UsageError(f"{src.path}: no frames to stylize")
+        args.shard_frames = args.shard_frames or _default_shard_frames(len(contents), args)
     artifacts = Artifacts(args.model)
+    if args.mode == "temporal":
+        from .temporal import temporal_graph_path
+
+        temporal_graph_path(artifacts)  # a model without temporal.onnx: one line, exit 4, before any work
     settings = _settings(args, size, styles, weights)
     settings["model_manifest"] = sha256_file(artifacts.path / "manifest.json")
     fp = fingerprint([src.path, *styles], settings)
@@ -227,8 +356,9 @@ def run(args) -> int:
     if job.done and not args.quiet:
         print(f"nst-ort: resuming {folder} after frame {job.done}", file=sys.stderr)
     limit = min(n for n in (args.frames, src.count) if n) if (args.frames or src.count) else None
-    loss = LossConfig(content_weight=args.content_weight, style_weight=args.style_weight, tv_weight=args.tv_weight)
-    tmp = Path(tempfile.mkdtemp(prefix="nst-ort-video-"))
+    if sharded:
+        return _run_sharded(args, artifacts, job, contents, styles, weights, kind, out, folder, size, src, settings)
+    frames = FrameStylizer(args, artifacts, size, styles, weights, src.path)
     index = 0
     try:
         prev_content = None
@@ -240,50 +370,17 @@ def run(args) -> int:
             if index <= job.done:
                 prev_content = content
                 continue
-            t0 = time.perf_counter()
-            content_path = tmp / "content.png"
-            save_image(content, content_path)
-            content = load_image(content_path)  # what the Stylizer sees (8 bits), for the flow too
-            start, werr = None, None
-            if prev_content is not None:
-                back = F.optical_flow(content, prev_content, args.flow)
-                fwd = F.optical_flow(prev_content, content, args.flow)
-                mask = F.consistency(back, fwd) >= 0.5
-                prev_out = load_image(job.frame_path(index - 1))
-                if args.mode == "warm":
-                    warped, inside = F.warp(prev_out, back)
-                    # Deviation: where the flow leaves the frame Ruder et al. start from the VGG mean
-                    # pixel; here from the frame's own content (what per-frame mode starts from).
-                    start = np.where(inside[..., None], warped, content).astype(np.float32)
+            # frame t-1 as written (read back from disk, also after a resume): the same bytes either way
+            previous = (prev_content, load_image(job.frame_path(index - 1))) if prev_content is not None else None
             iterations = args.first_iterations if index == 1 and args.first_iterations else args.iterations
-            cfg = Config(content=content_path, styles=[StyleInput(s, w) for s, w in zip(styles, weights)],
-                         size=max(size), seed=args.seed, loss=loss,
-                         optim=OptimConfig(name=args.optimizer, iterations=iterations, lr=args.lr),
-                         model=artifacts.path, device=args.device, provider=args.provider, threads=args.threads,
-                         loop=args.loop)
-            stylizer = Stylizer(cfg, artifacts=artifacts, warn=_warn)
-            if index == job.done + 1:
-                memory.check(stylizer.memory_plan())
-            if start is not None:
-                stylizer.warm_start(start)
-            record = None
-            for record in stylizer.run():
-                pass
-            result = stylizer.result()
-            save_image(result, job.frame_path(index))
-            if prev_content is not None:
-                werr = F.warping_error(load_image(job.frame_path(index)), prev_out, back, mask)
-            rec = {"loss": record.loss, "content": record.content, "style": record.style, "tv": record.tv,
-                   "iterations": record.step, "seconds": round(time.perf_counter() - t0, 3), "warping_error": werr,
-                   "init": "warped previous" if start is not None else "content"}
+            path = job.frame_path(index)
+            rec, _ = frames.frame(content, previous, iterations, lambda img, p=path: (save_image(img, p), load_image(p))[1])
             job.finish_frame(index, rec)
             prev_content = content
             if not args.quiet:
-                total = f"/{limit}" if limit else ""
-                we = f", warping error {werr:.5f}" if werr is not None else ""
-                print(f"nst-ort video: frame {index}{total} {size[0]}x{size[1]}: loss {record.loss:.4g} "
-                      f"(style {record.style:.4g}, content {record.content:.4g}){we}, {rec['seconds']:.1f} s",
-                      file=sys.stderr)
+                _say_frame(index, limit, size, rec)
+            elif rec.get("stopped"):
+                _warn(f"frame {index}: {rec['stopped']}")
     except NstError:
         if job.done == 0 and job.created:
             job.remove()  # nothing done: leave no empty frames folder behind
@@ -293,10 +390,67 @@ def run(args) -> int:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise Interrupted(f"{out}: interrupted at frame {job.done + 1}; {job.done} frame(s) done in {folder}; "
                           "run the same command again to resume") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     # A run resumed with a smaller --frames than before stops at it (the frames past it stay on disk).
     count = min(job.done, index)
+    return _finish(args, job, count, kind, out, size, src, settings)
+
+
+def _default_shard_frames(count: int, args) -> int:
+    from .distributed import default_shard_frames
+
+    return default_shard_frames(count, args.workers or 1)
+
+
+def _run_sharded(args, artifacts, job, contents, styles, weights, kind, out, folder, size, src, settings) -> int:
+    """--workers / --ray-address: shards on Ray (distributed.py); frames are written here in order."""
+    from . import flow as F
+    from .atomic import atomic_write
+    from .distributed import video_shards
+
+    def on_frame(index: int, png: bytes, rec: dict) -> None:
+        path = job.frame_path(index)
+        atomic_write(path, lambda f: f.write(png))
+        if rec.get("seam"):
+            # across the seam: against the frame the previous shard wrote (not the shard's own overlap frame)
+            cur, prev = contents[index - 1], contents[index - 2]
+            back, fwd = F.optical_flow(cur, prev, args.flow), F.optical_flow(prev, cur, args.flow)
+            rec = {**rec, "warping_error": F.warping_error(load_image(path), load_image(job.frame_path(index - 1)),
+                                                           back, F.consistency(back, fwd) >= 0.5)}
+        job.finish_frame(index, rec)
+        if not args.quiet:
+            _say_frame(index, len(contents), size, rec)
+        elif rec.get("stopped"):
+            _warn(f"frame {index}: {rec['stopped']}")
+
+    try:
+        video_shards(args, artifacts, job, contents, styles, weights, on_frame)
+    except NstError:
+        if job.done == 0 and job.created:
+            job.remove()
+        raise
+    except (KeyboardInterrupt, _Interrupted):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Interrupted(f"{out}: interrupted; {job.done} frame(s) done in {folder}; "
+                          "run the same command again to resume") from None
+    return _finish(args, job, min(job.done, len(contents)), kind, out, size, src, settings)
+
+
+def _say_frame(index: int, limit, size, rec: dict) -> None:
+    if rec.get("stopped"):
+        _warn(f"frame {index}: {rec['stopped']}")
+    total = f"/{limit}" if limit else ""
+    werr = rec.get("warping_error")
+    we = f", warping error {werr:.5f}" if werr is not None else ""
+    tl = f", temporal {rec['temporal']:.4g}" if rec.get("temporal") is not None else ""
+    print(f"nst-ort video: frame {index}{total} {size[0]}x{size[1]}: loss {rec['loss']:.4g} "
+          f"(style {rec['style']:.4g}, content {rec['content']:.4g}{tl}){we}, {rec['seconds']:.1f} s", file=sys.stderr)
+
+
+def _finish(args, job, count: int, kind: str, out: Path, size, src, settings) -> int:
+    """Encode (a video output), check, report, tidy up."""
+    from .video_io import check_video, write_video
+
     if count == 0:
         raise UsageError(f"{src.path}: no frames to stylize")
     job.state["total"] = count
@@ -327,8 +481,14 @@ def summary(frames: list[dict]) -> dict:
     """Means over the frames: losses over all, the warping error over frames 2.. (it needs a previous)."""
     werr = [f["warping_error"] for f in frames if f.get("warping_error") is not None]
     mean = lambda k: float(np.mean([f[k] for f in frames])) if frames else None  # noqa: E731
-    return {"frames": len(frames), "warping_error": float(np.mean(werr)) if werr else None,
-            "style": mean("style"), "content": mean("content"), "loss": mean("loss"), "seconds": mean("seconds")}
+    out = {"frames": len(frames), "warping_error": float(np.mean(werr)) if werr else None,
+           "style": mean("style"), "content": mean("content"), "loss": mean("loss"), "seconds": mean("seconds")}
+    if any("shard" in f for f in frames):  # a sharded run: the seams against the inside of the shards
+        seams = [f["warping_error"] for f in frames if f.get("seam")]
+        inside = [f["warping_error"] for f in frames if not f.get("seam") and f.get("warping_error") is not None]
+        out["warping_error_seams"] = float(np.mean(seams)) if seams else None
+        out["warping_error_inside_shards"] = float(np.mean(inside)) if inside else None
+    return out
 
 
 def _write_report(path: Path, job, settings: dict, out: Path, audio: str | None) -> None:

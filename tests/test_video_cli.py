@@ -7,18 +7,26 @@ import json
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from conftest import EXAMPLES, ROOT, cli_command, cli_env, run_cli
-from video_clips import NTSC, frames, needs, read_video, write_clip, write_folder
+from video_clips import NTSC, frames, needs, read_video, temporal_model, write_clip, write_folder  # noqa: F401
 
 needs("av")
 needs("cv2")
 
 STYLE = EXAMPLES / "starry_night.jpg"
 FAST = ["--size", "64", "--iterations", "4", "--threads", "1", "-q"]
+
+
+@pytest.fixture(autouse=True)
+def _model_with_temporal(temporal_model, monkeypatch):
+    """The default mode (temporal) needs temporal.onnx: the default model, or a copy with it added
+    where the default model lacks it (subprocesses take it from NST_ORT_MODEL)."""
+    monkeypatch.setenv("NST_ORT_MODEL", str(temporal_model))
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +55,8 @@ def test_video_to_video_keeps_rate_and_audio(tmp_path, clip_frames):
     r = json.loads(report.read_text())
     assert [f["frame"] for f in r["frames"]] == [1, 2, 3]
     assert [f["init"] for f in r["frames"]] == ["content", "warped previous", "warped previous"]
+    assert r["settings"]["mode"] == "temporal" and r["settings"]["temporal_weight"] > 0
+    assert r["frames"][0]["temporal"] is None and all(f["temporal"] > 0 for f in r["frames"][1:])
     assert r["frames"][0]["warping_error"] is None and all(f["warping_error"] > 0 for f in r["frames"][1:])
     assert all(f["iterations"] == 4 and np.isfinite(f["loss"]) for f in r["frames"])
     # the frames are stylized, not the input passed through: further from the clip than the input video's
@@ -148,6 +158,11 @@ def test_bad_inputs_one_line_each(tmp_path, clip_frames):
         (["video", good, STYLE, "-o", tmp_path / "o12.mp4", "--report", good], 8, "would overwrite an input"),
         (["video", good, STYLE, "-o", tmp_path / "o9.mp4", "--fps", "fast"], 2, "--fps"),
         (["video", good, STYLE, "-o", tmp_path / "o10.mp4", "--iterations", "0"], 2, "--iterations"),
+        (["video", good, STYLE, "-o", tmp_path / "o13.mp4", "--temporal-weight", "-1"], 2, "--temporal-weight"),
+        (["video", good, STYLE, "-o", tmp_path / "o14.mp4", "--mode", "warm", "--temporal-weight", "1e7"], 2,
+         "--temporal-weight is for --mode temporal"),
+        (["video", good, STYLE, "-o", tmp_path / "o15.mp4", "--model", _without_temporal(tmp_path)], 4,
+         "python -m nst_ort_export.temporal"),
     ]
     for args, code, words in cases:
         done = run_cli([*args, "-q"])
@@ -158,10 +173,28 @@ def test_bad_inputs_one_line_each(tmp_path, clip_frames):
         assert words in line, (args, line)
     assert (busy / "mine.txt").read_text() == "keep me" and sorted(p.name for p in busy.iterdir()) == ["mine.txt"]
     # nothing was left behind by the failed runs
-    assert not list(tmp_path.glob("o*"))
+    assert not list(tmp_path.glob("o[0-9]*"))
     # without PyAV: which extra to install
     line = _one_line(run_cli(["video", good, STYLE, "-o", tmp_path / "o11.mp4"], prelude="sys.modules['av'] = None; "), 2)
     assert "pip install 'nst-ort[video]'" in line
+    # --workers without Ray: which extra to install
+    line = _one_line(run_cli(["video", good, STYLE, "-o", tmp_path / "o16.mp4", "--workers", "2"],
+                             prelude="sys.modules['ray'] = None; "), 2)
+    assert "pip install 'nst-ort[ray]'" in line
+
+
+def _without_temporal(tmp_path) -> Path:
+    """A copy of the default model without temporal.onnx (as the committed one was before it got it)."""
+    import shutil
+
+    model = tmp_path / "no-temporal"
+    shutil.copytree(ROOT / "models" / "vgg16", model)
+    (model / "temporal.onnx").unlink(missing_ok=True)
+    manifest = json.loads((model / "manifest.json").read_text())
+    manifest.pop("terms", None)
+    manifest["files"].pop("temporal.onnx", None)
+    (model / "manifest.json").write_text(json.dumps(manifest))
+    return model
 
 
 def test_runtime_imports_without_the_video_extra():
@@ -190,21 +223,62 @@ def test_runtime_imports_without_the_video_extra():
 
 
 def test_docs_commands_run_as_written(tmp_path):
-    """The commands of docs/video.md, as written, in a folder that has the examples."""
+    """The commands of docs/video.md, as written, in a folder that has the examples (and a photos/
+    folder of two of them, and an empty out/, for the batch command); the Ray ones need the [ray] extra."""
     import shlex
+    import shutil
     import sys
 
     doc = (ROOT / "docs" / "video.md").read_text()
     commands = [line.strip() for line in doc.splitlines()
-                if line.startswith(("    nst-ort video ", "    python -m nst_ort.video_synthetic "))]
-    assert len(commands) == 2, commands
+                if line.startswith(("    nst-ort ", "    python -m nst_ort.video_synthetic "))]
+    assert len(commands) == 4, commands
     (tmp_path / "examples").symlink_to(EXAMPLES)
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "out").mkdir()
+    for name in ("chelsea_cat.jpg", "coffee.jpg"):
+        shutil.copy(EXAMPLES / name, tmp_path / "photos" / name)
     for command in commands:
         argv = shlex.split(command)
+        if "--workers" in argv:
+            needs("ray")
         full = cli_command(argv[1:]) if argv[0] == "nst-ort" else [sys.executable, *argv[1:]]
-        done = subprocess.run(full, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=600)
+        done = subprocess.run(full, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=900)
         assert done.returncode == 0, (command, done.stderr)
     imgs, fps, _ = read_video(tmp_path / "clip_starry.mp4")
     assert (len(imgs), imgs[0].shape, fps) == (4, (96, 128, 3), 12)
     report = json.loads((tmp_path / "clip_starry.json").read_text())
     assert len(report["frames"]) == 4 and report["summary"]["warping_error"] > 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["chelsea_cat.png", "coffee.png"]
+
+
+def test_readme_video_commands_are_the_demo_s():
+    """The README's video commands are the ones examples/video_demo.py runs (it made the figure), and
+    they parse. (Running them takes minutes: the docs test above runs the same modes smaller.)"""
+    import shlex
+
+    from nst_ort.video import build_parser
+
+    readme = (ROOT / "README.md").read_text()
+    demo = (ROOT / "examples" / "video_demo.py").read_text()
+    section = readme[readme.index("## Video"):readme.index("## Loss normalization")]
+    commands = [line.strip() for line in section.splitlines() if line.startswith(("    nst-ort ", "    python -m "))]
+    assert len(commands) == 3 and all(c in demo for c in commands), commands
+    for c in commands[1:]:
+        args = build_parser().parse_args(shlex.split(c)[2:])
+        assert args.mode in ("per-frame", "temporal") and args.size == 192
+
+
+def test_a_diverging_frame_keeps_its_last_finite_image_and_the_run_goes_on(tmp_path, clip_frames):
+    """Adam at lr 1e30: every frame's second step is not finite. Each frame keeps the image its first
+    step evaluated (its content, or the warped previous frame), says so, and the video is complete."""
+    folder = write_folder(tmp_path / "seq", clip_frames[:2])
+    out, report = tmp_path / "out", tmp_path / "run.json"
+    done = run_cli(["video", folder, STYLE, "-o", out, "--optimizer", "adam", "--lr", "1e30", "--report", report,
+                    *FAST])
+    assert done.returncode == 0, done.stderr
+    frames_ = json.loads(report.read_text())["frames"]
+    assert [f["iterations"] for f in frames_] == [1, 1]
+    assert all("not finite" in f["stopped"] or "loss became" in f["stopped"] for f in frames_)
+    assert "frame 1: " in done.stderr and "frame 2: " in done.stderr and "Traceback" not in done.stderr
+    assert sorted(p.name for p in out.glob("0*.png")) == ["000001.png", "000002.png"]

@@ -90,3 +90,34 @@ def read_video(path: Path):
             end = max(float((p.pts + p.duration) * p.time_base) for p in c.demux(a) if p.pts is not None)
             audio["seconds"] = end
     return imgs, fps, audio
+
+
+def model_with_temporal(default_model: Path, tmp: Path) -> Path:
+    """The default model if it has temporal.onnx; else a copy of it with the in-place adder run
+    (python -m nst_ort_export.temporal), as the project's model gets it."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    manifest = json.loads((default_model / "manifest.json").read_text())
+    if "temporal" in (manifest.get("terms") or {}):
+        return default_model
+    model = tmp / "vgg16-temporal"
+    shutil.copytree(default_model, model)
+    done = subprocess.run([sys.executable, "-m", "nst_ort_export.temporal", str(model)], capture_output=True,
+                          text=True, timeout=300, cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0, done.stderr
+    return model
+
+
+def _temporal_model_fixture(tmp_path_factory):
+    return model_with_temporal(EXAMPLES.parent / "models" / "vgg16", tmp_path_factory.mktemp("models"))
+
+
+try:
+    import pytest as _pytest
+
+    temporal_model = _pytest.fixture(scope="session")(_temporal_model_fixture)
+except ImportError:  # used outside pytest (benchmarks)
+    pass
