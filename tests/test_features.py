@@ -208,4 +208,5 @@ def test_save_every_and_report(tmp_path, examples):
     # What actually ran, where the flags said "auto": the default model on the CPU runs its
     # Winograd training graph with the optimizer in device buffers.
     assert data["runtime"] == {"providers": ["CPUExecutionProvider"], "device": "cpu",
-                               "train_graph": "train_cpu.onnx", "loop": "device"}
+                               "train_graph": "train_cpu.onnx", "loop": "device",
+                               "provider_options": {}}
