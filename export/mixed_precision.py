@@ -178,6 +178,6 @@ def add_to_folder(folder: str | Path, emulate: bool = False) -> dict:
 if __name__ == "__main__":
     import sys
 
-    if len(sys.argv) != 2:
-        sys.exit("usage: python -m nst_ort_export.mixed_precision ARTIFACT_FOLDER   (adds train_fp16.onnx in place)")
-    print(add_to_folder(sys.argv[1]))
+    from .in_place import main
+
+    sys.exit(main("nst_ort_export.mixed_precision", "train_fp16.onnx (convolutions in fp16, for --precision fp16)", add_to_folder))

@@ -96,6 +96,6 @@ def add_to_folder(folder: str | Path) -> dict:
 if __name__ == "__main__":
     import sys
 
-    if len(sys.argv) != 2:
-        sys.exit("usage: python -m nst_ort_export.temporal ARTIFACT_FOLDER   (adds temporal.onnx in place)")
-    print(json.dumps(add_to_folder(sys.argv[1])))
+    from .in_place import main
+
+    sys.exit(main("nst_ort_export.temporal", "temporal.onnx (the video temporal term)", add_to_folder))
