@@ -207,8 +207,10 @@ class TrainStep:
         self.binding = self.graph.binding(self.image, self.grad)
 
     def __call__(self, x: np.ndarray) -> tuple:
-        """x [1, 3, H, W] -> the graph's outputs in TRAIN_OUTPUTS order: (*Losses, image_grad)."""
+        """x [1, 3, H, W] -> the graph's outputs in TRAIN_OUTPUTS order: (loss, content_losses,
+        style_losses, tv_loss, image_grad); extra terms are the loop's (Losses.terms), not the graph's."""
         self.image.update_inplace(np.ascontiguousarray(x, dtype=np.float32))
-        return (*self.graph.run(self.binding), self.grad.numpy())
+        losses = self.graph.run(self.binding)
+        return (*losses[:len(contract.LOSS_OUTPUTS)], self.grad.numpy())
 
 

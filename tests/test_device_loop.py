@@ -159,7 +159,7 @@ def test_cpu_training_graph_matches_train_graph(vgg16_random, monkeypatch):
     """train_cpu.onnx (Winograd convolutions, what the CPU provider runs) and train.onnx (direct
     convolutions, what CUDA runs) compute the same loss and gradient. test_gradient.py checks the
     CPU graph against float64 torch autograd."""
-    from test_gradient import _feeds
+    from backbone_checks import feeds_for as _feeds
 
     from nst_ort import Artifacts
     from nst_ort.session import TrainStep
