@@ -304,10 +304,16 @@ def _main(args) -> int:
         if not batch:
             raise UsageError("--workers and --ray-address are for a folder of content images (or nst-ort video)")
         for flag, name in (("--report", "report"), ("--checkpoint", "checkpoint"), ("--resume", "resume"),
-                           ("--save-every", "save_every"), ("--dry-run", "dry_run")):
+                           ("--save-every", "save_every")):
             if getattr(args, name, None):
                 raise UsageError(f"{flag}: not with --workers / --ray-address (a Ray batch writes only the images)")
-        return distributed.batch(args, artifacts, IMAGE_EXTS, build_config)
+        if not args.dry_run:
+            return distributed.batch(args, artifacts, IMAGE_EXTS, build_config)
+        # A dry run checks what the Ray batch would run, image by image, as the sequential batch
+        # does; and that Ray is there.
+        from .extras import require
+
+        require("ray", "--workers / --ray-address")
     if batch:
         return _batch(args, artifacts)
     cfg, out = build_config(args, artifacts)

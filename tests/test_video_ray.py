@@ -107,3 +107,20 @@ def test_video_shards_through_ray(tmp_path, temporal_model):
     assert r["settings"]["shards"] == {"shard_frames": 3, "overlap": 1}
     assert r["summary"]["warping_error_seams"] == r["frames"][3]["warping_error"] > 0
     assert r["summary"]["warping_error_inside_shards"] > 0
+
+
+def test_ray_batch_refuses_sequential_flags_and_dry_runs_per_image(tmp_path):
+    """--report/--checkpoint/--resume/--save-every name one run's files: refused with --workers (exit 2,
+    naming the flag, nothing written); --dry-run checks each image as the sequential batch does."""
+    photos, out = tmp_path / "photos", tmp_path / "out"
+    photos.mkdir()
+    out.mkdir()
+    shutil.copyfile(EXAMPLES / "chelsea_cat.jpg", photos / "cat.jpg")
+    base = [photos, EXAMPLES / "starry_night.jpg", "-o", out, "--size", "64", "--iterations", "2", "--workers", "2"]
+    for flag, value in (("--report", tmp_path / "r"), ("--checkpoint", tmp_path / "c"), ("--save-every", "1")):
+        r = run_cli([*base, flag, value])
+        assert r.returncode == 2 and r.stderr.startswith(f"nst-ort: error: {flag}: not with --workers"), r.stderr
+    r = run_cli([*base, "--dry-run"])
+    assert r.returncode == 0, r.stderr
+    assert "cat.jpg" in r.stdout + r.stderr
+    assert sorted(os.listdir(out)) == [] and sorted(os.listdir(tmp_path)) == ["out", "photos"]
