@@ -20,7 +20,7 @@ import onnxruntime as ort
 
 from .errors import ArtifactError, NumericalError
 from .contract import Losses
-from .optim import CURVATURE_MIN, MAX_STEP, steepest_descent_length
+from .optim import CURVATURE_MIN, MAX_STEP, curvature_jump, steepest_descent_length
 from .session import Graphs, TrainingGraph, run_error
 from .terms import bind
 
@@ -154,6 +154,10 @@ class DeviceLBFGS:
         if not (np.isfinite(gl1) and np.isfinite(gg)):
             return False
         accepted = not first_iter and ys > CURVATURE_MIN
+        if accepted and self.order and curvature_jump(np.diag(self.R), ys):
+            # Deviation: see optim.curvature_jump (the history restarts with the new pair alone).
+            self.order, self.R, self.YY = [], np.zeros((0, 0)), np.zeros((0, 0))
+            self.restarts += 1
         if accepted:
             self.order.append(f)
             self.h_diag = ys / yy

@@ -10,6 +10,23 @@ import numpy as np
 
 CURVATURE_MIN = 1e-10  # a pair (s, y) is kept only if y.s exceeds this: torch.optim.LBFGS's test
 MAX_STEP = 0.01  # largest pixel change of a steepest-descent step, in [0, 1] units, times lr
+CURVATURE_SPREAD = 1e12  # a new pair's y.s this many times off the history's restarts the history
+
+
+def curvature_jump(history_ys, ys: float) -> bool:
+    """Whether a new pair's curvature y.s is more than CURVATURE_SPREAD times larger or smaller than
+    every pair's in the history (both loops and the browser apply it).
+
+    Deviation from torch.optim.LBFGS. Without a line search the first quasi-Newton step after the
+    tiny steepest-descent steps can overshoot by orders of magnitude (measured: a 192x144 frame,
+    default weights, loss 1.4e7 -> 1.6e20 at iteration 16). The pair that step makes has y.s ~1e20
+    beside pairs of ~10; the two-loop recursion then steps back, but the compact form the device loop
+    uses (float32 projections S g, Y g) loses every digit at that spread and walked on from 1e17.
+    Keeping only the new pair gives both forms the same, well-conditioned step back."""
+    if ys <= 0 or len(history_ys) == 0:
+        return False
+    h = np.asarray(history_ys, np.float64)
+    return bool(ys > CURVATURE_SPREAD * h.max() or ys * CURVATURE_SPREAD < h.min())
 
 
 def steepest_descent_length(t: float, growing: bool, g_l1: float, g_max: float, lr: float,
@@ -71,6 +88,8 @@ class LBFGS:
             s = self.d * np.float32(self.t)
             ys = float(y @ s)
             if ys > CURVATURE_MIN:
+                if curvature_jump(1.0 / self.rho[self._order()], ys):
+                    self.count, self.head, self.restarts = 0, 0, self.restarts + 1
                 self.S[self.head], self.Y[self.head], self.rho[self.head] = s, y, 1.0 / ys
                 self.head = (self.head + 1) % self.m
                 self.count = min(self.count + 1, self.m)

@@ -79,3 +79,19 @@ def test_warm_start_from_an_image(loop):
     assert [r.loss for r in warm.run()] == expected
     with pytest.raises(UsageError):
         warm.warm_start(plain.result())
+
+
+@pytest.mark.parametrize("loop", ["host", "device"])
+def test_an_overshooting_step_is_recovered_by_both_loops(loop):
+    """A frame of the video demo (192x144, default weights) where L-BFGS without a line search
+    overshoots at iteration 16 (loss 1.4e7 -> 1.6e20). The host loop's two-loop recursion stepped
+    back; the device loop's compact form walked on from 1e17 and wrote a garbage picture (the README
+    strip showed it) until optim.curvature_jump restarted the history at such a pair, in both loops."""
+    from pathlib import Path
+
+    frame = Path(__file__).parent / "data" / "overshoot_frame.png"
+    cfg = Config(content=frame, styles=[StyleInput(EXAMPLES / "starry_night.jpg", 1.0)], size=192,
+                 optim=OptimConfig(iterations=30), loop=loop, threads=2)
+    losses = [r.loss for r in Stylizer(cfg).run()]
+    assert max(losses) > 1e18, "the case no longer overshoots: find another one for this test"
+    assert losses[-1] < 0.7 * losses[0], [f"{v:.3g}" for v in losses]

@@ -64,6 +64,18 @@ export class LBFGS {
       return null;
     }
     const accepted = !firstIter && ys > 1e-10; // curvature condition, as torch
+    if (accepted && this.order.length) {
+      // Deviation: a pair whose y.s is more than 1e12 times off every pair's in the history restarts
+      // the history with the new pair alone (nst_ort/optim.py curvature_jump: the compact form's
+      // float32 projections lose every digit at that spread after an overshooting step).
+      const diag = this.R.map((row, i) => row[i]);
+      if (ys > 1e12 * Math.max(...diag) || ys * 1e12 < Math.min(...diag)) {
+        this.order = [];
+        this.R = [];
+        this.YY = [];
+        this.restarts += 1;
+      }
+    }
     if (accepted) {
       this.order.push(f);
       this.hDiag = ys / yy;
