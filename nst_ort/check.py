@@ -59,9 +59,9 @@ WHAT = {
 }
 
 def build_parser() -> argparse.ArgumentParser:
-    from .cli import _Parser
+    from .flags import Parser
 
-    p = _Parser(prog="nst-ort check", description="Conformance run: every graph of the model on the chosen provider "
+    p = Parser(prog="nst-ort check", description="Conformance run: every graph of the model on the chosen provider "
                 "against onnxruntime's CPU provider, at a small size; a table and a verdict (exit 0 or 10).")
     p.add_argument("--model", help="artifact folder (default: the embedded VGG16)")
     p.add_argument("--provider", help="execution provider to check (default: what --device picks)")

@@ -5,22 +5,18 @@ import argparse
 import os
 import signal
 import sys
-import traceback
 from pathlib import Path
 
 from . import __version__, describe, memory
 from .config import Config, LossConfig, OptimConfig, StyleInput
-from .errors import (EXIT_BATCH_PARTIAL, EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, ImageError, Interrupted, NstError, NumericalError,
+from .errors import (EXIT_BATCH_PARTIAL, Terminated, exit_for, on_sigterm, EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, ImageError, Interrupted, NstError, NumericalError,
                      OutOfMemory, OutputError, UsageError)
-from .flags import _Parser, build_parser, check_modes  # noqa: F401 - _Parser: subcommands' parsers
+from .flags import build_parser, check_modes
 from .outputs import Snapshots, Source, Target, check_writes, image_bytes, same_file
 from .presets import PRESETS
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 
-
-class _Interrupted(BaseException):
-    """SIGTERM, raised like KeyboardInterrupt: no `except Exception` on the way may swallow it."""
 
 
 _said: set[str] = set()
@@ -198,7 +194,7 @@ def _run(stylizer, cfg: Config, out: Path, args, fingerprint: str, snaps: Snapsh
                 save(image)
                 if snaps is not None:
                     save_image(image, snaps.path(record.step))
-    except (KeyboardInterrupt, _Interrupted):
+    except (KeyboardInterrupt, Terminated):
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the final save short
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         progress.close()
@@ -232,9 +228,6 @@ def _run(stylizer, cfg: Config, out: Path, args, fingerprint: str, snaps: Snapsh
     return str(out)
 
 
-def _sigterm(signum, frame):
-    raise _Interrupted()
-
 
 # `nst-ort NAME ...` for each NAME here runs "module:function"(argv[1:]) instead of stylizing. Each
 # subcommand owns its parser; the module is imported only when asked for (start-up stays small).
@@ -257,12 +250,12 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in SUBCOMMANDS:
         return _subcommand(argv)
     args = build_parser().parse_args(argv)
-    signal.signal(signal.SIGTERM, _sigterm)
+    signal.signal(signal.SIGTERM, on_sigterm)
     if args.no_cache:
         os.environ["NST_ORT_CACHE"] = "0"
     try:
         return _main(args)
-    except (KeyboardInterrupt, _Interrupted):
+    except (KeyboardInterrupt, Terminated):
         print("nst-ort: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # `nst-ort --info | head`: the reader has what it wanted; as SIGPIPE would
@@ -271,21 +264,8 @@ def main(argv: list[str] | None = None) -> int:
         except OSError:
             pass
         return EXIT_BROKEN_PIPE
-    except MemoryError:  # numpy or Python itself; onnxruntime's failures are mapped in session.py
-        if args.debug:
-            traceback.print_exc()
-        print("nst-ort: error: out of memory (MemoryError); try a smaller --size", file=sys.stderr)
-        return OutOfMemory.exit_code
-    except NstError as e:
-        if args.debug:
-            traceback.print_exc()
-        print(f"nst-ort: {'' if isinstance(e, Interrupted) else 'error: '}{e}", file=sys.stderr)
-        return e.exit_code
-    except Exception as e:  # noqa: BLE001 - last resort: still one line unless --debug
-        if args.debug:
-            traceback.print_exc()
-        print(f"nst-ort: internal error: {type(e).__name__}: {e} (rerun with --debug for a traceback)", file=sys.stderr)
-        return 1
+    except Exception as e:  # noqa: BLE001 - MemoryError, NstError, anything else: one line (errors.exit_for)
+        return exit_for(e, args.debug)
 
 
 def _main(args) -> int:

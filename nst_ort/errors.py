@@ -28,3 +28,30 @@ class Interrupted(NstError):
     """Ctrl-C or SIGTERM: the current image was written (when there was one) before exiting."""
 
     exit_code = EXIT_INTERRUPTED
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised like KeyboardInterrupt: no `except Exception` on the way may swallow it."""
+
+
+def on_sigterm(signum, frame):
+    raise Terminated()
+
+
+def exit_for(e: BaseException, debug: bool) -> int:
+    """One line on stderr and the documented exit code for an error that reached the top of a command
+    (nst-ort, nst-ort video); the traceback only with --debug."""
+    import sys
+    import traceback
+
+    if debug:
+        traceback.print_exc()
+    if isinstance(e, MemoryError):  # numpy or Python itself; onnxruntime's failures are mapped in session.py
+        print("nst-ort: error: out of memory (MemoryError); try a smaller --size", file=sys.stderr)
+        return OutOfMemory.exit_code
+    if isinstance(e, NstError):
+        print(f"nst-ort: {'' if isinstance(e, Interrupted) else 'error: '}{e}", file=sys.stderr)
+        return e.exit_code
+    # last resort: still one line unless --debug
+    print(f"nst-ort: internal error: {type(e).__name__}: {e} (rerun with --debug for a traceback)", file=sys.stderr)
+    return 1

@@ -85,7 +85,7 @@ def _layer_weights(text: str) -> dict[str, float]:
     return out
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows a default only where there is one to show (not None/False, not already in the text)."""
 
     def _get_help_string(self, action):
@@ -95,18 +95,18 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-class _Parser(argparse.ArgumentParser):
+class Parser(argparse.ArgumentParser):
     def error(self, message: str):
         # argparse prints the whole usage (a dozen lines here) first: one line, like every other error.
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = Parser(
         prog="nst-ort",
         description="Neural style transfer (Gatys et al.) on ONNX Runtime. "
         "nst-ort CONTENT STYLE [STYLE ...] -o OUT; CONTENT may be a folder (batch); --texture for no content.",
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("images", nargs="*", help="content image (or folder) then style image(s); with --texture, style image(s) only")
     p.add_argument("-o", "--output", required=False, help="output image (or folder for a batch)")

@@ -22,14 +22,14 @@ import os
 import signal
 import sys
 import time
-import traceback
 from pathlib import Path
 
 import numpy as np
 
 from .config import Config, LossConfig, OptimConfig, StyleInput
-from .errors import EXIT_INTERRUPTED, Interrupted, NstError, NumericalError, OutOfMemory, OutputError, UsageError
+from .errors import EXIT_INTERRUPTED, Interrupted, Terminated, exit_for, on_sigterm, NstError, NumericalError, OutputError, UsageError
 from .extras import require
+from .flags import HelpFormatter, Parser
 from .images import fit_size, load_image, resize, save_image
 
 MODES = ("per-frame", "warm", "temporal")
@@ -38,27 +38,7 @@ MODES = ("per-frame", "warm", "temporal")
 TEMPORAL_WEIGHT = 1e8
 
 
-class _Interrupted(BaseException):
-    """SIGTERM, raised like KeyboardInterrupt."""
 
-
-def _sigterm(signum, frame):
-    raise _Interrupted()
-
-
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows a default only where there is one (as nst-ort's own help)."""
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        if action.default in (None, False, argparse.SUPPRESS) or "default" in text:
-            return text
-        return super()._get_help_string(action)
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def _fps(text: str):
@@ -71,7 +51,7 @@ def _fps(text: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="nst-ort video", formatter_class=_HelpFormatter,
+    p = Parser(prog="nst-ort video", formatter_class=HelpFormatter,
                 description="Stylize a video (mp4, webm, mkv, mov) or a folder of frames, frame by frame. "
                 "Frames are written as they finish; run the same command again to resume after a kill.")
     p.add_argument("input", help="video file, or a folder of frames (sorted by name)")
@@ -131,27 +111,14 @@ def _warn(msg: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    old = signal.signal(signal.SIGTERM, _sigterm)
+    old = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         return run(args)
-    except (KeyboardInterrupt, _Interrupted):
+    except (KeyboardInterrupt, Terminated):
         print("nst-ort: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except MemoryError:
-        if args.debug:
-            traceback.print_exc()
-        print("nst-ort: error: out of memory (MemoryError); try a smaller --size", file=sys.stderr)
-        return OutOfMemory.exit_code
-    except NstError as e:
-        if args.debug:
-            traceback.print_exc()
-        print(f"nst-ort: {'' if isinstance(e, Interrupted) else 'error: '}{e}", file=sys.stderr)
-        return e.exit_code
-    except Exception as e:  # noqa: BLE001 - last resort: still one line unless --debug
-        if args.debug:
-            traceback.print_exc()
-        print(f"nst-ort: internal error: {type(e).__name__}: {e} (rerun with --debug for a traceback)", file=sys.stderr)
-        return 1
+    except Exception as e:  # noqa: BLE001 - MemoryError, NstError, anything else: one line (errors.exit_for)
+        return exit_for(e, args.debug)
     finally:
         signal.signal(signal.SIGTERM, old)
 
@@ -385,7 +352,7 @@ def run(args) -> int:
         if job.done == 0 and job.created:
             job.remove()  # nothing done: leave no empty frames folder behind
         raise
-    except (KeyboardInterrupt, _Interrupted):
+    except (KeyboardInterrupt, Terminated):
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise Interrupted(f"{out}: interrupted at frame {job.done + 1}; {job.done} frame(s) done in {folder}; "
@@ -428,7 +395,7 @@ def _run_sharded(args, artifacts, job, contents, styles, weights, kind, out, fol
         if job.done == 0 and job.created:
             job.remove()
         raise
-    except (KeyboardInterrupt, _Interrupted):
+    except (KeyboardInterrupt, Terminated):
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise Interrupted(f"{out}: interrupted; {job.done} frame(s) done in {folder}; "

@@ -224,7 +224,7 @@ def test_runtime_imports_without_the_video_extra():
 
 def test_docs_commands_run_as_written(tmp_path):
     """The commands of docs/video.md, as written, in a folder that has the examples (and a photos/
-    folder of two of them, and an empty out/, for the batch command); the Ray ones need the [ray] extra."""
+    folder of two of them, and an empty out_folder/, for the batch command); the Ray ones need the [ray] extra."""
     import shlex
     import shutil
     import sys
@@ -235,7 +235,7 @@ def test_docs_commands_run_as_written(tmp_path):
     assert len(commands) == 4, commands
     (tmp_path / "examples").symlink_to(EXAMPLES)
     (tmp_path / "photos").mkdir()
-    (tmp_path / "out").mkdir()
+    (tmp_path / "out_folder").mkdir()
     for name in ("chelsea_cat.jpg", "coffee.jpg"):
         shutil.copy(EXAMPLES / name, tmp_path / "photos" / name)
     for command in commands:
@@ -249,7 +249,7 @@ def test_docs_commands_run_as_written(tmp_path):
     assert (len(imgs), imgs[0].shape, fps) == (4, (96, 128, 3), 12)
     report = json.loads((tmp_path / "clip_starry.json").read_text())
     assert len(report["frames"]) == 4 and report["summary"]["warping_error"] > 0
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["chelsea_cat.png", "coffee.png"]
+    assert sorted(p.name for p in (tmp_path / "out_folder").iterdir()) == ["chelsea_cat.png", "coffee.png"]
 
 
 def test_readme_video_commands_are_the_demo_s():
