@@ -97,7 +97,7 @@ def texture(log):
     # nst-ort --texture examples/starry_night.jpg -o tex.png --texture-size 256x256 --iterations 300
     out = []
     for n in ["starry_night.jpg"]:
-        c = cfg(None, [(n, 1)], iterations=200, texture_size=(320, 192), init="noise")
+        c = cfg(None, [(n, 1)], size=320, iterations=200, texture_size=(320, 192), init="noise")
         out += [ex(n), run(c, log, f"texture_{n}")]
     tile(out, ["style", "texture from noise"], 200).save(OUT / "texture.png")
 
