@@ -1,13 +1,30 @@
-"""The command line of the tools that add a graph to an existing artifact folder in place
-(`python -m nst_ort_export.temporal MODEL`, `python -m nst_ort_export.mixed_precision MODEL`): one
-parser, and bad input as one line with exit 2 (docs/errors.md), never a traceback."""
+"""Adding graphs to an existing artifact folder in place (`python -m nst_ort_export.temporal MODEL`,
+`.mixed_precision`, `.optim_graphs`): the manifest update they share, and one command line (bad input
+as one line with exit 2, docs/errors.md, never a traceback)."""
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from pathlib import Path
 from typing import Callable
+
+
+def update_manifest(folder: Path, files: list[str], edit: Callable[[dict], None]) -> dict:
+    """manifest.json of `folder` with `edit(manifest)` applied and `files` (written already) listed with
+    their sha256 and size; replaced atomically. Returns the new manifest."""
+    mpath = folder / "manifest.json"
+    manifest = json.loads(mpath.read_text())
+    edit(manifest)
+    for name in files:
+        data = (folder / name).read_bytes()
+        manifest["files"][name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    manifest["files"] = dict(sorted(manifest["files"].items()))
+    tmp = mpath.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    tmp.replace(mpath)
+    return manifest
 
 
 def main(prog: str, what: str, add_to_folder: Callable[[Path], dict], argv: list[str] | None = None) -> int:

@@ -28,7 +28,6 @@ beside a deep layer's convolution and not beside the first layers' at large size
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -154,9 +153,10 @@ def add_to_folder(folder: str | Path, emulate: bool = False) -> dict:
     """Write train_fp16.onnx next to train.onnx (sharing weights.bin) and list it in manifest.json.
     emulate: the CPU emulation instead (tests: onnxruntime's CPU provider and OpenVINO's CPU device
     compute fp16 convolutions in fp32 without the rounding, so only the emulation shows its effect)."""
+    from .in_place import update_manifest
+
     folder = Path(folder)
-    mpath = folder / "manifest.json"
-    manifest = json.loads(mpath.read_text())
+    manifest = json.loads((folder / "manifest.json").read_text())
     train = folder / manifest["graphs"]["train"]["file"]
     model = onnx.load(str(train), load_external_data=False)
     out = mixed_precision(model, folder, emulate=emulate)
@@ -164,15 +164,12 @@ def add_to_folder(folder: str | Path, emulate: bool = False) -> dict:
     onnx.save(out, str(tmp))  # the initializers keep their external-data entries: weights.bin, same offsets
     onnx.checker.check_model(str(tmp), full_check=True)
     tmp.replace(folder / FILE)
-    manifest["graphs"]["train_fp16"] = {**manifest["graphs"]["train"], "file": FILE,
-                                        "precision": "convolutions fp16 (scaled per call), the rest fp32"}
-    data = (folder / FILE).read_bytes()
-    manifest["files"][FILE] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
-    manifest["files"] = dict(sorted(manifest["files"].items()))
-    mtmp = mpath.with_suffix(".json.tmp")
-    mtmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    mtmp.replace(mpath)
-    return manifest["graphs"]["train_fp16"]
+
+    def edit(m: dict) -> None:
+        m["graphs"]["train_fp16"] = {**m["graphs"]["train"], "file": FILE,
+                                     "precision": "convolutions fp16 (scaled per call), the rest fp32"}
+
+    return update_manifest(folder, [FILE], edit)["graphs"]["train_fp16"]
 
 
 if __name__ == "__main__":

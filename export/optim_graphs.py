@@ -165,26 +165,18 @@ def write_optimizer_graphs(folder: str | Path) -> dict:
 def add_to_folder(folder: str | Path) -> dict:
     """Add (or refresh) the optimizer graphs of an existing artifact folder, in place: no re-export of
     the network is needed. Updates manifest.json's "optimizers" and "files" (sha256)."""
-    import hashlib
-    import json
+
+    from .in_place import update_manifest
 
     folder = Path(folder)
-    mpath = folder / "manifest.json"
-    manifest = json.loads(mpath.read_text())
-    manifest["optimizers"] = write_optimizer_graphs(folder)
-    for name in GRAPHS:
-        data = (folder / name).read_bytes()
-        manifest["files"][name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
-    manifest["files"] = dict(sorted(manifest["files"].items()))
-    tmp = mpath.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    tmp.replace(mpath)
-    return manifest["optimizers"]
+    optimizers = write_optimizer_graphs(folder)
+    update_manifest(folder, list(GRAPHS), lambda m: m.__setitem__("optimizers", optimizers))
+    return optimizers
 
 
 if __name__ == "__main__":
     import sys
 
-    if len(sys.argv) != 2:
-        sys.exit("usage: python -m nst_ort_export.optim_graphs ARTIFACT_FOLDER   (adds the optimizer graphs in place)")
-    print(add_to_folder(sys.argv[1]))
+    from .in_place import main
+
+    sys.exit(main("nst_ort_export.optim_graphs", "the optimizer graphs (adam.onnx, lbfgs_*.onnx)", add_to_folder))

@@ -25,8 +25,6 @@ sha256. Existing model folders get it in place, without re-exporting the network
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 import onnx
@@ -80,17 +78,12 @@ def write_term_graphs(folder: str | Path) -> dict:
 def add_to_folder(folder: str | Path) -> dict:
     """Add (or refresh) temporal.onnx in an existing artifact folder, in place: manifest.json gets the
     "terms" entry and the file's sha256. The manifest is replaced atomically."""
+    from .in_place import update_manifest
+
     folder = Path(folder)
-    mpath = folder / "manifest.json"
-    manifest = json.loads(mpath.read_text())
-    manifest["terms"] = write_term_graphs(folder)
-    data = (folder / FILE).read_bytes()
-    manifest["files"][FILE] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
-    manifest["files"] = dict(sorted(manifest["files"].items()))
-    tmp = mpath.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    tmp.replace(mpath)
-    return manifest["terms"]
+    terms = write_term_graphs(folder)
+    update_manifest(folder, [FILE], lambda m: m.__setitem__("terms", terms))
+    return terms
 
 
 if __name__ == "__main__":
