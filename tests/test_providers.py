@@ -56,6 +56,18 @@ def reference():
     return dict(np.load(REFERENCE))
 
 
+def _reference_feeds(art, graphs, reference) -> tuple[dict, np.ndarray]:
+    """The training graph's target feeds for the stored reference's images (targets from eval.onnx on
+    `graphs`' provider, one unmasked style), and the reference's image x."""
+    fc, fs = graphs.features(reference["content"]), graphs.features(reference["style"])
+    x = reference["x"]
+    h, w = x.shape[2:]
+    feeds = {f"content_target.{n}": fc[f"content.{n}"] for n in art.content_layers}
+    feeds.update({f"style_target.{n}": fs[f"gram.{n}"][None] for n in art.style_layers})
+    feeds.update(style_masks=np.ones((1, 1, h, w), np.float32), style_weights=np.ones(1, np.float32))
+    return feeds, x
+
+
 # Each training graph on the CPU provider (train.onnx is what CUDA and OpenVINO run); on other
 # providers the graph they run.
 @pytest.mark.parametrize("provider,graph", [(p, g) for p in PROVIDERS for g in (("train", "train_cpu") if p == CPU
@@ -71,12 +83,7 @@ def test_each_term_matches_the_float64_reference(provider, graph, reference):
     art = Artifacts(DEFAULT_MODEL)
     placement = _placement(provider)
     graphs = Graphs(art, placement)
-    fc, fs = graphs.features(reference["content"]), graphs.features(reference["style"])
-    x = reference["x"]
-    h, w = x.shape[2:]
-    feeds = {f"content_target.{n}": fc[f"content.{n}"] for n in art.content_layers}
-    feeds.update({f"style_target.{n}": fs[f"gram.{n}"][None] for n in art.style_layers})
-    feeds.update(style_masks=np.ones((1, 1, h, w), np.float32), style_weights=np.ones(1, np.float32))
+    feeds, x = _reference_feeds(art, graphs, reference)
     sess = _session(art.graph_path(graph), placement)
     terms = [k[5:] for k in reference if k.startswith("loss.")]
     assert len(terms) == len(art.content_layers) + len(art.style_layers) + 1
@@ -275,12 +282,7 @@ def test_mixed_graph_against_fp32_and_float64(fp16_models, reference):
     art = Artifacts(fp16_models["emulated"])
     cpu = choose("cpu")
     graphs = Graphs(art, cpu)
-    fc, fs = graphs.features(reference["content"]), graphs.features(reference["style"])
-    x = reference["x"]
-    h, w = x.shape[2:]
-    feeds = {f"content_target.{n}": fc[f"content.{n}"] for n in art.content_layers}
-    feeds.update({f"style_target.{n}": fs[f"gram.{n}"][None] for n in art.style_layers})
-    feeds.update(style_masks=np.ones((1, 1, h, w), np.float32), style_weights=np.ones(1, np.float32))
+    feeds, x = _reference_feeds(art, graphs, reference)
     fp16, fp32 = _session(art.graph_path("train_fp16"), cpu), _session(art.graph_path("train"), cpu)
     for term in [k[5:] for k in reference if k.startswith("loss.")]:
         f = _isolating(art, feeds, term)
