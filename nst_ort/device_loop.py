@@ -20,7 +20,7 @@ import onnxruntime as ort
 
 from .errors import ArtifactError, NumericalError
 from .contract import Losses
-from .optim import CURVATURE_MIN, MAX_STEP, curvature_jump, steepest_descent_length
+from .optim import CURVATURE_MIN, MAX_QN_STEP, MAX_STEP, curvature_jump, quasi_newton_length, steepest_descent_length
 from .session import Graphs, TrainingGraph, run_error
 from .terms import bind
 
@@ -127,6 +127,7 @@ class DeviceLBFGS:
         self.S = Buffer(device, self.m + 1, n)  # one spare slot: a new pair is written before it is accepted
         self.Y = Buffer(device, self.m + 1, n)
         self.d = Buffer(device, 1, n)
+        self.scratch = Buffer(device, 2, n)  # the pair graph's s and y when it only measures max|d|
         self.order: list[int] = []  # slots, oldest first
         self.R = np.zeros((0, 0))  # R[i, j] = s_i . y_j (i <= j), in `order`
         self.YY = np.zeros((0, 0))
@@ -136,6 +137,7 @@ class DeviceLBFGS:
         self.restarts = 0
         self.sd_steps = 0
         self.max_step = MAX_STEP
+        self.max_qn_step = MAX_QN_STEP
 
     def _free(self) -> int:
         used = set(self.order)
@@ -179,8 +181,24 @@ class DeviceLBFGS:
             self.sd_steps = 0
         self.t = t
         self._direction(coefficients, rows, g, x, x_out)
+        if self.sd_steps == 0:
+            # optim.quasi_newton_length needs max|d|, known only once d is on the device: measured,
+            # and where it is too long the step is taken again, shorter (early iterations only).
+            t = quasi_newton_length(self.lr, self._d_max(), self.max_qn_step)
+            if t < self.t:
+                self.t = t
+                self._direction(coefficients, rows, g, x, x_out)
         self.k += 1
         return True
+
+    def _d_max(self) -> float:
+        """max|d| of the direction buffer: the pair graph's g_max with d as its gradient (y = 0, t = 0;
+        s and y go to scratch)."""
+        n = self.n
+        sc = self.r["pair"]({"g": (self.d.ptr, [n]), "g_prev": (self.d.ptr, [n]), "d": (self.d.ptr, [n])},
+                            {"t": np.array(0.0, np.float32)},
+                            {"s": (self.scratch.row(0), [n]), "y": (self.scratch.row(1), [n])}, "L-BFGS pair graph")
+        return float(sc["g_max"])
 
     def _pair(self, f: int, g: int, g_prev: int, first_iter: bool) -> tuple[float, ...]:
         """s = t d and y = g - g_prev into slot f; returns y.s, y.y, g.g, |g|_1, max|g|."""

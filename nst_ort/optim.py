@@ -11,6 +11,7 @@ import numpy as np
 CURVATURE_MIN = 1e-10  # a pair (s, y) is kept only if y.s exceeds this: torch.optim.LBFGS's test
 MAX_STEP = 0.01  # largest pixel change of a steepest-descent step, in [0, 1] units, times lr
 CURVATURE_SPREAD = 1e12  # a new pair's y.s this many times off the history's restarts the history
+MAX_QN_STEP = 0.5  # largest pixel change of a quasi-Newton step, in [0, 1] units, times lr
 
 
 def curvature_jump(history_ys, ys: float) -> bool:
@@ -47,6 +48,25 @@ def steepest_descent_length(t: float, growing: bool, g_l1: float, g_max: float, 
     return max(first, min(grown, cap))
 
 
+def quasi_newton_length(lr: float, d_max: float, max_step: float = MAX_QN_STEP) -> float:
+    """The step length along a quasi-Newton direction d (largest component d_max): lr, shortened so
+    that no pixel moves by more than `max_step` * lr (optim.LBFGS, the device loop and the browser).
+
+    Deviation from torch.optim.LBFGS (which always steps lr). Without a line search the first
+    quasi-Newton step scales by y.s / y.y from the pair the tiny first step made (y = g1 - g0, |y| / |g| ~ 0.02:
+    two of float32's seven digits are gone); measured at 128 px (chelsea_cat / great_wave) it moved
+    pixels by 3.4 (their range is 1) and the loss went 3.1e7 -> 2.2e10. Where such a step lands
+    depends on the gradients' last bits: after 20 iterations another thread count, graph variant or
+    loop moved the loss by 1-3.1%, and 1e-7 relative noise on each gradient by 2.1-2.3%; capped,
+    0.1-0.4%, and the loss after 20 iterations is 43% lower. On two other pairs the cap binds less
+    (tuebingen / starry_night) or never (astronaut / the_scream), and the spread stays 0.1-1.3%
+    either way. After 500 iterations the loss is the same within rounding's own spread (+0.11%,
+    -0.32%, 0; 1e-7 noise alone moved it by +0.11% and -0.24%). benchmarks/provider_spread.py and
+    benchmarks/RESULTS.md have the tables. The pair (s, y) a capped step makes is exact: s is the
+    step taken."""
+    return min(lr, max_step * lr / max(d_max, 1e-30))
+
+
 class LBFGS:
     def __init__(self, n: int, lr: float = 1.0, history: int = 100):
         self.lr, self.m, self.n = float(lr), int(history), n
@@ -63,6 +83,7 @@ class LBFGS:
         self.restarts = 0
         self.sd_steps = 0  # consecutive steepest-descent steps (no curvature pair)
         self.max_step = MAX_STEP
+        self.max_qn_step = MAX_QN_STEP
 
     def _order(self) -> list[int]:
         """Slots from oldest to newest."""
@@ -98,7 +119,7 @@ class LBFGS:
         gl1 = float(np.abs(g).sum())
         if self.count:
             self.d = self.direction(g)
-            self.t = self.lr
+            self.t = quasi_newton_length(self.lr, float(np.abs(self.d).max()), self.max_qn_step)
         if not self.count or float(g @ self.d) >= 0.0:
             # No curvature pair, or an uphill direction (which restarts the history): a capped
             # steepest-descent step (Deviation: see steepest_descent_length).

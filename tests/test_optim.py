@@ -47,6 +47,7 @@ def test_lbfgs_matches_torch_on_a_convex_quadratic():
 
     x = np.zeros(len(b), np.float32)
     ours = LBFGS(len(b), lr=1.0, history=5)
+    ours.max_qn_step = float("inf")  # torch has no cap on a quasi-Newton step (optim.quasi_newton_length)
     for it in range(15):
         g = (h.astype(np.float32) @ x - b.astype(np.float32)).astype(np.float32)
         x = ours.step(x, g)
@@ -70,6 +71,29 @@ def test_adam_matches_torch():
         xt.grad = torch.tensor((h @ xt.detach().numpy() - b), dtype=torch.float32)
         topt.step()
     assert np.allclose(x, xt.detach().numpy(), atol=1e-5)
+
+
+def test_lbfgs_quasi_newton_step_is_capped_per_pixel():
+    """A quasi-Newton step moves no pixel by more than MAX_QN_STEP * lr; the direction is kept and the
+    pair the step makes is the step taken (the next step is the uncapped run's after the same pairs)."""
+    from nst_ort.optim import MAX_QN_STEP
+
+    h, b = _quadratic(seed=1)
+    b = 20.0 * b  # the minimizer lies far away: the first quasi-Newton step would move by several units
+    capped, free = LBFGS(len(b), lr=1.0, history=5), LBFGS(len(b), lr=1.0, history=5)
+    free.max_qn_step = float("inf")
+    x = np.zeros(len(b), np.float32)
+    g = (h @ x - b).astype(np.float32)
+    x1 = capped.step(x, g)
+    assert free.step(x, g) == pytest.approx(x1)  # the first step is steepest descent: not capped
+    g1 = (h @ x1 - b).astype(np.float32)
+    x2, x2_free = capped.step(x1, g1), free.step(x1, g1)
+    assert np.abs(x2_free - x1).max() > 2 * MAX_QN_STEP
+    assert np.abs(x2 - x1).max() == pytest.approx(MAX_QN_STEP, rel=1e-5)
+    step, step_free = x2 - x1, x2_free - x1
+    cos = float(step @ step_free) / float(np.linalg.norm(step) * np.linalg.norm(step_free))
+    assert cos > 1 - 1e-6
+    assert capped.t < 1.0 and float(np.abs(capped.t * capped.d).max()) == pytest.approx(MAX_QN_STEP, rel=1e-5)
 
 
 def test_lbfgs_survives_concave_start():

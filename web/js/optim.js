@@ -9,6 +9,9 @@
 // rejected while the loss is locally concave, y.s <= 1e-10) a step is steepest descent from torch's
 // first-step size min(1, 1/|g|_1) * lr, doubling while no pair is accepted, capped at max_step per
 // pixel; a direction that is not downhill restarts the history.
+// Deviation (as nst_ort.optim.quasi_newton_length): a quasi-Newton step is lr, shortened so that no pixel
+// moves by more than maxQnStep * lr (without a line search the first one moved pixels by 3.4 and sent the
+// loss from 3e7 to 2e10, and where it landed depended on the gradients' last bits).
 import { dot, matvec, solve, transpose, zeros } from './linalg.js';
 
 const finite = (arr) => arr.every(Number.isFinite);
@@ -33,6 +36,7 @@ export class LBFGS {
     this.restarts = 0;
     this.sdSteps = 0;
     this.maxStep = 0.01; // as nst_ort.optim.LBFGS
+    this.maxQnStep = 0.5; // as nst_ort.optim.MAX_QN_STEP
   }
 
   free() {
@@ -148,11 +152,26 @@ export class LBFGS {
       this.sdSteps = 0;
     }
     this.t = t;
-    const out = await this.g.direction.run({
+    const direction = (step) => this.g.direction.run({
       S: v.rows(this.S, rows), Y: v.rows(this.Y, rows), g, x,
       a: v.tensor(Float32Array.from(dir.a), [1, rows]), b: v.tensor(Float32Array.from(dir.b), [1, rows]),
-      c: v.scalar(dir.c), t: v.scalar(t),
+      c: v.scalar(dir.c), t: v.scalar(step),
     });
+    let out = await direction(t);
+    if (this.sdSteps === 0) {
+      // max|d| from the pair graph's g_max with d as its gradient (as device_loop.py _d_max); where the
+      // step is too long it is taken again, shorter.
+      const m = await this.g.pair.run({ g: out.d, g_prev: out.d, d: out.d, t: v.scalar(0) });
+      v.release(m.s);
+      v.release(m.y);
+      const capped = Math.min(this.lr, (this.maxQnStep * this.lr) / Math.max(m.g_max.data[0], 1e-30));
+      if (capped < t) {
+        this.t = capped;
+        v.release(out.d);
+        v.release(out.x_new);
+        out = await direction(capped);
+      }
+    }
     v.release(this.d);
     this.d = out.d;
     this.k += 1;
