@@ -23,7 +23,7 @@ the machine's load hits every side alike; the spread over repeats is reported. E
 `lscpu`'s model and flags. The L-BFGS history fills during a run (N2 - 1 pairs at the end); the
 steady state with a full history is benchmarks/profile_iteration.py's table (--profile runs it too).
 
-Runtime on the 2-core machine with the defaults (sizes 256 512, 3 repeats): about 15 minutes with
+Runtime on the 2-core machine with the defaults (sizes 256 512, 3 repeats): about 18 minutes with
 --profile (measured: see benchmarks/RESULTS.md).
 """
 from __future__ import annotations
