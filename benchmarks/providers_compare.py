@@ -9,6 +9,7 @@ intra-op thread (the CPU provider by --threads 1, OpenVINO by --provider-option 
 counts change float32 sums), for L-BFGS and Adam, and the final loss is compared with the first side's.
 For OpenVINO it also counts how its session splits train.onnx: nodes OpenVINO runs (fused into
 subgraphs) and nodes left to the CPU provider, from onnxruntime's profiler.
+With --strip PNG it also writes every side's two pictures side by side (README, Providers).
 """
 from __future__ import annotations
 
@@ -63,6 +64,25 @@ def run_side(python: str, provider: str, optimizer: str, args, tmp: Path, name: 
             "seconds": [r["seconds"] for r in rep["records"]]}
 
 
+def write_strip(path: Path, tmp: Path, sides: dict) -> None:
+    """Each side's L-BFGS (top row) and Adam (bottom row) output, labelled with the side and its loss."""
+    from PIL import Image, ImageDraw
+
+    tiles = {(name, opt): Image.open(tmp / f"{name}_{opt}.png").convert("RGB") for name in sides for opt in ("lbfgs", "adam")}
+    w, h = next(iter(tiles.values())).size
+    label, gap = 28, 4
+    sheet = Image.new("RGB", (len(sides) * (w + gap) - gap, 2 * (h + label)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for col, name in enumerate(sides):
+        for row, opt in enumerate(("lbfgs", "adam")):
+            x, y = col * (w + gap), row * (h + label)
+            sheet.paste(tiles[name, opt], (x, y + label))
+            draw.text((x + 2, y + 2), f"{name} {'L-BFGS' if opt == 'lbfgs' else 'Adam'}", fill="black")
+            draw.text((x + 2, y + 14), f"loss {sides[name][opt]['loss']:.6g}", fill="black")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--side", action="append", required=True, metavar="NAME=PYTHON:PROVIDER")
@@ -71,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--iterations", type=int, default=20)
     p.add_argument("--json")
+    p.add_argument("--strip", help="also write the outputs side by side (L-BFGS above, Adam below) to this PNG")
     args = p.parse_args(argv)
     sides = []
     for s in args.side:
@@ -88,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
                                        capture_output=True, text=True, cwd=ROOT)
                 r["split"] = json.loads(split.stdout) if split.returncode == 0 else {"error": split.stderr[-800:]}
             results["sides"][name] = {"provider": provider, **r}
+        if args.strip:
+            write_strip(Path(args.strip), tmp, results["sides"])
     first = next(iter(results["sides"].values()))
     print(f"{args.size} px, {args.iterations} iterations, {Path(args.content).name} / {Path(args.style).name}, 1 thread")
     print("| side | onnxruntime | provider | L-BFGS loss | vs first | Adam loss | vs first | train.onnx split |")
