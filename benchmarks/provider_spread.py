@@ -1,6 +1,6 @@
 """How far L-BFGS's loss after N iterations moves with float32 rounding alone, beside another provider's (issue 12).
 
-    python benchmarks/provider_spread.py --openvino-python .venv-ov/bin/python --size 128 --iterations 20 \
+    python benchmarks/provider_spread.py --openvino-python .venv-openvino/bin/python --size 128 --iterations 20 \
         --json benchmarks/results/provider_spread.json --md benchmarks/results/provider_spread.md
 
 For each image pair, L-BFGS from the content image (deterministic) runs on these sides, each with one
