@@ -133,3 +133,44 @@ def graph_io(model_bytes: bytes) -> tuple[list[str], list[str]]:
                     name = next((v3.decode("utf-8", "replace") for f3, w3, v3 in _fields(v2) if f3 == 1 and w3 == 2), "")
                     (inputs if f2 == 11 else outputs).append(name)
     return inputs, outputs
+
+
+def _dims(type_proto: bytes) -> list[int | None]:
+    """TypeProto.tensor_type (1) -> .shape (2) -> TensorShapeProto.dim (1) -> dim_value (1) | dim_param
+    (2): a number, or None for a symbolic or unknown dimension."""
+    dims: list[int | None] = []
+    for f, w, tensor in _fields(type_proto):
+        if f == 1 and w == 2:
+            for f2, w2, shape in _fields(tensor):
+                if f2 == 2 and w2 == 2:
+                    for f3, w3, dim in _fields(shape):
+                        if f3 == 1 and w3 == 2:
+                            value = None
+                            for f4, w4, v4 in _fields(dim):
+                                if f4 == 1 and w4 == 0:
+                                    value = v4 - (1 << 64) if v4 >= 1 << 63 else v4
+                            dims.append(value)
+    return dims
+
+
+def graph_signature(model_bytes: bytes) -> tuple[list[tuple[str, list]], list[tuple[str, list]]]:
+    """The graph's inputs and outputs as (name, dims) in order, dims as _dims gives them (ValueInfoProto
+    .name (1), .type (2)); raises ScanError if it is not a model."""
+    inputs: list = []
+    outputs: list = []
+    saw_graph = False
+    for field, wire, value in _fields(model_bytes):
+        if field == 7 and wire == 2:
+            saw_graph = True
+            for f2, w2, v2 in _fields(value):
+                if f2 in (11, 12) and w2 == 2:
+                    name, dims = "", []
+                    for f3, w3, v3 in _fields(v2):
+                        if f3 == 1 and w3 == 2:
+                            name = v3.decode("utf-8", "replace")
+                        elif f3 == 2 and w3 == 2:
+                            dims = _dims(v3)
+                    (inputs if f2 == 11 else outputs).append((name, dims))
+    if not saw_graph:
+        raise ScanError("no graph in the file")
+    return inputs, outputs

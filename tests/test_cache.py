@@ -178,3 +178,205 @@ def test_no_cache_below_the_onnxruntime_that_loads_its_graphs_right(monkeypatch)
     for version, on in (("1.18.0", False), ("1.20.1", False), ("1.21.0", True), ("1.32.0", True), ("1.22.0.dev20250101", True)):
         monkeypatch.setattr(ort, "__version__", version)
         assert ortcache.enabled() is on, version
+
+
+# -- damaged entries: ignored, one warning, made again; never fatal, never a hang ----------------------
+def _eval_key():
+    from nst_ort.artifacts import Artifacts
+
+    a = Artifacts()
+    files = a.manifest["files"]
+    return a, (files["eval.onnx"]["sha256"], {"weights.bin": files["weights.bin"]["sha256"]})
+
+
+def _resign(entry: Path, model: bytes, weights: bytes = b"") -> None:
+    """Replace the entry's files and fix meta.json's sizes and sha256 (what a hostile or buggy writer
+    does): every file then matches its record, yet the graph is not the model's."""
+    import hashlib
+
+    (entry / "model.onnx").write_bytes(model)
+    (entry / "weights.bin").write_bytes(weights)
+    meta = json.loads((entry / "meta.json").read_text())
+    meta["files"] = {n: {"sha256": hashlib.sha256(b).hexdigest(), "bytes": len(b)}
+                     for n, b in (("model.onnx", model), ("weights.bin", weights))}
+    (entry / "meta.json").write_text(json.dumps(meta))
+
+
+def _external_to(entry: Path, location: str) -> bytes:
+    """The entry's model.onnx with every external-data location replaced by `location`."""
+    import onnx
+
+    m = onnx.load(str(entry / "model.onnx"), load_external_data=False)
+    for t in m.graph.initializer:
+        for kv in t.external_data:
+            if kv.key == "location":
+                kv.value = location
+    return m.SerializeToString()
+
+
+def _damage(entry: Path, how: str, tmp: Path) -> None:
+    meta = entry / "meta.json"
+    if how == "meta-nested":
+        meta.write_text("[" * 200_000 + "]" * 200_000)
+    elif how == "meta-huge":
+        meta.write_text(" " * (3 << 20) + "{}")
+    elif how == "meta-truncated":
+        meta.write_text(meta.read_text()[:40])
+    elif how == "meta-binary":
+        meta.write_bytes(b"\xff\xfe\x00garbage")
+    elif how == "meta-fifo":  # opening it for reading blocked until a writer came: the run hung
+        meta.unlink()
+        os.mkfifo(meta)
+    elif how == "meta-folder":
+        meta.unlink()
+        meta.mkdir()
+    elif how == "model-fifo":  # meta.json re-signed for an empty file: the FIFO passes a size check
+        _resign(entry, b"")
+        (entry / "model.onnx").unlink()
+        os.mkfifo(entry / "model.onnx")
+    elif how == "model-symlink":
+        target = tmp / "elsewhere.onnx"
+        target.write_bytes((entry / "model.onnx").read_bytes())
+        (entry / "model.onnx").unlink()
+        (entry / "model.onnx").symlink_to(target)
+    elif how == "entry-file":
+        shutil.rmtree(entry)
+        entry.write_text("not an entry")
+    elif how == "entry-fifo":
+        shutil.rmtree(entry)
+        os.mkfifo(entry)
+    elif how == "entry-symlink":
+        shutil.copytree(entry, tmp / "outside")
+        shutil.rmtree(entry)
+        entry.symlink_to(tmp / "outside")
+    elif how == "resigned-other-graph":  # an optimizer graph where the eval graph was
+        _resign(entry, (Path(__file__).parent.parent / "models/vgg16/lbfgs_pair.onnx").read_bytes())
+    elif how == "resigned-garbage":
+        _resign(entry, b"\x08\x07" + os.urandom(2000))
+    elif how == "resigned-external-fifo":  # the graph would make onnxruntime open a FIFO
+        weights = (entry / "weights.bin").read_bytes()
+        model = _external_to(entry, "pipe")
+        os.mkfifo(entry / "pipe")
+        _resign(entry, model, weights)
+    elif how == "resigned-external-outside":
+        weights = (entry / "weights.bin").read_bytes()
+        _resign(entry, _external_to(entry, "../../../../../../etc/hostname"), weights)
+    else:
+        raise AssertionError(how)
+
+
+DAMAGES = ["meta-nested", "meta-huge", "meta-truncated", "meta-binary", "meta-fifo", "meta-folder", "model-fifo",
+           "model-symlink", "entry-file", "entry-fifo", "entry-symlink", "resigned-other-graph", "resigned-garbage",
+           "resigned-external-fifo", "resigned-external-outside"]
+
+
+@pytest.fixture
+def no_hang():
+    """A hang fails the test in 120 s instead of stalling the suite."""
+    import signal
+
+    def boom(*_):
+        raise TimeoutError("hung")
+
+    old = signal.signal(signal.SIGALRM, boom)
+    signal.alarm(120)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_a_hostile_entry_gives_one_warning_and_is_made_again(cache, damage, tmp_path, capsys, no_hang):
+    from nst_ort.providers import choose
+    from nst_ort.session import make_session
+
+    a, key = _eval_key()
+    placement = choose("cpu", threads=1)
+    image = np.full((1, 3, 45, 67), 0.5, np.float32)
+    expected = make_session(a.graph_path("eval"), placement, arena=False, cache_key=key).run(None, {"image": image})
+    entry = _eval_entry(cache)
+    capsys.readouterr()
+    _damage(entry, damage, tmp_path)
+    got = make_session(a.graph_path("eval"), placement, arena=False, cache_key=key).run(None, {"image": image})
+    err = capsys.readouterr().err.splitlines()
+    assert make_session.last == "miss", damage  # made again from the model's graph
+    assert len(err) == 1 and err[0].startswith(f"nst-ort: warning: {entry}: damaged start-up cache entry"), err
+    assert "removed, made again" in err[0] and str(a.path) not in err[0]  # the model is not blamed
+    assert all(np.asarray(g).tobytes() == np.asarray(e).tobytes() for g, e in zip(got, expected))
+    assert entry.is_dir() and not entry.is_symlink()
+    make_session(a.graph_path("eval"), placement, arena=False, cache_key=key)
+    assert make_session.last == "hit" and capsys.readouterr().err == ""  # the new entry is whole
+    if damage == "entry-symlink":
+        assert (tmp_path / "outside" / "meta.json").exists()  # a link is removed, never followed
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
+@pytest.mark.parametrize("what", ["meta.json", "model.onnx", "."])
+def test_an_unreadable_entry_gives_one_warning_and_is_made_again(cache, what, capsys):
+    from nst_ort.providers import choose
+    from nst_ort.session import make_session
+
+    a, key = _eval_key()
+    placement = choose("cpu", threads=1)
+    make_session(a.graph_path("eval"), placement, arena=False, cache_key=key)
+    entry = _eval_entry(cache)
+    capsys.readouterr()
+    os.chmod(entry / what, 0)
+    make_session(a.graph_path("eval"), placement, arena=False, cache_key=key)
+    err = capsys.readouterr().err.splitlines()
+    assert make_session.last == "miss" and len(err) == 1 and "damaged start-up cache entry" in err[0], err
+
+
+def test_the_cli_runs_over_a_damaged_cache_with_one_warning(cache, tmp_path):
+    """Deeply nested JSON in every entry's meta.json: the run succeeds, one line per entry."""
+    args = [EXAMPLES / "chelsea_cat.jpg", EXAMPLES / "starry_night.jpg", "--size", "48", "--iterations", "1",
+            "--threads", "1", "-q", "-o", tmp_path / "out.png"]
+    env = {"NST_ORT_CACHE_DIR": str(cache)}
+    assert run_cli(args, env=env, timeout=300).returncode == 0
+    for e in (cache / "optimized").iterdir():
+        (e / "meta.json").write_text("[" * 100_000)
+    r = run_cli(args, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    lines = r.stderr.splitlines()
+    assert len(lines) == 2 and all("damaged start-up cache entry (meta.json is nested too deeply)" in x for x in lines)
+    r = run_cli(args, env=env, timeout=300)
+    assert r.returncode == 0 and r.stderr == ""  # made again: the next run is quiet
+
+
+def test_a_relative_xdg_cache_home_is_ignored(monkeypatch, tmp_path):
+    """XDG base directories: a relative $XDG_CACHE_HOME is invalid and must be ignored."""
+    from nst_ort import ortcache
+
+    monkeypatch.delenv("NST_ORT_CACHE_DIR", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")
+    assert ortcache.cache_dir() == tmp_path / ".cache" / "nst-ort"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert ortcache.cache_dir() == tmp_path / "xdg" / "nst-ort"
+
+
+@pytest.mark.parametrize("blocker", ["file", "fifo", "readonly"])
+def test_an_unwritable_cache_folder_gives_one_warning(tmp_path, monkeypatch, capsys, blocker):
+    from nst_ort import ortcache
+    from nst_ort.providers import choose
+    from nst_ort.session import make_session
+
+    if not ortcache.enabled():
+        pytest.skip("no cache with this onnxruntime")
+    d = tmp_path / "c"
+    if blocker == "file":
+        d.write_text("x")
+    elif blocker == "fifo":
+        os.mkfifo(d)
+    else:
+        if os.geteuid() == 0:
+            pytest.skip("root writes whatever the mode")
+        d.mkdir(mode=0o500)
+    monkeypatch.setenv("NST_ORT_CACHE_DIR", str(d))
+    monkeypatch.delenv("NST_ORT_CACHE", raising=False)
+    a, key = _eval_key()
+    for _ in range(2):  # the eval and training graphs both ask: one line, not one per graph
+        make_session(a.graph_path("eval"), choose("cpu", threads=1), arena=False, cache_key=key)
+        assert make_session.last == "off"
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"nst-ort: warning: {d}/optimized: cannot write the start-up cache"), err
