@@ -1,17 +1,20 @@
 """Read and validate an artifact folder: manifest, checksums, paths. The one place that does."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import stat
 from functools import cached_property
 from pathlib import Path
 
-from .contract import OPTIMIZER_ROLES, TRAIN_OUTPUTS
+from .contract import IMAGE, OPTIMIZER_IO, OPTIMIZER_ROLES, TRAIN_OUTPUTS
 from .errors import ArtifactError
-from .onnx_scan import ScanError, external_data, graph_io
+from .onnx_scan import ScanError, external_data, graph_io, graph_signature
 
 SCHEMA_VERSIONS = (1,)
+MANIFEST_MAX_BYTES = 16 << 20  # the default model's is 11 KB: a bigger one is refused, not parsed
 REQUIRED_KEYS = ("schema_version", "backbone", "graphs", "files", "layers", "content_layers", "style_layers", "defaults")
 
 
@@ -27,21 +30,88 @@ def default_model_dir() -> Path:
     raise ArtifactError("no default model found (looked in the installed package and ./models/vgg16); use --model PATH")
 
 
+def _kind(mode: int) -> str:
+    return ("a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")
+
+
+def open_regular(path: str | Path):
+    """A regular file opened for reading; ArtifactError naming it otherwise. O_NONBLOCK: opening a FIFO
+    for reading would wait for a writer (a hang); it is refused after fstat instead."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: missing (listed in manifest.json)") from None
+    except (OSError, ValueError) as e:  # a symlink loop (ELOOP), permissions, a NUL byte
+        raise ArtifactError(f"{path}: cannot read ({getattr(e, 'strerror', None) or e})") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise ArtifactError(f"{path}: {_kind(mode)}, not a regular file; a model folder holds files")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file, read in chunks (weights files are large)."""
+    """Hex sha256 of a file, read in chunks (weights files are large); regular files only."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
 
 
+def _read_graph(path: Path) -> bytes:
+    with open_regular(path) as f:
+        return f.read()
+
+
 def _graph_io(path: Path) -> tuple[list[str], list[str]]:
     """Input and output names of an ONNX graph, read without the onnx package."""
     try:
-        return graph_io(path.read_bytes())
+        return graph_io(_read_graph(path))
     except ScanError as e:
         raise ArtifactError(f"{path}: not a readable ONNX model ({e})") from None
+
+
+def _differ(kind: str, got: list[str], want: list[str]) -> str:
+    missing = [n for n in want if n not in got]
+    extra = [n for n in got if n not in want]
+    parts = ([f"{kind} {', '.join(extra[:3])}{' ...' if len(extra) > 3 else ''} that manifest.json does not list"] if extra
+             else []) + ([f"no {kind} {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}"] if missing else [])
+    return "; ".join(parts) or f"{kind} in another order than manifest.json lists"
+
+
+def _check_signature(path: Path, what: str, want_in: list[str], want_out: list[str], shapes: dict | None = None,
+                     ordered: bool = True) -> None:
+    """The graph's declared inputs and outputs against what the manifest (or the contract) says: a
+    graph swapped for another and re-signed (its sha256 fixed in manifest.json) has other names or
+    shapes. Names (in order where the runtime relies on it), ranks and every fixed dimension."""
+    try:
+        inputs, outputs = graph_signature(_read_graph(path))
+    except ScanError as e:
+        raise ArtifactError(f"{path}: not a readable ONNX model ({e})") from None
+    for kind, have, want in (("inputs", inputs, want_in), ("outputs", outputs, want_out)):
+        names = [n for n, _ in have]
+        if names != list(want) if ordered else sorted(names) != sorted(want):
+            raise ArtifactError(f"{path}: not the {what}: {_differ(kind, names, list(want))} (a graph from another "
+                                "backbone or another export, swapped in?); re-export the model")
+        for name, dims in have:
+            shape = (shapes or {}).get(name)
+            if not isinstance(shape, list):
+                continue
+            fixed = [d if isinstance(d, int) and not isinstance(d, bool) else None for d in shape]
+            if len(fixed) != len(dims) or any(a is not None and b is not None and a != b for a, b in zip(fixed, dims)):
+                raise ArtifactError(f"{path}: not the {what}: {name} has shape {_shape(dims)}, manifest.json says "
+                                    f"{_shape(shape)} (a graph from another backbone or another export, swapped in?); "
+                                    "re-export the model")
+
+
+def _shape(dims: list) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
 
 
 def _check_optimizers(manifest: dict, mpath: Path) -> None:
@@ -105,12 +175,16 @@ class Artifacts:
             if not self.path.is_dir():
                 raise ArtifactError(f"{self.path}: not a folder (a model is a folder with manifest.json)")
             mpath = self.path / "manifest.json"
-            if not mpath.is_file():
+            if not mpath.exists():
                 raise ArtifactError(f"{mpath}: missing; not an nst-ort model folder")
         except (OSError, ValueError) as e:  # a name too long, a NUL byte
             raise ArtifactError(f"{self.path}: not a usable model folder path ({getattr(e, 'strerror', None) or e})") from None
         try:
-            manifest = json.loads(mpath.read_text())
+            with open_regular(mpath) as f:
+                data = f.read(MANIFEST_MAX_BYTES + 1)
+            if len(data) > MANIFEST_MAX_BYTES:
+                raise ArtifactError(f"{mpath}: larger than {MANIFEST_MAX_BYTES >> 20} MiB; not an nst-ort manifest")
+            manifest = json.loads(data)
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ArtifactError(f"{mpath}: not valid JSON ({e})") from None
         except RecursionError:
@@ -152,7 +226,11 @@ class Artifacts:
         """A file named by the manifest; it must stay inside the folder."""
         try:
             p = (self.path / name).resolve()
-        except (ValueError, OSError) as e:  # a NUL byte, a symlink loop
+        except RuntimeError:  # a symlink loop (Python before 3.13; later ones raise OSError ELOOP)
+            raise ArtifactError(f"{self.path / name}: a symlink loop (listed in manifest.json)") from None
+        except (ValueError, OSError) as e:  # a NUL byte, ELOOP
+            if getattr(e, "errno", None) == errno.ELOOP:
+                raise ArtifactError(f"{self.path / name}: a symlink loop (listed in manifest.json)") from None
             raise ArtifactError(f"{self.path / 'manifest.json'}: bad file name {name!r} ({e})") from None
         root = self.path.resolve()
         if root != p.parent and root not in p.parents:
@@ -163,12 +241,11 @@ class Artifacts:
         """Every listed file present with its sha256; graphs' external data only inside the folder."""
         for name, info in self.manifest["files"].items():
             p = self.path_of(name)
-            if not p.is_file():
-                raise ArtifactError(f"{p}: missing (listed in manifest.json)")
-            digest = sha256_file(p)
+            digest = sha256_file(p)  # regular files only: a FIFO, a folder, a device is named and refused
             if digest != info.get("sha256"):
                 raise ArtifactError(f"{p}: sha256 mismatch (file changed or truncated: "
                                     f"{p.stat().st_size} bytes, manifest says {info.get('bytes')}); re-export or re-download")
+        self._check_signatures()
         for role in ("eval", "train") + tuple(r for r in ("train_cpu", "train_fp16") if r in self.manifest["graphs"]):
             name = self.manifest["graphs"][role]["file"]
             if name not in self.manifest["files"]:
@@ -186,9 +263,43 @@ class Artifacts:
                 raise ArtifactError(f"{fp16}: its inputs and outputs differ from {train.name}'s "
                                     "(made from another export?); remake it: python -m nst_ort_export.mixed_precision MODEL")
 
+    def _check_signatures(self) -> None:
+        """Every graph declares the inputs and outputs the manifest lists for its role (the optimizer
+        graphs: the contract's), so that a graph swapped for another one and re-signed is named here,
+        before onnxruntime loads it, rather than failing later as an internal error."""
+        mpath = self.path / "manifest.json"
+        graphs = self.manifest["graphs"]
+        content = [f"content.{n}" for n in self.content_layers]
+        grams = [f"gram.{n}" for n in self.style_layers]
+        try:
+            eval_out = [o["name"] for o in graphs["eval"]["outputs"]]
+            if [i["name"] for i in graphs["eval"]["inputs"]] != [IMAGE] or sorted(eval_out) != sorted(content + grams):
+                raise ArtifactError(f"{mpath}: graphs.eval must take {IMAGE} and give content.LAYER and gram.LAYER "
+                                    "for the content_layers and style_layers")
+            for role, g in graphs.items():
+                if not isinstance(g, dict) or "file" not in g:
+                    continue
+                names_in = [i["name"] for i in g["inputs"]]
+                names_out = [o["name"] for o in g["outputs"]]
+                shapes = {v["name"]: v.get("shape") for v in list(g["inputs"]) + list(g["outputs"])}
+                if g["file"] in self.manifest["files"]:
+                    _check_signature(self.path_of(g["file"]), f"{role} graph", names_in, names_out, shapes)
+        except (KeyError, TypeError, AttributeError) as e:
+            raise ArtifactError(f"{mpath}: malformed entry (graphs: {e})") from None
+        for kind, roles in OPTIMIZER_IO.items():
+            files = (self.manifest.get("optimizers") or {}).get(kind)
+            for role, (ins, outs) in (roles.items() if files else ()):
+                _check_signature(self.path_of(files[role]), f"{kind} {role} graph", list(ins), list(outs),
+                                 ordered=False)  # bound by name
+        terms = self.manifest.get("terms")
+        for name, t in (terms.items() if isinstance(terms, dict) else ()):
+            if isinstance(t, dict) and isinstance(t.get("file"), str) and t["file"] in self.manifest["files"] \
+                    and isinstance(t.get("inputs"), list) and isinstance(t.get("outputs"), list):
+                _check_signature(self.path_of(t["file"]), f"{name} term graph", t["inputs"], t["outputs"])
+
     def _check_external_data(self, graph: Path) -> None:
         try:
-            entries = external_data(graph.read_bytes())
+            entries = external_data(_read_graph(graph))
         except ScanError as e:
             raise ArtifactError(f"{graph}: not a readable ONNX model ({e})") from None
         except RecursionError:

@@ -24,13 +24,12 @@ import json
 import statistics
 import sys
 import time
-import traceback
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 
-from .errors import EXIT_CHECK_FAILED, NstError, UsageError
+from .errors import EXIT_CHECK_FAILED, OutOfMemory, UsageError, exit_for
 
 # Limits per precision, from measurements at 64x48 (README "Providers"):
 # fp32 - OpenVINO's provider (CPU device; onnxruntime-openvino 1.18, 1.23, 1.24) against the CPU provider
@@ -181,8 +180,8 @@ def _guard(table: Table, graph: str, what: str):
             return self
 
         def __exit__(self, kind, e, tb):
-            if e is None or isinstance(e, (KeyboardInterrupt, UsageError)):
-                return False
+            if e is None or isinstance(e, (KeyboardInterrupt, UsageError, OutOfMemory, MemoryError)):
+                return False  # memory is not the provider's disagreement: the check stops with exit 6
             table.error(graph, what, e)
             return True
     return _G()
@@ -380,16 +379,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("nst-ort check: interrupted", file=sys.stderr)
         return 130
-    except NstError as e:
-        if args.debug:
-            traceback.print_exc()
-        print(f"nst-ort check: error: {e}", file=sys.stderr)
-        return e.exit_code
-    except Exception as e:  # noqa: BLE001 - last resort: one line unless --debug
-        if args.debug:
-            traceback.print_exc()
-        print(f"nst-ort check: internal error: {type(e).__name__}: {e} (rerun with --debug)", file=sys.stderr)
-        return 1
+    except Exception as e:  # noqa: BLE001 - MemoryError, NstError, anything else: one line (errors.exit_for)
+        return exit_for(e, args.debug, "nst-ort check")
     opts = " ".join(f"{k}={v}" for k, v in meta["provider_options"].items())
     print(f"nst-ort check: {meta['model']} ({meta['backbone']}) on {meta['provider']}"
           f"{' [' + opts + ']' if opts else ''}, precision {meta['precision']}")

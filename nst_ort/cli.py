@@ -9,7 +9,7 @@ from pathlib import Path
 
 from . import __version__, describe, memory
 from .config import Config, LossConfig, OptimConfig, StyleInput
-from .errors import (EXIT_BATCH_PARTIAL, Terminated, exit_for, on_sigterm, EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, ImageError, Interrupted, NstError, NumericalError,
+from .errors import (EXIT_BATCH_PARTIAL, Terminated, exit_for, on_sigterm, stdout_closed, EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, ImageError, Interrupted, NstError, NumericalError,
                      OutOfMemory, OutputError, UsageError)
 from .flags import build_parser, check_modes
 from .outputs import Snapshots, Source, Target, check_writes, image_bytes, same_file
@@ -242,7 +242,10 @@ def _subcommand(argv: list[str]) -> int:
     import importlib
 
     module, _, func = SUBCOMMANDS[argv[0]].partition(":")
-    return getattr(importlib.import_module(module), func)(argv[1:])
+    try:
+        return getattr(importlib.import_module(module), func)(argv[1:])
+    except BrokenPipeError:  # `nst-ort check | head -1`: the reader has what it wanted (errors.stdout_closed)
+        return stdout_closed()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -259,11 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         print("nst-ort: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # `nst-ort --info | head`: the reader has what it wanted; as SIGPIPE would
-        try:
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        except OSError:
-            pass
-        return EXIT_BROKEN_PIPE
+        return stdout_closed()
     except Exception as e:  # noqa: BLE001 - MemoryError, NstError, anything else: one line (errors.exit_for)
         return exit_for(e, args.debug)
 

@@ -79,3 +79,10 @@ OPTIMIZER_ROLES = {
     "adam": ("update",),
     "lbfgs": ("pair", "project", "direction"),
 }
+# Their inputs and outputs (device_loop.py binds them by name): kind -> role -> (inputs, outputs).
+OPTIMIZER_IO = {
+    "adam": {"update": (("x", "g", "m1", "m2", "lr_c1", "beta1", "beta2", "c2", "eps"), ("x_new", "m1_new", "m2_new"))},
+    "lbfgs": {"pair": (("g", "g_prev", "d", "t"), ("s", "y", "ys", "yy", "gg", "g_l1", "g_max")),
+              "project": (("S", "Y", "g", "y"), ("SP", "YP")),
+              "direction": (("S", "Y", "g", "x", "a", "b", "c", "t"), ("d", "x_new", "gd"))},
+}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.metadata
 import sys
 
-from .errors import DeviceError
+from .errors import DeviceError, OutOfMemory, stdout_closed
 
 INSTALL = "pip install 'nst-ort[cpu]' (or [gpu] for CUDA, [openvino] for OpenVINO; in a checkout: pip install '.[cpu]')"
 # Distributions that provide the module `onnxruntime` (each overwrites the others' files).
@@ -32,8 +32,13 @@ def onnxruntime_problem() -> str | None:
     """One line saying why onnxruntime cannot be used, or None when it imports whole."""
     try:
         import onnxruntime
-    except ImportError as e:
+    except ModuleNotFoundError as e:
         return f"no ONNX Runtime is installed ({e}): {INSTALL}"
+    except (ImportError, MemoryError) as e:
+        if _memory_limited():
+            raise OutOfMemory(f"out of memory: onnxruntime failed to load under the address-space limit (ulimit -v "
+                              f"{_memory_limited() >> 20} MiB): {str(e)[:120] or type(e).__name__}; raise the limit") from None
+        return f"the ONNX Runtime installed cannot be imported ({e}): reinstall it: {INSTALL}"
     if not hasattr(onnxruntime, "InferenceSession"):
         # What is left when one of two distributions sharing the module was uninstalled.
         have = ", ".join(installed_runtimes()) or "none"
@@ -43,8 +48,24 @@ def onnxruntime_problem() -> str | None:
     return None
 
 
+def _memory_limited() -> int | None:
+    from .memory import address_limit
+
+    return address_limit()
+
+
 def main(argv: list[str] | None = None) -> int:
-    problem = onnxruntime_problem()
+    from .memory import startup_problem
+
+    problem = startup_problem()  # before numpy: OpenBLAS exits the process when its buffers do not fit
+    if problem:
+        print(f"nst-ort: error: {problem}", file=sys.stderr)
+        return OutOfMemory.exit_code
+    try:
+        problem = onnxruntime_problem()
+    except OutOfMemory as e:
+        print(f"nst-ort: error: {e}", file=sys.stderr)
+        return e.exit_code
     if problem:
         print(f"nst-ort: error: {problem}", file=sys.stderr)
         return DeviceError.exit_code
@@ -54,4 +75,7 @@ def main(argv: list[str] | None = None) -> int:
               "(the last one installed wins): keep one", file=sys.stderr)
     from .cli import main as cli_main
 
-    return cli_main(argv)
+    try:
+        return cli_main(argv)
+    except BrokenPipeError:  # `nst-ort --help | head -1` (argparse prints before the CLI's own handler)
+        return stdout_closed()

@@ -38,20 +38,42 @@ def on_sigterm(signum, frame):
     raise Terminated()
 
 
-def exit_for(e: BaseException, debug: bool) -> int:
+def stdout_closed() -> int:
+    """stdout's reader went away (`nst-ort check | head -1`, `nst-ort --info | true`): stop quietly with
+    EXIT_BROKEN_PIPE, as a Unix tool that SIGPIPE ends. The signal itself stays ignored (Python's
+    default), so that a run is never killed while it writes a file. stdout is pointed at /dev/null,
+    so that the interpreter's last flush of what is buffered cannot print a second error."""
+    import os
+    import sys
+
+    try:
+        fd = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(fd, sys.stdout.fileno())
+        os.close(fd)
+    except (OSError, ValueError, AttributeError):  # stdout already closed, or not a file
+        pass
+    return EXIT_BROKEN_PIPE
+
+
+def exit_for(e: BaseException, debug: bool, prog: str = "nst-ort") -> int:
     """One line on stderr and the documented exit code for an error that reached the top of a command
-    (nst-ort, nst-ort video); the traceback only with --debug."""
+    (nst-ort, nst-ort video, nst-ort check); the traceback only with --debug."""
     import sys
     import traceback
 
     if debug:
         traceback.print_exc()
     if isinstance(e, MemoryError):  # numpy or Python itself; onnxruntime's failures are mapped in session.py
-        print("nst-ort: error: out of memory (MemoryError); try a smaller --size", file=sys.stderr)
+        print(f"{prog}: error: out of memory (MemoryError); try a smaller --size", file=sys.stderr)
+        return OutOfMemory.exit_code
+    if isinstance(e, ImportError) and ("failed to map segment" in str(e) or "Cannot allocate memory" in str(e)):
+        # a module's shared library that does not fit under `ulimit -v`: memory, not a broken install
+        print(f"{prog}: error: out of memory while loading a library ({str(e)[:160]}); raise the address-space "
+              "limit (ulimit -v)", file=sys.stderr)
         return OutOfMemory.exit_code
     if isinstance(e, NstError):
-        print(f"nst-ort: {'' if isinstance(e, Interrupted) else 'error: '}{e}", file=sys.stderr)
+        print(f"{prog}: {'' if isinstance(e, Interrupted) else 'error: '}{e}", file=sys.stderr)
         return e.exit_code
     # last resort: still one line unless --debug
-    print(f"nst-ort: internal error: {type(e).__name__}: {e} (rerun with --debug for a traceback)", file=sys.stderr)
+    print(f"{prog}: internal error: {type(e).__name__}: {e} (rerun with --debug for a traceback)", file=sys.stderr)
     return 1

@@ -206,6 +206,57 @@ def _address_space_left() -> int | None:
     return max(0, soft - (used or 0) * 1024)
 
 
+# Importing onnxruntime (and numpy, and with it OpenBLAS) takes address space before any check can
+# run, and below it fails in ways no Python code can catch: OpenBLAS prints "Memory allocation still
+# failed after 10 retries, giving up." and exits 1; onnxruntime's import dies in std::bad_alloc.
+# Measured (Python 3.11, onnxruntime 1.32, numpy with scipy-openblas 0.3.31, Pillow): the address
+# space in use when memory.check runs (every module of a run imported) is ~212 MiB with one OpenBLAS
+# thread and ~252 MiB with two; OpenBLAS starts a thread per usable CPU (at most 64). Under ulimit -v
+# 200-250 MiB (two threads) a run ended in OpenBLAS's exit 1 or an ImportError ("failed to map
+# segment") before this floor; a limit under it cannot run any image.
+START_BASE = 176 << 20
+START_PER_BLAS_THREAD = 40 << 20
+
+
+def _blas_threads() -> int:
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    for var in ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS"):
+        try:
+            n = int(os.environ.get(var, ""))
+        except ValueError:
+            continue
+        if n > 0:
+            cpus = min(cpus, n)
+            break
+    return max(1, min(cpus, 64))
+
+
+def address_limit() -> int | None:
+    """RLIMIT_AS's soft limit in bytes (`ulimit -v`); None when there is none."""
+    if resource is None:
+        return None
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def startup_problem() -> str | None:
+    """A line saying that the address-space limit is below what importing the runtime takes, or None.
+    Called before onnxruntime or numpy is imported (entry.py)."""
+    limit = address_limit()
+    if limit is None:
+        return None
+    threads = _blas_threads()
+    need = START_BASE + threads * START_PER_BLAS_THREAD
+    if limit >= need:
+        return None
+    return (f"out of memory: the address-space limit (ulimit -v) is {limit >> 20} MiB, and loading onnxruntime and "
+            f"numpy takes more than {need >> 20} MiB here ({threads} OpenBLAS thread(s), ~{START_PER_BLAS_THREAD >> 20}"
+            " MiB each; OPENBLAS_NUM_THREADS=1 needs the least); raise the limit")
+
+
 @dataclasses.dataclass(frozen=True)
 class Available:
     resident: int | None  # bytes of memory the run may still use; None: unknown
