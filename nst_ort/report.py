@@ -9,6 +9,30 @@ from pathlib import Path
 from .atomic import atomic_write
 from .stylize import IterationRecord
 
+PROGRESS_SECONDS = 10.0
+_warned: set[str] = set()
+
+
+def _seconds_from_env(text: str | None) -> float:
+    """NST_ORT_PROGRESS_SECONDS: a display setting, so a bad value is one warning and the default
+    (it used to end the run as an internal error)."""
+    import math
+
+    if text is None:
+        return PROGRESS_SECONDS
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        if text in _warned:  # once: a batch or a video makes a Progress per image
+            return PROGRESS_SECONDS
+        _warned.add(text)
+        print(f"nst-ort: warning: NST_ORT_PROGRESS_SECONDS={text!r} is not a number of seconds >= 0; "
+              f"using {PROGRESS_SECONDS:g}", file=sys.stderr)
+        return PROGRESS_SECONDS
+    return value
+
 
 def _clock(seconds: float) -> str:
     seconds = int(max(0, seconds))
@@ -32,7 +56,7 @@ class Progress:
 
         self.stream = stream if stream is not None else sys.stderr
         self.enabled, self.label = enabled, label
-        self.every = every if every is not None else float(os.environ.get("NST_ORT_PROGRESS_SECONDS", "10"))
+        self.every = every if every is not None else _seconds_from_env(os.environ.get("NST_ORT_PROGRESS_SECONDS"))
         self.schedule = schedule
         self.total = sum(w * h * n for w, h, n in schedule)
         s0, i0 = start

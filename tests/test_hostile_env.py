@@ -223,3 +223,17 @@ def test_the_start_up_floor_follows_openblas_threads(monkeypatch):
     assert "ulimit -v" in memory.startup_problem()
     monkeypatch.setattr(memory, "address_limit", lambda: None)
     assert memory.startup_problem() is None
+
+
+# -- the environment ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("value", ["abc", "nan", "-1", "inf"])
+def test_a_bad_progress_interval_is_one_warning_and_the_default(value, capsys, monkeypatch):
+    """NST_ORT_PROGRESS_SECONDS=abc used to end the run as an internal error."""
+    from nst_ort import report
+
+    report._warned.clear()
+    monkeypatch.setenv("NST_ORT_PROGRESS_SECONDS", value)
+    for _ in range(3):  # a batch makes a Progress per image: one line in all
+        assert report.Progress([(64, 48, 2)], stream=sys.stderr).every == report.PROGRESS_SECONDS
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"nst-ort: warning: NST_ORT_PROGRESS_SECONDS={value!r} is not a number of seconds >= 0; using 10"]
