@@ -182,17 +182,25 @@ def _check(entry: Path, fields: dict) -> None:
             raise Damaged(f"{name}: sha256 mismatch")
     # onnxruntime opens whatever external data a graph names: only the entry's own weights file
     # (a re-signed model.onnx could name a FIFO, a device or a file outside the entry).
-    from .onnx_scan import ScanError, external_locations
+    from .onnx_scan import ScanError, external_data
 
     try:
         with _open_regular(entry / MODEL) as f:
-            locations = set(external_locations(f.read()))
+            tensors = external_data(f.read())
     except (ScanError, RecursionError) as e:
         raise Damaged(f"{MODEL} is not an ONNX graph ({e or 'nested too deeply'})") from None
     except OSError as e:
         raise Damaged(f"{MODEL} cannot be read ({e.strerror or e})") from None
+    locations = {t["location"] for t in tensors}
     if locations - {WEIGHTS}:
         raise Damaged(f"{MODEL} names external data other than {WEIGHTS}: {sorted(locations - {WEIGHTS})[:3]}")
+    for t in tensors:  # a length past the file's end would have onnxruntime allocate or read what is not there
+        try:
+            end = int(t.get("offset", 0)) + int(t.get("length", 0))
+        except ValueError:
+            raise Damaged(f"{MODEL}: an external tensor has a bad offset or length") from None
+        if end > files[WEIGHTS]["bytes"]:
+            raise Damaged(f"{MODEL} reads bytes up to {end} of {WEIGHTS}, which has {files[WEIGHTS]['bytes']}")
 
 
 def _valid(entry: Path, fields: dict) -> bool:

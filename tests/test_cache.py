@@ -258,6 +258,9 @@ def _damage(entry: Path, how: str, tmp: Path) -> None:
         model = _external_to(entry, "pipe")
         os.mkfifo(entry / "pipe")
         _resign(entry, model, weights)
+    elif how == "resigned-external-past-end":  # a tensor that reads past the weights' end
+        weights = (entry / "weights.bin").read_bytes()
+        _resign(entry, (entry / "model.onnx").read_bytes(), weights[: len(weights) // 2])
     elif how == "resigned-external-outside":
         weights = (entry / "weights.bin").read_bytes()
         _resign(entry, _external_to(entry, "../../../../../../etc/hostname"), weights)
@@ -265,9 +268,21 @@ def _damage(entry: Path, how: str, tmp: Path) -> None:
         raise AssertionError(how)
 
 
+REASONS = {  # what the warning says (in parentheses), per damage
+    "meta-nested": "meta.json is nested too deeply", "meta-huge": "meta.json is larger than",
+    "meta-truncated": "meta.json is not JSON", "meta-binary": "meta.json is not JSON",
+    "meta-fifo": "meta.json is not a regular file", "meta-folder": "meta.json is not a regular file",
+    "model-fifo": "model.onnx is not a regular file", "model-symlink": "model.onnx cannot be read",
+    "entry-file": "not a folder", "entry-fifo": "not a folder", "entry-symlink": "not a folder",
+    "resigned-other-graph": "its inputs and outputs are not those of eval.onnx",
+    "resigned-garbage": "model.onnx is not an ONNX graph",
+    "resigned-external-fifo": "model.onnx names external data other than weights.bin",
+    "resigned-external-past-end": "model.onnx reads bytes up to",
+    "resigned-external-outside": "model.onnx names external data other than weights.bin",
+}
 DAMAGES = ["meta-nested", "meta-huge", "meta-truncated", "meta-binary", "meta-fifo", "meta-folder", "model-fifo",
            "model-symlink", "entry-file", "entry-fifo", "entry-symlink", "resigned-other-graph", "resigned-garbage",
-           "resigned-external-fifo", "resigned-external-outside"]
+           "resigned-external-fifo", "resigned-external-past-end", "resigned-external-outside"]
 
 
 @pytest.fixture
@@ -301,7 +316,8 @@ def test_a_hostile_entry_gives_one_warning_and_is_made_again(cache, damage, tmp_
     err = capsys.readouterr().err.splitlines()
     assert make_session.last == "miss", damage  # made again from the model's graph
     assert len(err) == 1 and err[0].startswith(f"nst-ort: warning: {entry}: damaged start-up cache entry"), err
-    assert "removed, made again" in err[0] and str(a.path) not in err[0]  # the model is not blamed
+    assert f"({REASONS[damage]}" in err[0] and "removed, made again" in err[0], err[0]
+    assert str(a.path) not in err[0]  # the model is not blamed
     assert all(np.asarray(g).tobytes() == np.asarray(e).tobytes() for g, e in zip(got, expected))
     assert entry.is_dir() and not entry.is_symlink()
     make_session(a.graph_path("eval"), placement, arena=False, cache_key=key)
