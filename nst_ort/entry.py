@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.metadata
 import sys
 
-from .errors import DeviceError, OutOfMemory, stdout_closed
+from .errors import DeviceError, GuardedStdout, OutOfMemory, StdoutError, stdout_closed
 
 INSTALL = "pip install 'nst-ort[cpu]' (or [gpu] for CUDA, [openvino] for OpenVINO; in a checkout: pip install '.[cpu]')"
 # Distributions that provide the module `onnxruntime` (each overwrites the others' files).
@@ -75,7 +75,16 @@ def main(argv: list[str] | None = None) -> int:
               "(the last one installed wins): keep one", file=sys.stderr)
     from .cli import main as cli_main
 
+    if sys.stdout is not None:
+        sys.stdout = GuardedStdout(sys.stdout)
     try:
-        return cli_main(argv)
+        code = cli_main(argv)
+        if sys.stdout is not None:
+            sys.stdout.flush()  # here, not at the interpreter's exit, where a failure would be a stray line
+        return code
     except BrokenPipeError:  # `nst-ort --help | head -1` (argparse prints before the CLI's own handler)
         return stdout_closed()
+    except StdoutError as e:  # the last flush (a full disk, an I/O error)
+        print(f"nst-ort: error: {e}", file=sys.stderr)
+        stdout_closed()  # what stays buffered is dropped, not reported twice at exit
+        return e.exit_code

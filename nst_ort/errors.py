@@ -38,6 +38,38 @@ def on_sigterm(signum, frame):
     raise Terminated()
 
 
+class StdoutError(OutputError):
+    """stdout cannot be written (`nst-ort --info > /dev/full`): exit 8 like any output, one line."""
+
+
+class GuardedStdout:
+    """sys.stdout as the command sees it: a write or flush that fails (other than a closed pipe,
+    which stays BrokenPipeError: errors.stdout_closed) raises StdoutError, so that every command's
+    handler reports it as one line and exit 8 instead of an internal error or a traceback."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text):
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            raise
+        except OSError as e:
+            raise StdoutError(f"stdout: cannot write ({e.strerror or e})") from None
+
+    def flush(self):
+        try:
+            return self._stream.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as e:
+            raise StdoutError(f"stdout: cannot write ({e.strerror or e})") from None
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
 def stdout_closed() -> int:
     """stdout's reader went away (`nst-ort check | head -1`, `nst-ort --info | true`): stop quietly with
     EXIT_BROKEN_PIPE, as a Unix tool that SIGPIPE ends. The signal itself stays ignored (Python's

@@ -237,3 +237,16 @@ def test_a_bad_progress_interval_is_one_warning_and_the_default(value, capsys, m
         assert report.Progress([(64, 48, 2)], stream=sys.stderr).every == report.PROGRESS_SECONDS
     err = capsys.readouterr().err.splitlines()
     assert err == [f"nst-ort: warning: NST_ORT_PROGRESS_SECONDS={value!r} is not a number of seconds >= 0; using 10"]
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+@pytest.mark.parametrize("args", [["--info"], [CONTENT, STYLE, "-o", "/tmp/nst-ort-unused.png", "--dry-run"],
+                                  ["check", "--threads", "1", "--time-size", "32"]], ids=["info", "dry-run", "check"])
+def test_a_full_stdout_is_one_line_and_exit_8(args):
+    """`nst-ort --info > /dev/full`: an internal error or a traceback (check) before; now the output
+    exit with one line, whether the write fails mid-run or at the last flush."""
+    with open("/dev/full", "w") as full:
+        r = nst_ort(args, timeout=300, stdout=full)
+    assert r.returncode == 8, r.stderr
+    assert r.stderr.strip().splitlines()[-1:] == ["nst-ort: error: stdout: cannot write (No space left on device)"]
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
