@@ -90,6 +90,8 @@ def _check_signature(path: Path, what: str, want_in: list[str], want_out: list[s
     """The graph's declared inputs and outputs against what the manifest (or the contract) says: a
     graph swapped for another and re-signed (its sha256 fixed in manifest.json) has other names or
     shapes. Names (in order where the runtime relies on it), ranks and every fixed dimension."""
+    if not all(isinstance(n, str) for n in [*want_in, *want_out]):
+        raise TypeError(f"{what}: input and output names must be strings")
     try:
         inputs, outputs = graph_signature(_read_graph(path))
     except ScanError as e:
@@ -284,18 +286,18 @@ class Artifacts:
                 shapes = {v["name"]: v.get("shape") for v in list(g["inputs"]) + list(g["outputs"])}
                 if g["file"] in self.manifest["files"]:
                     _check_signature(self.path_of(g["file"]), f"{role} graph", names_in, names_out, shapes)
+            for kind, roles in OPTIMIZER_IO.items():
+                files = (self.manifest.get("optimizers") or {}).get(kind)
+                for role, (ins, outs) in (roles.items() if files else ()):
+                    _check_signature(self.path_of(files[role]), f"{kind} {role} graph", list(ins), list(outs),
+                                     ordered=False)  # bound by name
+            terms = self.manifest.get("terms")
+            for name, t in (terms.items() if isinstance(terms, dict) else ()):
+                if isinstance(t, dict) and isinstance(t.get("file"), str) and t["file"] in self.manifest["files"] \
+                        and isinstance(t.get("inputs"), list) and isinstance(t.get("outputs"), list):
+                    _check_signature(self.path_of(t["file"]), f"{name} term graph", t["inputs"], t["outputs"])
         except (KeyError, TypeError, AttributeError) as e:
             raise ArtifactError(f"{mpath}: malformed entry (graphs: {e})") from None
-        for kind, roles in OPTIMIZER_IO.items():
-            files = (self.manifest.get("optimizers") or {}).get(kind)
-            for role, (ins, outs) in (roles.items() if files else ()):
-                _check_signature(self.path_of(files[role]), f"{kind} {role} graph", list(ins), list(outs),
-                                 ordered=False)  # bound by name
-        terms = self.manifest.get("terms")
-        for name, t in (terms.items() if isinstance(terms, dict) else ()):
-            if isinstance(t, dict) and isinstance(t.get("file"), str) and t["file"] in self.manifest["files"] \
-                    and isinstance(t.get("inputs"), list) and isinstance(t.get("outputs"), list):
-                _check_signature(self.path_of(t["file"]), f"{name} term graph", t["inputs"], t["outputs"])
 
     def _check_external_data(self, graph: Path) -> None:
         try:

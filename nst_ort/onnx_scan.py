@@ -60,9 +60,9 @@ def _tensor_locations(buf: bytes, out: list[dict]) -> None:
             key = val = None
             for f2, w2, v2 in _fields(value):
                 if f2 == 1 and w2 == 2:
-                    key = v2.decode("utf-8", "replace")
+                    key = bytes(v2).decode("utf-8", "replace")
                 elif f2 == 2 and w2 == 2:
-                    val = v2.decode("utf-8", "replace")
+                    val = bytes(v2).decode("utf-8", "replace")
             if key is not None and val is not None:
                 entry[key] = val
     if "location" in entry:
@@ -108,7 +108,7 @@ def external_data(model_bytes: bytes) -> list[dict[str, str]]:
     """Every tensor's external-data entries: {"location": ..., and "offset", "length" where given}."""
     out: list[dict] = []
     saw_graph = False
-    for field, wire, value in _fields(model_bytes):
+    for field, wire, value in _fields(memoryview(model_bytes)):  # slices without copies
         if field == 7 and wire == 2:
             saw_graph = True
             _graph(value, out)
@@ -159,7 +159,7 @@ def graph_signature(model_bytes: bytes) -> tuple[list[tuple[str, list]], list[tu
     inputs: list = []
     outputs: list = []
     saw_graph = False
-    for field, wire, value in _fields(model_bytes):
+    for field, wire, value in _fields(memoryview(model_bytes)):  # slices without copies
         if field == 7 and wire == 2:
             saw_graph = True
             for f2, w2, v2 in _fields(value):
@@ -167,7 +167,7 @@ def graph_signature(model_bytes: bytes) -> tuple[list[tuple[str, list]], list[tu
                     name, dims = "", []
                     for f3, w3, v3 in _fields(v2):
                         if f3 == 1 and w3 == 2:
-                            name = v3.decode("utf-8", "replace")
+                            name = bytes(v3).decode("utf-8", "replace")
                         elif f3 == 2 and w3 == 2:
                             dims = _dims(v3)
                     (inputs if f2 == 11 else outputs).append((name, dims))
