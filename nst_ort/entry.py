@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.metadata
 import sys
 
-from .errors import DeviceError, GuardedStdout, OutOfMemory, StdoutError, stdout_closed
+from .errors import DeviceError, GuardedStdout, OutOfMemory, StdoutError, stdout_closed, too_many_files
 
 INSTALL = "pip install 'nst-ort[cpu]' (or [gpu] for CUDA, [openvino] for OpenVINO; in a checkout: pip install '.[cpu]')"
 # Distributions that provide the module `onnxruntime` (each overwrites the others' files).
@@ -66,6 +66,11 @@ def main(argv: list[str] | None = None) -> int:
     except OutOfMemory as e:
         print(f"nst-ort: error: {e}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:  # the import itself ran out of file descriptors (ulimit -n)
+        if not too_many_files(e):
+            raise
+        print(f"nst-ort: error: {too_many_files(e)}", file=sys.stderr)
+        return OutOfMemory.exit_code
     if problem:
         print(f"nst-ort: error: {problem}", file=sys.stderr)
         return DeviceError.exit_code

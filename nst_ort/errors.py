@@ -70,6 +70,22 @@ class GuardedStdout:
         return getattr(self._stream, name)
 
 
+def too_many_files(e: BaseException) -> str | None:
+    """The line for a process out of file descriptors (`ulimit -n`), which is a resource limit like
+    memory (exit 6), not a damaged input or a bug; None for any other error."""
+    import errno
+
+    if not isinstance(e, OSError) or e.errno not in (errno.EMFILE, errno.ENFILE):
+        return None
+    try:
+        import resource
+
+        limit = f" (ulimit -n is {resource.getrlimit(resource.RLIMIT_NOFILE)[0]})"
+    except (ImportError, OSError, ValueError):
+        limit = ""
+    return f"out of resources: too many open files{limit} while opening {e.filename or 'a file'}; raise the limit"
+
+
 def stdout_closed() -> int:
     """stdout's reader went away (`nst-ort check | head -1`, `nst-ort --info | true`): stop quietly with
     EXIT_BROKEN_PIPE, as a Unix tool that SIGPIPE ends. The signal itself stays ignored (Python's
@@ -91,9 +107,10 @@ def exit_for(e: BaseException, debug: bool, prog: str = "nst-ort") -> int:
     """One line on stderr and the documented exit code for an error that reached the top of a command
     (nst-ort, nst-ort video, nst-ort check); the traceback only with --debug."""
     import sys
-    import traceback
 
     if debug:
+        import traceback  # only here: out of file descriptors, importing it would fail too
+
         traceback.print_exc()
     if isinstance(e, MemoryError):  # numpy or Python itself; onnxruntime's failures are mapped in session.py
         print(f"{prog}: error: out of memory (MemoryError); try a smaller --size", file=sys.stderr)
@@ -102,6 +119,9 @@ def exit_for(e: BaseException, debug: bool, prog: str = "nst-ort") -> int:
         # a module's shared library that does not fit under `ulimit -v`: memory, not a broken install
         print(f"{prog}: error: out of memory while loading a library ({str(e)[:160]}); raise the address-space "
               "limit (ulimit -v)", file=sys.stderr)
+        return OutOfMemory.exit_code
+    if too_many_files(e):
+        print(f"{prog}: error: {too_many_files(e)}", file=sys.stderr)
         return OutOfMemory.exit_code
     if isinstance(e, NstError):
         print(f"{prog}: {'' if isinstance(e, Interrupted) else 'error: '}{e}", file=sys.stderr)

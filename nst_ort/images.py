@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from .atomic import atomic_write
-from .errors import ImageError, OutOfMemory, OutputError
+from .errors import ImageError, OutOfMemory, OutputError, too_many_files
 
 # Pillow's own guard against decompression bombs, made an error (it only warns below 2x).
 MAX_PIXELS = 16384 * 16384
@@ -86,6 +86,8 @@ def _open(path: Path) -> Image.Image:
     except PermissionError:
         raise ImageError(f"{path}: permission denied") from None
     except Exception as e:  # noqa: BLE001 - damaged files make decoders raise anything (struct.error, IndexError...)
+        if too_many_files(e):  # ulimit -n reached (a decoder's module imported late): not the image's fault
+            raise OutOfMemory(f"{path}: {too_many_files(e)}") from None
         msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
         if "truncated" in msg.lower() or isinstance(e, EOFError):
             raise ImageError(f"{path}: truncated or damaged image ({msg})") from None
@@ -171,6 +173,8 @@ def probe_image(path: str | Path) -> Probe:
     except MemoryError:
         raise OutOfMemory(f"{path}: out of memory while reading this image's header") from None
     except Exception as e:  # noqa: BLE001 - a damaged header makes decoders raise anything
+        if too_many_files(e):
+            raise OutOfMemory(f"{path}: {too_many_files(e)}") from None
         msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
         raise ImageError(f"{path}: damaged or unsupported image ({msg})") from None
     if w < 1 or h < 1:

@@ -250,3 +250,22 @@ def test_a_full_stdout_is_one_line_and_exit_8(args):
     assert r.returncode == 8, r.stderr
     assert r.stderr.strip().splitlines()[-1:] == ["nst-ort: error: stdout: cannot write (No space left on device)"]
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("nofile", [6, 7, 8, 10, 16])
+def test_few_file_descriptors_is_a_resource_error_never_a_damaged_input(nofile, tmp_path):
+    """`ulimit -n` so low that onnxruntime's or a decoder's module cannot be imported: it was a
+    traceback (exit 1) or "damaged or unsupported image" (exit 3); now exit 6 naming the limit, or a
+    run that works. onnxruntime may print a warning of its own first (its lines are not ours)."""
+    def limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
+    r = nst_ort([CONTENT, STYLE, "-o", tmp_path / "out.png", "--size", "48", "--iterations", "1", "-q"],
+                preexec_fn=limit, env={"NST_ORT_CACHE_DIR": str(tmp_path / "cache")})
+    ours = [line for line in r.stderr.splitlines() if line.startswith("nst-ort")]
+    assert "Traceback" not in r.stderr and r.returncode in (0, 6), r.stderr
+    if r.returncode == 6:
+        assert len(ours) == 1 and f"too many open files (ulimit -n is {nofile})" in ours[0], r.stderr
+        assert not (tmp_path / "out.png").exists()
+    else:
+        assert ours == [] and (tmp_path / "out.png").is_file()
