@@ -72,6 +72,11 @@ class Cluster:
             os.environ.setdefault("RAY_worker_niceness", "0")
         import logging
 
+        # Ray's own notices (e.g. "Token authentication is enabled for this Ray cluster", a warning on
+        # every local start since Ray 2.5x) go through the "ray" logger, which configure_logging=False
+        # leaves at its import-time level: errors only. Workers' output stays off (log_to_driver); a
+        # task's failure comes back as its exception, which nst-ort reports.
+        logging.getLogger("ray").setLevel(logging.ERROR)
         kw = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR, configure_logging=False)
         try:
             if address:
