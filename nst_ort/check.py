@@ -32,7 +32,7 @@ import numpy as np
 
 from .errors import EXIT_CHECK_FAILED, NstError, UsageError
 
-# Limits per precision, from measurements at 64x48 (README "Providers"):
+# Limits per precision, from measurements at 64x48 (docs/providers.md):
 # fp32 - OpenVINO's provider (CPU device; onnxruntime-openvino 1.18, 1.23, 1.24) against the CPU provider
 #   gave at most: features 1.7e-6, loss and terms 1.6e-5, gradient 4.8e-7 relative L2, optimizer graphs
 #   1.2e-6, loss reached by the loop 9.1e-6; the CPU provider (1.18 and 1.32) against itself with 1
