@@ -21,6 +21,9 @@ export class ModelSource {
     const s = new ModelSource();
     s.base = new URL(base.endsWith('/') ? base : base + '/', globalThis.location?.href).href;
     s.label = base;
+    // the page loads only from the server that serves it (`?model=` too; the server's CSP says so as well)
+    const origin = globalThis.location?.origin;
+    if (origin && new URL(s.base).origin !== origin) throw new ModelError(`${base}: not on this server (${origin}); the page loads a model only from nst-ort web's own --model, or from a folder picked with "model folder…"`);
     return s;
   }
 
