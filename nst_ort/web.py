@@ -23,6 +23,7 @@ import io
 import ipaddress
 import json
 import os
+import signal
 import socket
 import stat
 import sys
@@ -385,14 +386,19 @@ def main(argv: list[str] | None = None) -> int:
     say(f"nst-ort web: serving the app with model {name} at {local}{listening} (Ctrl-C stops)", sys.stdout)
     if not is_loopback(args.host):
         say(f"nst-ort web: warning: --host {args.host}: {REMOTE_NOTE}")
+    signal.signal(signal.SIGTERM, _stop)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
-        pass  # Ctrl-C is how a server is stopped: not an error
+        pass  # Ctrl-C (or SIGTERM) is how a server is stopped: not an error
     finally:
         server.server_close()
         _quiet_stdout()
     return 0
+
+
+def _stop(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM (a service manager, `kill`): stop as Ctrl-C does, exit 0
 
 
 def _quiet_stdout() -> None:

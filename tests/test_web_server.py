@@ -75,6 +75,12 @@ def test_security_headers_and_a_neutral_server_name_on_every_answer():
             assert "python" not in str(h).lower()
             if method == "HEAD":
                 assert body == b"" and int(h["content-length"]) == (MODEL / "manifest.json").stat().st_size
+        # revalidation (Cache-Control: no-cache) of an unchanged file: 304, no body
+        status, h, _ = get(url, "/model/manifest.json")
+        status, _, body = get(url, "/model/manifest.json", extra=f"If-Modified-Since: {h['last-modified']}\r\n")
+        assert status == 304 and body == b""
+        status, _, body = get(url, "/model/manifest.json", extra="If-Modified-Since: Thu, 01 Jan 1970 00:00:00 GMT\r\n")
+        assert status == 200 and body == (MODEL / "manifest.json").read_bytes()
 
 
 def test_hostile_paths_methods_and_headers():
@@ -344,7 +350,7 @@ def test_a_closed_stdout_does_not_stop_the_server():
         p.terminate()
         p.wait(10)
     err = p.stderr.read()
-    assert p.returncode in (0, -15) and "Traceback" not in err and "Broken pipe" not in err, err
+    assert p.returncode == 0 and "Traceback" not in err  # SIGTERM stops it as Ctrl-C does and "Broken pipe" not in err, err
 
 
 def test_web_does_not_import_onnxruntime(tmp_path):
