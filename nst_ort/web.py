@@ -119,7 +119,7 @@ def inside_model(model: Path, name: str, missing_ok: bool = False) -> Path | Non
     try:
         root = model.resolve(strict=True)
         resolved = path.resolve(strict=True)
-    except FileNotFoundError:  # no folder, no file, or a link to nothing: the same as missing
+    except (FileNotFoundError, NotADirectoryError):  # no folder, no file, a link to nothing: missing
         if missing_ok:
             return None
         raise ArtifactError(f"{path}: missing") from None
@@ -386,13 +386,18 @@ def main(argv: list[str] | None = None) -> int:
     say(f"nst-ort web: serving the app with model {name} at {local}{listening} (Ctrl-C stops)", sys.stdout)
     if not is_loopback(args.host):
         say(f"nst-ort web: warning: --host {args.host}: {REMOTE_NOTE}")
-    signal.signal(signal.SIGTERM, _stop)
+    try:
+        previous = signal.signal(signal.SIGTERM, _stop)
+    except ValueError:  # not the main thread (main() called by a program of its own): its signals, not ours
+        previous = None
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         pass  # Ctrl-C (or SIGTERM) is how a server is stopped: not an error
     finally:
         server.server_close()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         _quiet_stdout()
     return 0
 

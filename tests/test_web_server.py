@@ -389,6 +389,36 @@ def test_the_printed_address_is_the_bound_one_and_other_hosts_are_warned():
     assert not web.is_loopback("0.0.0.0") and not web.is_loopback("192.168.1.5")
     r = subprocess.run([sys.executable, "-m", "nst_ort", "web", "--help"], capture_output=True, text=True, timeout=60)
     assert "SubtleCrypto" in " ".join(r.stdout.split()) and "SSH tunnel" in " ".join(r.stdout.split())
+    # an address that is not this machine's: one line, exit 2 (nothing listens)
+    r = subprocess.run([sys.executable, "-m", "nst_ort", "web", "--host", "192.0.2.1", "--port", "0", *ort_web_args()],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--host 192.0.2.1 --port 0: cannot listen" in r.stderr
+
+
+def test_a_non_loopback_host_is_told_what_other_machines_get(monkeypatch, capsys):
+    """`--host 0.0.0.0`: the line gives the address to open here and where it listens, and a warning
+    says the page cannot load the model from other machines (bound here to 127.0.0.1 all the same:
+    the tests listen on loopback only)."""
+    real = web.make_server
+
+    def on_loopback(model, host, port, **kw):
+        server = real(model, "127.0.0.1", port, **kw)
+        server.server_address = ("0.0.0.0", server.server_address[1])
+        server.serve_forever = lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt)
+        return server
+
+    monkeypatch.setattr(web, "make_server", on_loopback)
+    assert web.main(["--host", "0.0.0.0", "--port", "0", *ort_web_args()]) == 0
+    out, err = capsys.readouterr()
+    assert re.search(r"at http://127\.0\.0\.1:\d+/ \(listening on every IPv4 address of this machine, port \d+\)", out), out
+    assert err.startswith("nst-ort web: warning: --host 0.0.0.0: ") and "refuses to load the model" in err
+    assert "ssh -L 8765:127.0.0.1:8765" in err and err.count("\n") == 1
+
+
+def test_a_model_path_that_is_a_file_is_named_as_such(tmp_path):
+    (tmp_path / "model").write_text("not a folder")
+    r = _start(tmp_path / "model")
+    assert r.returncode == 4 and r.stderr.count("\n") == 1 and "not a folder" in r.stderr, r.stderr
 
 
 # -- in the browser ----------------------------------------------------------------------------------------
