@@ -122,6 +122,11 @@ class BoundedHTTPServer(ThreadingHTTPServer):
         self.refused = 0  # connections answered 503 because every slot was taken
         super().__init__(address, handler)
 
+    @property
+    def active(self) -> int:
+        """Connections being handled now (each has a thread)."""
+        return self.max_connections - self._slots._value
+
     def process_request(self, request, client_address):
         if not self._slots.acquire(blocking=False):
             self.refused += 1
@@ -148,6 +153,10 @@ class BoundedHTTPServer(ThreadingHTTPServer):
         try:
             request.settimeout(1.0)
             request.sendall(head.encode() + body)
+            # what the client sent already, read without waiting: unread bytes would make the close a
+            # reset, which can discard the 503 before the client reads it
+            request.setblocking(False)
+            request.recv(1 << 16)
         except OSError:
             pass
         self.shutdown_request(request)

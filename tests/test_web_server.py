@@ -245,6 +245,14 @@ def _half_open(port: int) -> socket.socket:
     return s
 
 
+def _wait(condition, seconds: float = 10) -> None:
+    for _ in range(int(seconds / 0.05)):
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError("not within %s s" % seconds)
+
+
 def _closed_by_server(s: socket.socket, within: float) -> bool:
     s.settimeout(within)
     try:
@@ -267,8 +275,9 @@ def test_half_sent_requests_hold_a_bounded_number_of_threads_for_a_bounded_time(
         slow = [_half_open(port) for _ in range(5)]
         status, _, body = get(url, "/")
         assert status == 200 and b"nst-ort" in body
+        _wait(lambda: server.active == 5)  # the answered request's thread ends just after its socket closes
         slow.append(_half_open(port))
-        time.sleep(0.2)  # let the sixth be accepted
+        _wait(lambda: server.active == 6)
         status, h, body = get(url, "/")
         assert status == 503 and h["retry-after"].isdigit() and b"too many connections" in body
         assert server.refused >= 1
@@ -280,11 +289,7 @@ def test_half_sent_requests_hold_a_bounded_number_of_threads_for_a_bounded_time(
         for s in slow:
             assert _closed_by_server(s, 10), "a half-sent request was kept past its deadline"
             s.close()
-        for _ in range(50):  # the threads end just after closing their sockets
-            if threading.active_count() <= threads_before:
-                break
-            time.sleep(0.1)
-        assert threading.active_count() <= threads_before
+        _wait(lambda: threading.active_count() <= threads_before and server.active == 0)  # threads end after their sockets
         trickle = socket.create_connection(("127.0.0.1", port), timeout=10)
         cut = False
         for byte in b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Trickle: " + b"a" * 400:
