@@ -12,6 +12,9 @@ manifest and serves nothing but manifest.json and the files the manifest lists.
 onnxruntime-web's files (/vendor/onnxruntime-web/) are not in the repository or the wheel (41 MB):
 ort_web.py finds them, or fetches them once, and checks each against SOURCES.json before the server
 starts; the server hands out those checked bytes.
+It expects hostile clients and model folders (docs/web.md): only regular files inside their folder
+(a model folder whose files link out is refused at start-up), a CSP that keeps the page on this
+origin, model files typed as data; the connection limits and the Host check are web_http.py's.
 """
 from __future__ import annotations
 
@@ -174,6 +177,14 @@ class Handler(DeadlineHandlerMixin, SimpleHTTPRequestHandler):
     def guess_type(self, path):
         return TYPES.get(Path(str(path)).suffix.lower(), "application/octet-stream")
 
+    def _type_of(self, target: Path) -> str:
+        """The app's files by their suffix; the model's are data, whatever their names or links say:
+        a model folder listing `page.html` or `x.js` does not get a page or a script run on this origin."""
+        url = unquote(urlsplit(self.path).path)
+        if url.startswith(MODEL_PREFIX):
+            return TYPES[".json"] if url == MODEL_PREFIX + "manifest.json" else "application/octet-stream"
+        return self.guess_type(target)
+
     def _target(self, path: str) -> Path | None:
         """URL path -> a regular file (resolved), or None for anything outside the app folder, model
         files the manifest does not list or that lead out of the model folder, folders and specials."""
@@ -238,7 +249,7 @@ class Handler(DeadlineHandlerMixin, SimpleHTTPRequestHandler):
                     f.close()
                     return None
             self.send_response(HTTPStatus.OK)
-            self.send_header("Content-Type", self.guess_type(target))
+            self.send_header("Content-Type", self._type_of(target))
             self.send_header("Content-Length", str(st.st_size))
             self.send_header("Last-Modified", self.date_time_string(st.st_mtime))
             self.end_headers()

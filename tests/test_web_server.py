@@ -214,6 +214,28 @@ def test_links_inside_the_model_folder_are_served_and_a_later_swap_is_not(tmp_pa
         assert status == 200
 
 
+def test_model_files_are_served_as_data_whatever_their_names(tmp_path):
+    """A model folder that lists `page.html` and `run.js` (a downloaded model is someone else's data)
+    does not get a page or a script run on this server's origin: octet-stream, and nosniff."""
+    import json
+
+    model = small_model(tmp_path / "model")
+    manifest = json.loads((model / "manifest.json").read_text())
+    for name, text in (("page.html", "<script src='run.js'></script>"), ("run.js", "alert(1)"), ("pic.svg", "<svg/>")):
+        (model / name).write_text(text)
+        manifest["files"][name] = {"sha256": "0" * 64, "bytes": len(text)}
+    (model / "manifest.json").write_text(json.dumps(manifest))
+    with serve(model) as url:
+        for name in ("page.html", "run.js", "pic.svg", "eval.onnx"):
+            status, h, _ = get(url, f"/model/{name}")
+            assert status == 200 and h["content-type"] == "application/octet-stream", (name, h["content-type"])
+            assert h["x-content-type-options"] == "nosniff"
+        status, h, _ = get(url, "/model/manifest.json")
+        assert h["content-type"] == "application/json"
+        status, h, _ = get(url, "/js/app.js")
+        assert h["content-type"].startswith("text/javascript")
+
+
 def test_inside_model_names_what_is_wrong(tmp_path):
     model = small_model(tmp_path / "model")
     assert web.inside_model(model, "weights.bin", missing_ok=True) is None
