@@ -287,7 +287,9 @@ class Handler(DeadlineHandlerMixin, SimpleHTTPRequestHandler):
 
     def log_message(self, format, *args):  # noqa: A002 - the base class's name
         if not self.quiet:
-            say("nst-ort web: %s %s" % (self.address_string(), format % args))
+            # as the base class does: a request line's control characters (terminal escapes) escaped
+            message = (format % args).translate(getattr(self, "_control_char_table", {}))
+            say("nst-ort web: %s %s" % (self.address_string(), message))
 
 
 LOOPBACK_NAMES = ("localhost",)

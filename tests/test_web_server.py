@@ -351,6 +351,17 @@ def test_an_aborted_download_prints_nothing():
     assert "Traceback" not in err and "Error" not in err, err
 
 
+def test_the_verbose_log_escapes_what_a_client_sends():
+    """--verbose logs request lines: a terminal escape in one is written escaped, not to the terminal."""
+    with serve_process(None, "--verbose") as (url, p):
+        status, _, _ = get(url, "/\x1b]0;owned\x07\x1b[2J")
+        assert status == 404
+        p.terminate()
+        p.wait(10)
+        err = p.stderr.read()
+    assert "\x1b" not in err and "\x07" not in err and "\\x1b]0;owned" in err, err
+
+
 def test_a_closed_stdout_does_not_stop_the_server():
     """`nst-ort web | true`: the start line goes nowhere; the server serves on."""
     with socket.socket() as s:
