@@ -246,6 +246,31 @@ def test_inside_model_names_what_is_wrong(tmp_path):
         web.inside_model(model, "weights.bin")
 
 
+def test_ort_web_files_that_are_fifos_loops_or_huge_are_refused_without_reading_them(tmp_path):
+    """--ort-web DIR with a FIFO (would hang a read), a symlink loop and a sparse 4 GiB file in place of
+    three of onnxruntime-web's files: one line naming the first, exit 4, at once."""
+    import json
+
+    if not ort_web_args():
+        pytest.skip("needs node_modules/onnxruntime-web at the pinned version (npm ci)")
+    dist = Path(ort_web_args()[1])
+    names = sorted(json.loads((ROOT / "web" / "vendor" / "onnxruntime-web" / "SOURCES.json").read_text())["files"])
+    folder = tmp_path / "dist"
+    folder.mkdir()
+    for name in names[3:]:
+        (folder / name).symlink_to(dist / name)
+    os.mkfifo(folder / names[0])
+    (folder / names[1]).symlink_to(folder / names[1])
+    with open(folder / names[2], "wb") as f:
+        f.truncate(4 << 30)
+    r = subprocess.run([sys.executable, "-m", "nst_ort", "web", "--port", "0", "--ort-web", str(folder)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 4 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
+    assert f"{folder / names[0]}: not a regular file" in r.stderr
+    assert f"{folder / names[1]}: Too many levels of symbolic links" in r.stderr
+    assert f"{folder / names[2]}: {4 << 30} bytes, SOURCES.json says" in r.stderr
+
+
 # -- connections: bounded, timed out, quiet -------------------------------------------------------------
 @contextlib.contextmanager
 def in_process(max_connections: int, request_timeout: float):
