@@ -509,16 +509,29 @@ def test_the_page_loads_no_model_from_another_origin(tmp_path, puppeteer):
         def log_message(self, *a):
             pass
 
+    import json
+
     other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Cors)
     threading.Thread(target=other.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    elsewhere = f"http://127.0.0.1:{other.server_address[1]}/"
+    # and a model folder whose manifest names a graph on that server (the page would fetch it)
+    model = small_model(tmp_path / "model")
+    manifest = json.loads((model / "manifest.json").read_text())
+    manifest["files"][elsewhere + "eval.onnx"] = manifest["files"][manifest["graphs"]["eval"]["file"]]
+    manifest["graphs"]["eval"]["file"] = elsewhere + "eval.onnx"
+    (model / "manifest.json").write_text(json.dumps(manifest))
     try:
         with serve() as url:
-            out = drive({"url": url + f"?backend=wasm&model=http://127.0.0.1:{other.server_address[1]}/"}, timeout=300)
+            out = drive({"url": url + f"?backend=wasm&model={elsewhere}"}, timeout=300)
+        with serve(model) as url:
+            named = drive({"url": url + "?backend=wasm"}, timeout=300)
     finally:
         other.shutdown()
         other.server_close()
     assert out["state"] == "model-error" and "not on this server" in out["message"], out["message"]
-    assert asked == [] and out["pageErrors"] == []
+    assert named["state"] == "model-error", named["message"]
+    assert named["message"] == f'/model/manifest.json: names "{elsewhere}eval.onnx", which is not a file in the model folder'
+    assert asked == [] and out["pageErrors"] == [] and named["pageErrors"] == []
 
 
 @needs_browser

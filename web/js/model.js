@@ -46,6 +46,8 @@ export class ModelSource {
       if (!f) throw new ModelError(`${this.where(name)}: missing from the picked folder`);
       return new Uint8Array(await f.arrayBuffer());
     }
+    // a manifest's file name is a name in the folder, not a URL elsewhere (../, //host, https:)
+    if (!new URL(name, this.base).href.startsWith(this.base)) throw new ModelError(`${this.where('manifest.json')}: names ${JSON.stringify(name)}, which is not a file in the model folder`);
     let res;
     try {
       res = await fetch(new URL(name, this.base), { cache: 'no-cache' });
