@@ -107,7 +107,7 @@ def _read_verified(sources: Sources, folder: Path, names, problems: dict[str, st
         try:
             # O_NONBLOCK: a FIFO in its place must not hang the start-up; read only a regular file of
             # the listed size (not a multi-GB file, nor a device, whole into memory)
-            with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
+            with os.fdopen(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)), "rb") as f:
                 st = os.fstat(f.fileno())
                 if not stat.S_ISREG(st.st_mode):
                     problems[name] = f"{path}: not a regular file"

@@ -80,6 +80,9 @@ SECURITY = {
     "X-Frame-Options": "DENY",  # frame-ancestors for browsers that predate it
     "Referrer-Policy": "no-referrer",
 }
+# O_NONBLOCK: a file swapped for a FIFO must not hang a thread (POSIX only: Windows has no FIFOs to
+# fear, and needs O_BINARY)
+READ_FLAGS = getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
 
 
 def app_dir() -> Path:
@@ -226,7 +229,7 @@ class Handler(DeadlineHandlerMixin, SimpleHTTPRequestHandler):
         if target is not None:
             try:
                 # O_NONBLOCK: a file swapped for a FIFO since the check must not hang this thread
-                fd = os.open(target, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+                fd = os.open(target, os.O_RDONLY | READ_FLAGS | getattr(os, "O_NOFOLLOW", 0))
                 f = os.fdopen(fd, "rb")
             except OSError:
                 f = None
