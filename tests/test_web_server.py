@@ -434,6 +434,12 @@ def test_web_does_not_import_onnxruntime(tmp_path):
     assert not [m for m in imports if m.split(".")[0] == "onnxruntime"]
     if "HOME" in env:
         assert list(home.rglob("*")) == []
+    # and none needs to be installed: with `import onnxruntime` failing, `nst-ort web` still gets to its
+    # own checks (here the missing model folder: exit 4), not the "no ONNX Runtime" exit 5
+    code = ("import sys; sys.modules['onnxruntime'] = None; from nst_ort.entry import main; "
+            f"sys.exit(main(['web', '--model', {str(tmp_path / 'nope')!r}]))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 4 and "nope: model folder does not exist" in r.stderr, r.stderr
 
 
 # -- the address it prints, and what it says about other machines ---------------------------------------
