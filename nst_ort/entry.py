@@ -44,6 +44,13 @@ def onnxruntime_problem() -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["web"]:
+        # The page runs the graphs, not this process: no onnxruntime import (slow, and it writes under
+        # the user's cache), none needed installed.
+        from .web import main as web_main
+
+        return web_main(argv[1:])
     problem = onnxruntime_problem()
     if problem:
         print(f"nst-ort: error: {problem}", file=sys.stderr)
