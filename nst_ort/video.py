@@ -26,10 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import Config, LossConfig, OptimConfig, StyleInput
+from .config import Config, LossConfig, OptimConfig, StyleInput, max_threads
 from .errors import EXIT_INTERRUPTED, Interrupted, Terminated, exit_for, on_sigterm, NstError, NumericalError, OutputError, UsageError
 from .extras import require
-from .flags import HelpFormatter, Parser
+from .flags import HelpFormatter, Parser, int_flag, number_flag
 from .images import fit_size, load_image, resize, save_image
 
 MODES = ("per-frame", "warm", "temporal")
@@ -72,17 +72,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=_fps, help="frame rate of a folder of frames (default 25), or override a video's; "
                    "e.g. 24, 29.97 or 30000/1001")
     p.add_argument("--flow", choices=["dis", "farneback"], default="dis", help="optical flow (OpenCV)")
-    p.add_argument("--content-weight", type=float, help="default: the model's")
-    p.add_argument("--style-weight", type=float, help="default: the model's")
-    p.add_argument("--tv-weight", type=float, help="default: the model's")
+    # Values checked at parse time by the still-image command's checkers (exit 2 naming the flag).
+    p.add_argument("--content-weight", type=number_flag("loss.content_weight"), help="default: the model's")
+    p.add_argument("--style-weight", type=number_flag("loss.style_weight"), help="default: the model's")
+    p.add_argument("--tv-weight", type=number_flag("loss.tv_weight"), help="default: the model's")
     p.add_argument("--style-weights", help="blend weights of several styles, e.g. 0.7,0.3")
     p.add_argument("--optimizer", choices=["lbfgs", "adam"], default="lbfgs", help="optimizer per frame")
-    p.add_argument("--lr", type=float, help="learning rate (lbfgs 1.0, adam 0.02)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (kept per frame, so runs repeat)")
+    p.add_argument("--lr", type=number_flag("optim.lr", positive=True), help="learning rate (lbfgs 1.0, adam 0.02)")
+    p.add_argument("--seed", type=int_flag("seed", minimum=0), default=0,
+                   help="random seed (kept per frame, so runs repeat)")
     p.add_argument("--model", help="artifact folder (default: the embedded VGG16)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--provider", help="an onnxruntime execution provider by name")
-    p.add_argument("--threads", type=int, help="intra-op threads")
+    p.add_argument("--threads", type=int_flag("threads", maximum=max_threads),
+                   help="intra-op threads (at most the CPUs this process may use)")
     p.add_argument("--loop", choices=["auto", "device", "host"], default="auto",
                    help="device: image, gradient and optimizer state in device buffers; host: optimizer in numpy")
     p.add_argument("--report", help="write a JSON report: settings and every frame's losses, time and warping error")
@@ -483,6 +486,8 @@ def _finish(args, job, count: int, kind: str, out: Path, size, src, settings) ->
     if kind == "video":
         # A variable-rate input keeps each frame's time (and so its audio's length); --fps retimes.
         times = frame_times(src.path) if src.kind == "video" and not args.fps else None
+        if times is not None and len(times) < count:
+            times = None  # fewer timestamps than decoded frames: no timing to keep, the constant rate
         if times is not None:
             times = times[:count]
             rate = f"variable frame rate, {video_duration(count, src.fps, times):.3f} s as the input"

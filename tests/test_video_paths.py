@@ -141,6 +141,11 @@ CASES = [
          8, "--report is inside the frames folder", "{d}/out.mp4.frames/nst-ort-video.json"),
     Case("report-in-input-folder", lambda d: _video(d, "--report", d / "seq" / "run.json", src="seq"), 8,
          "--report is inside the input folder", "{d}/seq/run.json"),
+    Case("report-hard-link-to-style", lambda d: (os.link(d / "style.jpg", d / "h.json"),
+                                                 _video(d, "--report", d / "h.json"))[1], 8,
+         "--report would overwrite the style image", "{d}/h.json"),
+    Case("report-is-frames-folder", lambda d: _video(d, "--report", d / "out.mp4.frames"), 8,
+         "--report and -o name the same file", "{d}/out.mp4.frames"),  # -o's frames folder
     Case("report-fifo", lambda d: _video(d, "--report", _fifo(d, "r.json")), 8,
          "--report names a FIFO, not a regular file", "{d}/r.json"),
     Case("report-dev-null", lambda d: _video(d, "--report", "/dev/null"), 8, "--report names a character device",
@@ -223,6 +228,12 @@ CASES = [
                                ("--threads", "100000", "must be at most"),
                                ("--size", "0", "must be a positive integer"),
                                ("--time-iterations", "x", "expected an integer")]],
+    # nst-ort video: values refused at parse time too (were refused late, after the frames folder was made)
+    *[Case(f"video{flag}={value}", lambda d, f=flag, v=value: _video(d, f, v), 2, rf"argument {flag}: {msg}")
+      for flag, value, msg in [("--threads", "-1", "must be a positive integer"), ("--lr", "0", "must be positive"),
+                               ("--seed", "-1", "must be an integer >= 0"),
+                               ("--content-weight", "nan", "must be a finite number"),
+                               ("--tv-weight", "-1", "must be zero or positive")]],
     Case("check-time-size-too-small", lambda d: ["check", "--time-size", "4"], 2, "--time-size 4: this model needs"),
 ]
 
