@@ -292,6 +292,7 @@ def _check_snapshots(snap: Snapshots, targets: list[Target], sources: list[Sourc
         if st is not None and _kind(st.st_mode) is not None:
             raise OutputError(f"{p}: --snapshots names a {_kind(st.st_mode)}, not a regular file; refusing to "
                               "replace it")
+        _refuse_link(p, "--snapshots")
         for s in sources:
             if same_file(p, s.path):
                 raise OutputError(f"{p}: --snapshots would overwrite the {s.what} ({s.path}); refusing")
