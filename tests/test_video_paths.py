@@ -430,3 +430,34 @@ def test_memory_error_from_ffmpeg_is_not_damage(tmp_path, monkeypatch, material)
     monkeypatch.setattr(video_io, "_open_input", lambda p: Broken(real_open(p)))
     with pytest.raises(OutOfMemory, match=r"in\.mp4: out of memory decoding frame 1 .*not damage"):
         list(video_io._decode(material / "in.mp4"))
+
+
+def test_job_clean_up_and_restart_touch_only_the_tools_files(tmp_path):
+    """remove(): the frames, the state and our own temporaries go; a user's files (hidden or not, a
+    look-alike name) stay with the folder, and the warning names them. --restart does not read a
+    damaged state (that is what it is for) and clears only the tool's files."""
+    from nst_ort.video_job import STATE, Job, StateError
+
+    said = []
+    folder = tmp_path / "out.mp4.frames"
+    job = Job(folder, "fp", {}, warn=said.append)
+    for i in (1, 2):
+        (folder / f"{i:06d}.png").write_bytes(b"png")
+    job.save()
+    (folder / ".000003.png.abc_12.tmp").write_bytes(b"half")
+    (folder / ".keep").write_text("mine")
+    (folder / "0001.png").write_text("not a frame name of ours")
+    left = job.remove()
+    assert left == [".keep", "0001.png"] and sorted(p.name for p in folder.iterdir()) == left
+    assert len(said) == 1 and ".keep" in said[0] and "kept" in said[0]
+    (folder / ".keep").unlink()
+    (folder / "0001.png").unlink()
+    assert Job(tmp_path / "clean", "fp", {}).remove() == [] and not (tmp_path / "clean").exists()
+    # a damaged state: refused without --restart (exit 2, naming it), cleared with it
+    (folder / STATE).write_text('{"format": 1, "done": ')
+    (folder / "000001.png").write_bytes(b"png")
+    with pytest.raises(StateError, match=r"nst-ort-video\.json: damaged resume state \(not JSON") as e:
+        Job(folder, "fp", {})
+    assert e.value.exit_code == 2
+    job = Job(folder, "fp", {"input": "x"}, restart=True)
+    assert job.done == 0 and sorted(p.name for p in folder.iterdir()) == []
