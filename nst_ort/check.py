@@ -25,7 +25,6 @@ import statistics
 import sys
 import time
 import traceback
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
