@@ -405,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     except NstError as e:
         if args.debug:
             traceback.print_exc()
-        print(f"nst-ort check: error: {e}", file=sys.stderr)
+        print(f"nst-ort check: error: {e}".replace("\n", "\\n"), file=sys.stderr)  # one line, whatever the names
         return e.exit_code
     except Exception as e:  # noqa: BLE001 - last resort: one line unless --debug
         if args.debug:

@@ -381,7 +381,7 @@ def _batch(args, artifacts) -> int:
             raise
         except NstError as e:
             failed += 1
-            print(f"nst-ort: error: {e} (skipped)", file=sys.stderr)
+            print(f"nst-ort: error: {e} (skipped)".replace("\n", "\\n"), file=sys.stderr)  # one line per image
     if failed:
         print(f"nst-ort: {failed} of {len(files)} image(s) failed", file=sys.stderr)
         return EXIT_BATCH_PARTIAL

@@ -219,6 +219,8 @@ CASES = [
     Case("check-json-symlink", lambda d: ["check", "--json", _link(d, "c.json", "style.jpg")], 8,
          "--json is a symbolic link", "{d}/c.json"),
     Case("check-json-dev-null", lambda d: ["check", "--json", "/dev/null"], 8, "character device", "/dev/null"),
+    Case("check-json-name-with-newline", lambda d: ["check", "--json", d / "no\ndir" / "c.json"], 8,
+         "does not exist", "no\\ndir"),
     Case("check-json-trailing-slash", lambda d: ["check", "--json", f"{d}/c/"], 8, "ends in '/'", "{d}/c/"),
     # nst-ort check: values refused at parse time, naming the flag
     *[Case(f"check{flag}={value}", lambda d, f=flag, v=value: ["check", f, v], 2, rf"argument {flag}: {msg}")
