@@ -12,7 +12,7 @@ from .config import Config, LossConfig, OptimConfig, StyleInput
 from .errors import (EXIT_BATCH_PARTIAL, Terminated, exit_for, on_sigterm, EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, ImageError, Interrupted, NstError, NumericalError,
                      OutOfMemory, OutputError, UsageError)
 from .flags import build_parser, check_modes
-from .outputs import Snapshots, Source, Target, check_writes, image_bytes, same_file
+from .outputs import Snapshots, Source, Target, batch_outputs, check_writes, file_arg, image_bytes, same_file
 from .presets import PRESETS
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
@@ -26,7 +26,7 @@ def _warn(msg: str) -> None:
     # Once per message: a batch reloads the same style image for every content image.
     if msg not in _said:
         _said.add(msg)
-        print(f"nst-ort: warning: {msg}", file=sys.stderr)
+        print(f"nst-ort: warning: {msg}".replace("\n", "\\n"), file=sys.stderr)  # one line, whatever the names
 
 
 def _provider_options(args) -> dict | None:
@@ -106,6 +106,9 @@ def _sources(cfg: Config, artifacts, resume: Path | None) -> list[Source]:
 
 def _targets(cfg: Config, out: Path, args, final: tuple[int, int], largest: tuple[int, int], total: int
              ) -> tuple[list[Target], Snapshots | None]:
+    for flag, value in (("-o", args.output), ("--report", args.report), ("--checkpoint", args.checkpoint)):
+        if value:
+            file_arg(str(value), flag)  # `out.png/`: a folder by its spelling, not a file to write
     targets = [Target(out, "-o", image_bytes(*final), image=True)]
     if args.report:
         targets.append(Target(Path(args.report), "--report", (64 << 10) + 600 * total))
@@ -416,12 +419,10 @@ def _batch(args, artifacts) -> int:
             files.append(p)
     if not files:
         raise UsageError(f"{folder}: no images ({', '.join(sorted(IMAGE_EXTS))}) in this folder")
-    stems = [p.stem for p in files]
     jobs = []
-    for p in files:
-        # cat.jpg and cat.png would both become cat.png: the second would overwrite the first result.
-        stem = p.stem if stems.count(p.stem) == 1 else f"{p.stem}-{p.suffix[1:]}"
-        per = {"images": [str(p), *args.images[1:]], "output": str(out_dir / f"{stem}.png")}
+    for p, result in batch_outputs(files, out_dir):  # two images to one name: refused here, naming both
+        stem = result.stem
+        per = {"images": [str(p), *args.images[1:]], "output": str(result)}
         if args.report:
             per["report"] = str(Path(args.report) / f"{stem}.json")
         if args.checkpoint:
@@ -460,7 +461,7 @@ def _batch(args, artifacts) -> int:
             raise
         except NstError as e:
             failed += 1
-            print(f"nst-ort: error: {e} (skipped)", file=sys.stderr)
+            print(f"nst-ort: error: {e} (skipped)".replace("\n", "\\n"), file=sys.stderr)  # one line per image
     if failed:
         print(f"nst-ort: {failed} of {len(files)} image(s) failed", file=sys.stderr)
         return EXIT_BATCH_PARTIAL

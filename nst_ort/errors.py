@@ -50,7 +50,9 @@ def exit_for(e: BaseException, debug: bool) -> int:
         print("nst-ort: error: out of memory (MemoryError); try a smaller --size", file=sys.stderr)
         return OutOfMemory.exit_code
     if isinstance(e, NstError):
-        print(f"nst-ort: {'' if isinstance(e, Interrupted) else 'error: '}{e}", file=sys.stderr)
+        # One line even when a path holds a newline: shown escaped, as repr would.
+        msg = str(e).replace("\r", "\\r").replace("\n", "\\n")
+        print(f"nst-ort: {'' if isinstance(e, Interrupted) else 'error: '}{msg}", file=sys.stderr)
         return e.exit_code
     # last resort: still one line unless --debug
     print(f"nst-ort: internal error: {type(e).__name__}: {e} (rerun with --debug for a traceback)", file=sys.stderr)

@@ -26,10 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import Config, LossConfig, OptimConfig, StyleInput
+from .config import Config, LossConfig, OptimConfig, StyleInput, max_threads
 from .errors import EXIT_INTERRUPTED, Interrupted, Terminated, exit_for, on_sigterm, NstError, NumericalError, OutputError, UsageError
 from .extras import require
-from .flags import HelpFormatter, Parser
+from .flags import HelpFormatter, Parser, int_flag, number_flag
 from .images import fit_size, load_image, resize, save_image
 
 MODES = ("per-frame", "warm", "temporal")
@@ -72,17 +72,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=_fps, help="frame rate of a folder of frames (default 25), or override a video's; "
                    "e.g. 24, 29.97 or 30000/1001")
     p.add_argument("--flow", choices=["dis", "farneback"], default="dis", help="optical flow (OpenCV)")
-    p.add_argument("--content-weight", type=float, help="default: the model's")
-    p.add_argument("--style-weight", type=float, help="default: the model's")
-    p.add_argument("--tv-weight", type=float, help="default: the model's")
+    # Values checked at parse time by the still-image command's checkers (exit 2 naming the flag).
+    p.add_argument("--content-weight", type=number_flag("loss.content_weight"), help="default: the model's")
+    p.add_argument("--style-weight", type=number_flag("loss.style_weight"), help="default: the model's")
+    p.add_argument("--tv-weight", type=number_flag("loss.tv_weight"), help="default: the model's")
     p.add_argument("--style-weights", help="blend weights of several styles, e.g. 0.7,0.3")
     p.add_argument("--optimizer", choices=["lbfgs", "adam"], default="lbfgs", help="optimizer per frame")
-    p.add_argument("--lr", type=float, help="learning rate (lbfgs 1.0, adam 0.02)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (kept per frame, so runs repeat)")
+    p.add_argument("--lr", type=number_flag("optim.lr", positive=True), help="learning rate (lbfgs 1.0, adam 0.02)")
+    p.add_argument("--seed", type=int_flag("seed", minimum=0), default=0,
+                   help="random seed (kept per frame, so runs repeat)")
     p.add_argument("--model", help="artifact folder (default: the embedded VGG16)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--provider", help="an onnxruntime execution provider by name")
-    p.add_argument("--threads", type=int, help="intra-op threads")
+    p.add_argument("--threads", type=int_flag("threads", maximum=max_threads),
+                   help="intra-op threads (at most the CPUs this process may use)")
     p.add_argument("--loop", choices=["auto", "device", "host"], default="auto",
                    help="device: image, gradient and optimizer state in device buffers; host: optimizer in numpy")
     p.add_argument("--report", help="write a JSON report: settings and every frame's losses, time and warping error")
@@ -106,7 +109,7 @@ _said: set[str] = set()
 def _warn(msg: str) -> None:
     if msg not in _said:  # once: every frame reloads the same style images
         _said.add(msg)
-        print(f"nst-ort: warning: {msg}", file=sys.stderr)
+        print(f"nst-ort: warning: {msg}".replace("\n", "\\n"), file=sys.stderr)  # one line, whatever the names
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,13 +139,20 @@ def _even_size(width: int, height: int, long_side: int) -> tuple[int, int]:
     return max(2, w - w % 2), max(2, h - h % 2)
 
 
-def _plan_output(out: Path, inputs: list[Path]) -> tuple[str, Path]:
-    """('video', frames folder OUT.frames) or ('folder', OUT); refuses outputs that are inputs."""
+def _plan_output(out: Path, inputs: list[Path], folder: bool = False) -> tuple[str, Path]:
+    """('video', frames folder OUT.frames) or ('folder', OUT); refuses outputs that are inputs.
+    folder: -o was typed with a trailing slash (`out.mp4/`), a folder of frames whatever its name."""
+    from .outputs import special_kind
     from .video_io import container_for
 
     for p in inputs:
         if out.exists() and _same(out, p):
             raise OutputError(f"{out}: output path is also an input ({p}); refusing to overwrite it")
+    kind = special_kind(out)
+    if kind is not None:
+        raise OutputError(f"{out}: -o names a {kind}, not a regular file or folder; refusing to replace it")
+    if folder:
+        return "folder", out
     if container_for(out) is not None:
         if out.is_dir():
             raise OutputError(f"{out}: is a folder; give a video file name or a folder without a video extension")
@@ -283,7 +293,7 @@ def run(args) -> int:
 
     if wanted(args):
         require("ray", "--workers / --ray-address")
-    src = open_source(Path(args.input), args.fps)
+    src = open_source(Path(args.input), args.fps, warn=_warn)
     styles = [Path(s) for s in args.styles]
     for s in styles:
         load_image(s)  # a bad style image fails now, not after the frames folder is made
@@ -291,16 +301,12 @@ def run(args) -> int:
     if len(weights) != len(styles):
         raise UsageError(f"{len(styles)} style image(s) but {len(weights)} --style-weights")
     out = Path(args.output)
-    kind, folder = _plan_output(out, [src.path, *styles])
-    if args.report:
-        report = Path(args.report)
-        if any(report.exists() and _same(report, p) for p in (src.path, *styles, out)) or report.is_dir():
-            raise OutputError(f"{report}: --report would overwrite an input, the output or a folder")
-        if not (report.parent if str(report.parent) else Path(".")).is_dir():
-            raise OutputError(f"{report}: report folder {report.parent} does not exist")
+    kind, folder = _plan_output(out, [src.path, *styles], folder=args.output.endswith(("/", os.sep)))
     if kind == "folder" and folder.exists() and _same(folder, src.path):
         raise OutputError(f"{out}: output folder is the input folder; give another")
     size = _even_size(src.width, src.height, args.size)
+    artifacts = Artifacts(args.model)
+    check_paths(args, src, styles, artifacts, kind, out, folder, size)
     sharded = wanted(args)
     contents = None
     if sharded:
@@ -309,16 +315,15 @@ def run(args) -> int:
         if not contents:
             raise UsageError(f"{src.path}: no frames to stylize")
         args.shard_frames = args.shard_frames or _default_shard_frames(len(contents), args)
-    artifacts = Artifacts(args.model)
     if args.mode == "temporal":
         from .temporal import temporal_graph_path
 
         temporal_graph_path(artifacts)  # a model without temporal.onnx: one line, exit 4, before any work
     settings = _settings(args, size, styles, weights)
     settings["model_manifest"] = sha256_file(artifacts.path / "manifest.json")
-    fp = fingerprint([src.path, *styles], settings)
+    fp = fingerprint([src.files if src.kind == "folder" else src.path, *styles], settings)
     job = Job(folder, fp, {"input": str(src.path), "fps": str(src.fps), "size": list(size), "settings": settings},
-              restart=args.restart)
+              restart=args.restart, warn=_warn)
     remove_stray_temporaries(folder)
     if job.done and not args.quiet:
         print(f"nst-ort: resuming {folder} after frame {job.done}", file=sys.stderr)
@@ -360,6 +365,60 @@ def run(args) -> int:
     # A run resumed with a smaller --frames than before stops at it (the frames past it stay on disk).
     count = min(job.done, index)
     return _finish(args, job, count, kind, out, size, src, settings)
+
+
+def check_paths(args, src, styles: list[Path], artifacts, kind: str, out: Path, folder: Path,
+                size: tuple[int, int]) -> None:
+    """The still-image rule for a video run, before any work (outputs.check_writes): -o, --report
+    and the frames folder's files against every file the run reads (the input video or each frame of
+    the input folder, the styles, the model's files) and against each other; special files and
+    symlinks refused; every folder written to present, writable, with room. The frames folder is the
+    tool's: nothing the run reads may be in it, and --report may not be written into it; nothing is
+    written into an input folder (its files are the frames, and the resume fingerprint)."""
+    from .outputs import Source, Target, _resolved, check_writes, file_arg, image_bytes
+    from .video_job import STATE, frame_name
+
+    sources = [Source(src.path, "input video")] if src.kind == "video" else [Source(p, "input frame")
+                                                                             for p in src.files]
+    sources += [Source(s, "style image") for s in styles]
+    sources.append(Source(artifacts.path / "manifest.json", "model file"))
+    sources += [Source(artifacts.path / name, "model file") for name in artifacts.manifest["files"]]
+    count = args.frames or src.count or 1
+    if args.frames and src.count:
+        count = min(args.frames, src.count)
+    frame_bytes = image_bytes(*size)
+    targets = []
+    if kind == "video":
+        targets.append(Target(out, "-o", count * 3 * size[0] * size[1] // 4 + (64 << 10)))
+    report = file_arg(args.report, "--report") if args.report else None
+    if report is not None:
+        targets.append(Target(report, "--report", (64 << 10) + 600 * count))
+    frames_dir = _resolved(folder)
+    for s in sources:
+        r = _resolved(s.path)
+        if frames_dir == r or frames_dir in r.parents:
+            raise OutputError(f"{s.path}: the {s.what} is inside the frames folder {folder}, which this run "
+                              "writes; move it out or give another -o")
+    if src.kind == "folder":
+        inside = _resolved(src.path)
+        for t in [*targets, Target(folder, "-o")]:
+            r = _resolved(t.path)
+            if inside in r.parents or (r == inside and t.flag != "-o"):
+                raise OutputError(f"{t.path}: {t.flag} is inside the input folder {src.path}, whose files are "
+                                  "the frames; write elsewhere")
+    if report is not None and frames_dir == _resolved(report).parent:
+        raise OutputError(f"{report}: --report is inside the frames folder {folder}, which the run writes and "
+                          "removes; write it elsewhere")
+    if folder.is_dir():
+        # The files the run writes there as they stand (a resume): never special files or links.
+        # The first frame's target carries the frames' bytes (the folder's free space).
+        there = lambda q: q.exists() or q.is_symlink()  # noqa: E731
+        names = [STATE] + [frame_name(i) for i in range(2, count + 1) if there(folder / frame_name(i))]
+        targets += [Target(folder / n, "-o") for n in names if there(folder / n)]
+        targets.append(Target(folder / frame_name(1), "-o", count * frame_bytes))
+    else:
+        targets.append(Target(folder, "-o", count * frame_bytes))  # made by Job in its parent: probed there
+    check_writes(targets, sources)
 
 
 def _default_shard_frames(count: int, args) -> int:
@@ -416,32 +475,48 @@ def _say_frame(index: int, limit, size, rec: dict) -> None:
 
 def _finish(args, job, count: int, kind: str, out: Path, size, src, settings) -> int:
     """Encode (a video output), check, report, tidy up."""
-    from .video_io import check_video, write_video
+    from .video_io import check_video, frame_times, video_duration, write_video
 
     if count == 0:
         raise UsageError(f"{src.path}: no frames to stylize")
     job.state["total"] = count
     job.save()
     audio = None
+    rate = f"{src.fps} fps"
     if kind == "video":
+        # A variable-rate input keeps each frame's time (and so its audio's length); --fps retimes.
+        times = frame_times(src.path) if src.kind == "video" and not args.fps else None
+        if times is not None and len(times) < count:
+            times = None  # fewer timestamps than decoded frames: no timing to keep, the constant rate
+        if times is not None:
+            times = times[:count]
+            rate = f"variable frame rate, {video_duration(count, src.fps, times):.3f} s as the input"
         frames = (np.asarray(_read_rgb8(p)) for p in job.frame_paths()[:count])
-        audio = write_video(out, frames, count, size, src.fps, audio_from=src.path if src.kind == "video" else None)
-        check_video(out, count, size, src.fps)
+        audio = write_video(out, frames, count, size, src.fps, audio_from=src.path if src.kind == "video" else None,
+                            times=times)
+        check_video(out, count, size, src.fps, times)
     if args.report:
         _write_report(Path(args.report), job, settings, out, audio)
     if kind == "video" and not args.keep_frames:
         job.remove()
     if not args.quiet:
         extra = f"; {audio}" if audio else ""
-        print(f"wrote {out} ({count} frames, {size[0]}x{size[1]}, {src.fps} fps{extra})", file=sys.stderr)
+        print(f"wrote {out} ({count} frames, {size[0]}x{size[1]}, {rate}{extra})", file=sys.stderr)
     return 0
 
 
 def _read_rgb8(path: Path) -> np.ndarray:
+    """A stored frame for the encoder. A damaged one is blamed on itself, not on the video being
+    written (exit 8); the next run redoes it (video_job.Job checks every stored frame)."""
     from PIL import Image
 
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except Exception as e:  # noqa: BLE001 - any decoder failure
+        why = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+        raise OutputError(f"{path}: stored frame is damaged or missing ({why}); nothing was encoded; run the same "
+                          "command again to redo it") from None
 
 
 def summary(frames: list[dict]) -> dict:

@@ -155,7 +155,7 @@ def test_bad_inputs_one_line_each(tmp_path, clip_frames):
         (["video", good, STYLE, "-o", tmp_path / "o7.gif"], 8, "unknown video extension"),
         (["video", good, STYLE, "-o", busy], 8, "holds other files"),
         (["video", good, STYLE, "-o", tmp_path / "no" / "o8.mp4"], 8, "does not exist"),
-        (["video", good, STYLE, "-o", tmp_path / "o12.mp4", "--report", good], 8, "would overwrite an input"),
+        (["video", good, STYLE, "-o", tmp_path / "o12.mp4", "--report", good], 8, "--report would overwrite the input video"),
         (["video", good, STYLE, "-o", tmp_path / "o9.mp4", "--fps", "fast"], 2, "--fps"),
         (["video", good, STYLE, "-o", tmp_path / "o10.mp4", "--iterations", "0"], 2, "--iterations"),
         (["video", good, STYLE, "-o", tmp_path / "o13.mp4", "--temporal-weight", "-1"], 2, "--temporal-weight"),
