@@ -805,16 +805,17 @@ def _video_body(cluster, send, payload) -> None:
         send("failed", f"frames {next_out}-{count} not done: {what}; frames 1-{next_out - 1} are written: "
                        "run the same command again to resume")
 
-    while refs or queue or next_out <= count:
+    broken = None  # why a task failed for good: no new task then; those in flight finish and are written
+    while refs or ((queue or next_out <= count) and broken is None):
         for s in shards:  # seam passes whose inputs are there
             start = max(s.first, done + 1)
-            if (s.index in back and s.index not in seams_started and s.seam_last >= start
+            if (broken is None and s.index in back and s.index not in seams_started and s.seam_last >= start
                     and start - 1 in final):
                 seams_started.add(s.index)
                 refs[seam.remote(*common, s, start, (contents[start - 2], final[start - 1][0]),
                                  contents[start - 1:s.seam_last], [targets[i] for i in range(start, s.seam_last + 1)],
                                  progress)] = ("seam", s)
-        while queue and sum(1 for k, _ in refs.values() if k == "shard") < cluster.workers:
+        while broken is None and queue and sum(1 for k, _ in refs.values() if k == "shard") < cluster.workers:
             s = queue.pop(0)
             refs[pass1.remote(*common, s, contents[s.first_run - 1:s.last], progress)] = ("shard", s)
         if not refs:
@@ -827,8 +828,8 @@ def _video_body(cluster, send, payload) -> None:
                 frames = ray.get(ref)
             except Exception as e:  # noqa: BLE001 - ray.exceptions.*: a worker killed too often, an error
                 what = f"frames {s.first}-{s.last}" if kind == "shard" else f"the seam frames {s.first}-{s.seam_last}"
-                failed(f"{what} (shard {s.index + 1}) {task_failure(e, retries() + 1)}")
-                return
+                broken = broken or f"{what} (shard {s.index + 1}) {task_failure(e, retries() + 1)}"
+                continue
             if kind == "shard":
                 back.add(s.index)
             for index, png, rec in frames:
@@ -845,3 +846,5 @@ def _video_body(cluster, send, payload) -> None:
         if frames_done != said:
             said = frames_done
             send("progress", frames_done, todo, cluster.workers, len(shards))
+    if broken is not None:
+        failed(broken)

@@ -305,3 +305,26 @@ def test_ray_flags_and_paths_refused_before_ray_starts(tmp_path):
     for name, data in before_bytes.items():
         assert (photos / name).read_bytes() == data, name
     assert list(out.iterdir()) == [] and "Ray worker" not in r.stderr
+
+
+def test_video_shard_killed_past_the_retries_ends_in_exit_9_and_resumes(tmp_path, temporal_model):
+    """A shard's worker killed with no retries left (NST_ORT_RAY_RETRIES=0): the frames before that
+    shard are written, the line names the frames not done and says how to resume, exit 9; the same
+    command run again finishes the video."""
+    seq_in = write_folder(tmp_path / "seq", frames((64, 48), 5))
+    out = tmp_path / "sharded"
+    args = ["video", seq_in, STYLE, "-o", out, "--size", "64", "--iterations", "12", "--threads", "1",
+            "--model", temporal_model, "--workers", "2", "--shard-frames", "3", "--overlap", "1"]
+    proc = subprocess.Popen(cli_command(args), env=cli_env({"NST_ORT_RAY_RETRIES": "0"}),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _kill_one_task(proc, "stylize_shard", timeout=300)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 9, err
+    line = [x for x in err.splitlines() if x.startswith("nst-ort: error:")]
+    assert len(line) == 1 and "not done" in line[0] and "its Ray worker died 1 time(s)" in line[0], err
+    assert "run the same command again to resume" in line[0] and "Traceback" not in err
+    written = sorted(p.name for p in out.glob("0*.png")) if out.exists() else []
+    assert written in ([], [f"{i:06d}.png" for i in range(1, 4)]), written  # shard 1 or shard 2 was killed
+    done = run_cli([*args, "-q"])
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in out.glob("0*.png")) == [f"{i:06d}.png" for i in range(1, 6)]
