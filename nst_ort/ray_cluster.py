@@ -18,6 +18,9 @@ from pathlib import Path
 from .errors import NstError, UsageError
 
 CONNECT_SECONDS = 5  # an unreachable --ray-address fails after this, not after Ray's own minutes of retries
+# A HOST:PORT that accepts the connection but is no Ray (or one that does not answer): measured, Ray's
+# init then gave up after 25 s even with its GCS timeouts cut to CONNECT_SECONDS. nst-ort waits this long.
+CONNECT_DEADLINE = 10
 
 
 def check_reachable(address: str, seconds: float = CONNECT_SECONDS) -> None:
@@ -33,8 +36,8 @@ def check_reachable(address: str, seconds: float = CONNECT_SECONDS) -> None:
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=seconds).close()
     except OSError as e:
-        why = "no answer" if isinstance(e, TimeoutError) else (e.strerror or str(e) or type(e).__name__)
-        raise UsageError(f"--ray-address: cannot reach Ray at {address} ({why} within {seconds:g} s)") from None
+        why = f"no answer within {seconds:g} s" if isinstance(e, TimeoutError) else (e.strerror or str(e) or type(e).__name__)
+        raise UsageError(f"--ray-address: cannot reach Ray at {address} ({why})") from None
 
 
 class Cluster:
@@ -212,12 +215,21 @@ def run_driver(body, payload, workers: int | None, address: str | None, on_messa
     child = ctx.Process(target=_driver_main, args=(theirs, body, payload, workers, address, debug), name="nst-ort-ray")
     child.start()
     theirs.close()
+    deadline = None  # --ray-address: from "connecting" (Ray imported) to "connected"
     try:
         while True:
+            if deadline is not None and not mine.poll(max(0.0, deadline - time.monotonic())):
+                raise UsageError(f"--ray-address: Ray at {address} did not answer within {CONNECT_DEADLINE:g} s")
             try:
                 message = mine.recv()
             except EOFError:
                 break
+            if message[0] == "connecting":
+                deadline = time.monotonic() + CONNECT_DEADLINE if address else None
+                continue
+            if message[0] == "connected":
+                deadline = None
+                continue
             if message[0] == "end":
                 child.join(60)
                 return None
@@ -229,7 +241,10 @@ def run_driver(body, payload, workers: int | None, address: str | None, on_messa
     except BaseException:
         if child.is_alive():
             child.terminate()  # SIGTERM: it shuts its Ray down (Cluster.close) and ends
-        child.join(60)
+        child.join(60 if deadline is None else 3)
+        if child.is_alive():  # stuck connecting to a remote address inside Ray's C++: no local Ray to stop
+            child.kill()
+            child.join(5)
         raise
     child.join(10)
     return f"the process holding the Ray connection ended (exit {child.exitcode}): the Ray cluster stopped"
@@ -250,7 +265,12 @@ def _driver_main(conn, body, payload, workers, address, debug: bool) -> None:
     signal.signal(signal.SIGTERM, on_sigterm)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches nst-ort, which ends this with SIGTERM
     try:
+        from .extras import require
+
+        require("ray", "--workers / --ray-address")  # seconds under load: not part of the connect deadline
+        conn.send(("connecting",))
         with Cluster(workers, address) as cluster:
+            conn.send(("connected",))
             body(cluster, lambda *m: conn.send(m), payload)
         conn.send(("end",))
     except NstError as e:

@@ -289,6 +289,18 @@ def test_ray_flags_and_paths_refused_before_ray_starts(tmp_path):
     r = run_cli([photos, *base, "-o", out, "--ray-address", "127.0.0.1:1"])
     assert r.returncode == 2 and r.stderr.startswith("nst-ort: error: --ray-address: cannot reach Ray at 127.0.0.1:1")
     assert len(r.stderr.strip().splitlines()) == 1 and time.time() - t0 < 30, r.stderr
+    # a port that takes the connection but is no Ray (nothing ever answers): Ray's own init waits
+    # minutes; nst-ort gives it 10 s once Ray is imported
+    import socket
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        address = f"127.0.0.1:{silent.getsockname()[1]}"
+        t0 = time.time()
+        r = run_cli([photos, *base, "-o", out, "--ray-address", address], timeout=120)
+    assert r.returncode == 2 and r.stderr == f"nst-ort: error: --ray-address: Ray at {address} did not answer within 10 s\n"
+    assert time.time() - t0 < 60, time.time() - t0
     # the input folder as the output folder: chelsea_cat.png would replace a content image
     shutil.copy(EXAMPLES / "chelsea_cat.jpg", photos / "chelsea_cat.png")
     before_bytes = {p.name: p.read_bytes() for p in photos.iterdir()}
