@@ -157,9 +157,11 @@ def test_video_shards_through_ray(tmp_path, temporal_model):
 def test_video_seam_no_worse_than_twice_the_median(tmp_path, temporal_model):
     """Issue 21: the frames where two shards meet jumped (warping error 9.4e-3 against 1.1e-3 for the
     rest of a 12-frame clip). The synthetic clip (known motion), 8 frames in shards of 4 on 2 workers
-    with the default overlap: every seam frame's warping error (true flow, as benchmarks/
-    video_scaleout.py measures it) is within 2x the clip's median. With --overlap 0 (no seam pass)
-    the seam frame is the clip's worst, over 2x: the check can fail."""
+    with the default overlap (2): every seam frame's warping error (5 and 6 from the seam pass, 7
+    after it; true flow, as benchmarks/video_scaleout.py measures it) is within 2x the clip's median.
+    Without the seam pass (--overlap 0) this setting gave 10x (the report's warping error, estimated
+    flow), and the benchmark 4.7x at 20 iterations (docs/video.md): not repeated here, to keep the
+    test near a minute."""
     from nst_ort import flow as F
     from nst_ort.images import load_image
     from nst_ort.video_synthetic import camera_clip
@@ -167,20 +169,15 @@ def test_video_seam_no_worse_than_twice_the_median(tmp_path, temporal_model):
     clip = camera_clip(load_image(EXAMPLES / "tuebingen_neckarfront.jpg"), (64, 48), frames=8, pan=(2.0, 1.0),
                        zoom=1.01, obj=load_image(EXAMPLES / "chelsea_cat.jpg"), obj_size=12)
     seq_in = write_folder(tmp_path / "clip", clip.frames)
-    flags = ["--size", "64", "--iterations", "10", "--first-iterations", "20", "--threads", "1",
-             "--model", temporal_model, "--workers", "2", "--shard-frames", "4", "-q"]
-    ratios = {}
-    for overlap in ("2", "0"):
-        out = tmp_path / f"overlap{overlap}"
-        done = run_cli(["video", seq_in, STYLE, "-o", out, *flags, "--overlap", overlap])
-        assert done.returncode == 0, done.stderr
-        outs = [load_image(out / f"{i:06d}.png") for i in range(1, 9)]
-        werr = {t + 1: F.warping_error(outs[t], outs[t - 1], clip.backward[t], clip.visible[t]) for t in range(1, 8)}
-        median = sorted(werr.values())[3]
-        seam = [5, 6, 7] if overlap == "2" else [5]  # the seam pass's frames and the one after them
-        ratios[overlap] = max(werr[t] for t in seam) / median
-    assert ratios["2"] <= 2.0, ratios
-    assert ratios["0"] > ratios["2"], ratios
+    out = tmp_path / "sharded"
+    done = run_cli(["video", seq_in, STYLE, "-o", out, "--size", "64", "--iterations", "10", "--first-iterations",
+                    "20", "--threads", "1", "--model", temporal_model, "--workers", "2", "--shard-frames", "4", "-q"])
+    assert done.returncode == 0, done.stderr
+    outs = [load_image(out / f"{i:06d}.png") for i in range(1, 9)]
+    werr = {t + 1: F.warping_error(outs[t], outs[t - 1], clip.backward[t], clip.visible[t]) for t in range(1, 8)}
+    median = sorted(werr.values())[3]
+    worst = max(werr[t] for t in (5, 6, 7))
+    assert worst <= 2 * median, (worst / median, werr)
 
 
 def test_ray_batch_refuses_sequential_flags_and_dry_runs_per_image(tmp_path):
