@@ -17,6 +17,7 @@ and the warping error of Lai et al. 2018 against the previous output frame (flow
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import signal
@@ -96,8 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(p)
     p.add_argument("--shard-frames", type=int, help="with --workers: frames per shard (default: the frames "
                    "divided evenly among the workers)")
-    p.add_argument("--overlap", type=int, default=2, help="with --workers: each shard but the first starts this "
-                   "many frames early and discards them, so that its first frame continues a chain (docs/video.md)")
+    p.add_argument("--overlap", type=int, default=2, help="with --workers: seam frames: the first N frames of each "
+                   "shard but the first are stylized again after the shard before it, continuing its last frame and "
+                   "blending into the shard's own (docs/video.md)")
     p.add_argument("-q", "--quiet", action="store_true", help="no line per frame")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
@@ -172,7 +174,8 @@ def _settings(args, size, styles, weights) -> dict:
     sharded run: its shard plan is part of it, so extending it means --shard-frames as before)."""
     keys = ("mode", "temporal_weight", "iterations", "first_iterations", "flow", "content_weight", "style_weight",
             "tv_weight", "optimizer", "lr", "seed", "device", "provider", "loop")
-    shards = {"shard_frames": args.shard_frames, "overlap": args.overlap} if args.shard_frames else None
+    # "seams": how shards meet (2: the seam pass); a run of another version's shards is not resumed
+    shards = {"shard_frames": args.shard_frames, "overlap": args.overlap, "seams": 2} if args.shard_frames else None
     return {**{k: getattr(args, k) for k in keys}, "size": list(size), "style_weights": weights,
             "styles": [str(s) for s in styles], "model": args.model, "shards": shards, "format": 1}
 
@@ -214,10 +217,17 @@ class FrameStylizer:
         return self.stylizer
 
     def frame(self, content: np.ndarray, previous: tuple[np.ndarray, np.ndarray] | None, iterations: int,
-              save) -> tuple[dict, np.ndarray]:
+              save, blend: tuple[np.ndarray, float] | None = None) -> tuple[dict, np.ndarray]:
         """content: this frame [H, W, 3] at the output size; previous: (its content, its output as
         written) or None for a chain's first frame; save(image) writes the result and returns it as read
-        back. Returns the frame's record and the written image."""
+        back. Returns the frame's record and the written image.
+
+        blend: (another stylization of this same frame, alpha in (0, 1)): the seam pass of a sharded
+        video (distributed.py). The frame starts from (1 - alpha) warp(previous) + alpha other, and
+        in temporal mode its temporal term is split: weight (1 - alpha) lambda_t toward the warped
+        previous frame, alpha lambda_t toward the other stylization (all pixels: the same frame, no
+        flow). Seam frames with alpha rising from one to the next cross from one shard's strokes to
+        the next shard's in steps instead of one jump."""
         from . import flow as F
 
         t0 = time.perf_counter()
@@ -235,10 +245,18 @@ class FrameStylizer:
             if self.args.mode == "temporal":
                 term = (warped, c * inside, self.args.temporal_weight)
         stylizer = self._start(content, iterations)
+        terms = []
+        if blend is not None and start is not None:
+            other, alpha = blend
+            start = ((1.0 - alpha) * start + alpha * other).astype(np.float32)
+            if term is not None:
+                toward = self.temporal.term(other, np.ones(content.shape[:2], np.float32), alpha * term[2])
+                terms.append(dataclasses.replace(toward, name="seam"))
+                term = (term[0], term[1], (1.0 - alpha) * term[2])
         if start is not None:
             stylizer.warm_start(start)
         if term is not None:
-            stylizer.set_terms([self.temporal.term(*term)])
+            stylizer.set_terms([self.temporal.term(*term), *terms])
         record = first = stopped = None
         try:
             for record in stylizer.run():
@@ -262,6 +280,8 @@ class FrameStylizer:
                "temporal": record.terms.get("temporal"), "iterations": record.step,
                "seconds": round(time.perf_counter() - t0, 3), "warping_error": werr,
                "init": "warped previous" if start is not None else "content"}
+        if blend is not None and record.terms.get("seam") is not None:
+            rec["seam_term"] = record.terms["seam"]
         if stopped:
             rec["stopped"] = stopped
         return rec, written
@@ -436,8 +456,9 @@ def _run_sharded(args, artifacts, job, contents, styles, weights, kind, out, fol
     def on_frame(index: int, png: bytes, rec: dict) -> None:
         path = job.frame_path(index)
         atomic_write(path, lambda f: f.write(png))
-        if rec.get("seam"):
-            # across the seam: against the frame the previous shard wrote (not the shard's own overlap frame)
+        if rec.pop("recheck", False):
+            # its task's previous frame is not the one written before it (the seam pass's, or the
+            # previous shard's): measured again against the frame as written
             cur, prev = contents[index - 1], contents[index - 2]
             back, fwd = F.optical_flow(cur, prev, args.flow), F.optical_flow(prev, cur, args.flow)
             rec = {**rec, "warping_error": F.warping_error(load_image(path), load_image(job.frame_path(index - 1)),
@@ -526,10 +547,12 @@ def summary(frames: list[dict]) -> dict:
     out = {"frames": len(frames), "warping_error": float(np.mean(werr)) if werr else None,
            "style": mean("style"), "content": mean("content"), "loss": mean("loss"), "seconds": mean("seconds")}
     if any("shard" in f for f in frames):  # a sharded run: the seams against the inside of the shards
-        seams = [f["warping_error"] for f in frames if f.get("seam")]
+        seams = [f["warping_error"] for f in frames if f.get("seam") and f.get("warping_error") is not None]
         inside = [f["warping_error"] for f in frames if not f.get("seam") and f.get("warping_error") is not None]
         out["warping_error_seams"] = float(np.mean(seams)) if seams else None
+        out["warping_error_seams_max"] = float(np.max(seams)) if seams else None
         out["warping_error_inside_shards"] = float(np.mean(inside)) if inside else None
+        out["warping_error_median"] = float(np.median(werr)) if werr else None
     return out
 
 
