@@ -162,19 +162,6 @@ def stylize_image(sha256: str, model_box: list, cfg, files: dict[str, bytes]) ->
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-def output_name_clashes(pairs: list[tuple[Path, Path]]) -> None:
-    """Refuse (OutputError, exit 8) two inputs of a batch whose results would get one name
-    (x.png, x.jpg and x-jpg.png: x.jpg and x-jpg.png both give x-jpg.png): one result would be lost."""
-    from .errors import OutputError
-
-    seen: dict[str, Path] = {}
-    for content, out in pairs:
-        if out.name in seen:
-            raise OutputError(f"{out}: both {seen[out.name]} and {content} of this batch would be written there; "
-                              "rename one of them")
-        seen[out.name] = content
-
-
 def batch_items(folder: Path, out_dir: Path, exts) -> list[tuple[Path, Path]]:
     """(content file, output file) for each image of a batch folder, named as cli._batch names them
     (cat.jpg -> cat.png; cat.jpg and cat.png -> cat-jpg.png and cat-png.png); every entry that is not
@@ -199,11 +186,9 @@ def batch_items(folder: Path, out_dir: Path, exts) -> list[tuple[Path, Path]]:
             files.append(p)
     if not files:
         raise UsageError(f"{folder}: no images ({', '.join(sorted(exts))}) in this folder")
-    stems = [p.stem for p in files]
-    pairs = [(p, out_dir / (p.stem + ".png" if stems.count(p.stem) == 1 else f"{p.stem}-{p.suffix[1:]}.png"))
-             for p in files]
-    output_name_clashes(pairs)
-    return pairs
+    from .outputs import batch_outputs
+
+    return batch_outputs(files, out_dir)  # the sequential batch's names and its clash check
 
 
 def _warn(msg: str) -> None:
