@@ -24,14 +24,13 @@ import json
 import statistics
 import sys
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 
-from .errors import EXIT_CHECK_FAILED, OutOfMemory, UsageError, exit_for
+from .errors import EXIT_CHECK_FAILED, OutOfMemory, OutputError, UsageError, exit_for
 
-# Limits per precision, from measurements at 64x48 (README "Providers"):
+# Limits per precision, from measurements at 64x48 (docs/providers.md):
 # fp32 - OpenVINO's provider (CPU device; onnxruntime-openvino 1.18, 1.23, 1.24) against the CPU provider
 #   gave at most: features 1.7e-6, loss and terms 1.6e-5, gradient 4.8e-7 relative L2, optimizer graphs
 #   1.2e-6, loss reached by the loop 9.1e-6; the CPU provider (1.18 and 1.32) against itself with 1
@@ -58,7 +57,8 @@ WHAT = {
 }
 
 def build_parser() -> argparse.ArgumentParser:
-    from .flags import Parser
+    from .config import max_threads
+    from .flags import Parser, int_flag
 
     p = Parser(prog="nst-ort check", description="Conformance run: every graph of the model on the chosen provider "
                 "against onnxruntime's CPU provider, at a small size; a table and a verdict (exit 0 or 10).")
@@ -68,10 +68,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--provider-option", action="append", metavar="KEY=VALUE", help="an option of that provider (repeatable)")
     p.add_argument("--precision", choices=["fp32", "tf32", "fp16"], default="fp32",
                    help="fp16 checks the model's mixed-precision graph against its fp32 train.onnx")
-    p.add_argument("--size", type=int, default=64, help="long side of the synthetic images compared (default 64)")
-    p.add_argument("--time-size", type=int, default=256, help="long side at which an iteration is timed (0: no timing)")
-    p.add_argument("--time-iterations", type=int, default=4, help="iterations timed (median; default 4)")
-    p.add_argument("--threads", type=int, help="intra-op threads of the provider's sessions")
+    # Values checked at parse time (exit 2 naming the flag), as the stylizing command's flags.
+    p.add_argument("--size", type=int_flag("--size"), default=64,
+                   help="long side of the synthetic images compared (default 64)")
+    p.add_argument("--time-size", type=int_flag("--time-size", minimum=0), default=256,
+                   help="long side at which an iteration is timed (0: no timing)")
+    p.add_argument("--time-iterations", type=int_flag("--time-iterations"), default=4,
+                   help="iterations timed (median; default 4)")
+    p.add_argument("--threads", type=int_flag("threads", maximum=max_threads),
+                   help="intra-op threads of the provider's sessions (at most the CPUs this process may use)")
     p.add_argument("--json", help="also write the rows and the verdict to this JSON file")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
@@ -91,11 +96,23 @@ def _images(w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
     return content.astype(np.float32), style.astype(np.float32)
 
 
-def _size(art, long_side: int) -> tuple[int, int]:
+def _size(art, long_side: int, flag: str = "--size") -> tuple[int, int]:
     w, h = long_side, max(art.min_size, round(long_side * 3 / 4))
     if min(w, h) < art.min_size:
-        raise UsageError(f"--size {long_side}: this model needs at least {art.min_size} px on each side")
+        raise UsageError(f"{flag} {long_side}: this model needs at least {art.min_size} px on each side")
     return w, h
+
+
+def _check_json(text: str, art) -> None:
+    """--json as any written file (outputs.check_writes), before the check runs: not a model file,
+    not a FIFO, device, folder or symlink (stat only: a FIFO is never opened), its folder present
+    and writable."""
+    from .outputs import Source, Target, check_writes, file_arg
+
+    path = file_arg(text, "--json")
+    sources = [Source(art.path / "manifest.json", "model file")]
+    sources += [Source(art.path / name, "model file") for name in art.manifest["files"]]
+    check_writes([Target(path, "--json", 1 << 20)], sources)
 
 
 def _feeds(art, features, w: int, h: int) -> dict[str, np.ndarray]:
@@ -230,6 +247,11 @@ def run(args) -> tuple[Table, dict]:
     from .artifacts import Artifacts
 
     art = Artifacts(args.model)
+    for flag, value in (("--size", args.size), ("--time-size", args.time_size)):
+        if value:
+            _size(art, value, flag)  # too small for the model: refused now, naming its flag, not in the table
+    if args.json:
+        _check_json(args.json, art)
     options = providers.parse_options(args.provider_option) or None
     target = _Side(art, providers.choose(args.device, args.provider, args.threads, precision=args.precision,
                                          options=options))
@@ -393,7 +415,13 @@ def main(argv: list[str] | None = None) -> int:
                f"FAIL: {len(failed)} of {len(compared)} comparisons outside their limits or not run")
     print(verdict)
     if args.json:
-        Path(args.json).write_text(json.dumps({**meta, "rows": table.rows, "passed": table.passed,
-                                               "verdict": verdict, "limits": LIMITS[args.precision],
-                                               "what": WHAT}, indent=1) + "\n")
+        from .atomic import atomic_write
+
+        text = json.dumps({**meta, "rows": table.rows, "passed": table.passed, "verdict": verdict,
+                           "limits": LIMITS[args.precision], "what": WHAT}, indent=1) + "\n"
+        try:
+            atomic_write(args.json, lambda f: f.write(text), mode="w")
+        except OSError as e:  # checked before the run; a disk that filled meanwhile
+            print(f"nst-ort check: error: {args.json}: cannot write ({e.strerror or e})", file=sys.stderr)
+            return OutputError.exit_code
     return 0 if table.passed else EXIT_CHECK_FAILED

@@ -12,7 +12,7 @@ from .config import Config, LossConfig, OptimConfig, StyleInput
 from .errors import (EXIT_BATCH_PARTIAL, Terminated, exit_for, on_sigterm, stdout_closed, EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, ImageError, Interrupted, NstError, NumericalError,
                      OutOfMemory, OutputError, UsageError)
 from .flags import build_parser, check_modes
-from .outputs import Snapshots, Source, Target, check_writes, image_bytes, same_file
+from .outputs import Snapshots, Source, Target, batch_outputs, check_writes, file_arg, image_bytes, same_file
 from .presets import PRESETS
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
@@ -26,7 +26,7 @@ def _warn(msg: str) -> None:
     # Once per message: a batch reloads the same style image for every content image.
     if msg not in _said:
         _said.add(msg)
-        print(f"nst-ort: warning: {msg}", file=sys.stderr)
+        print(f"nst-ort: warning: {msg}".replace("\n", "\\n"), file=sys.stderr)  # one line, whatever the names
 
 
 def _provider_options(args) -> dict | None:
@@ -49,8 +49,10 @@ def build_config(args, artifacts) -> tuple[Config, Path | None]:
         raise UsageError("no output: give -o OUT")
     weights = args.style_weights if args.style_weights else [1.0] * len(style_paths)
     masks = [Path(m) for m in args.style_masks] if args.style_masks else [None] * len(style_paths)
-    if len(weights) != len(style_paths) or len(masks) != len(style_paths):
-        raise UsageError(f"{len(style_paths)} style image(s) but {len(weights)} weight(s) and {len(masks)} mask(s)")
+    for flag, given, what in (("--style-weights", args.style_weights, "weight"), ("--style-masks", args.style_masks, "mask")):
+        if given and len(given) != len(style_paths):
+            raise UsageError(f"{flag}: {len(given)} {what}(s) for {len(style_paths)} style image(s); give one per "
+                             f"style image, in their order (comma-separated)")
     preset = PRESETS[args.preset]
     loss = preset.loss(artifacts, LossConfig(
         content_weight=args.content_weight, style_weight=args.style_weight, tv_weight=args.tv_weight,
@@ -104,6 +106,9 @@ def _sources(cfg: Config, artifacts, resume: Path | None) -> list[Source]:
 
 def _targets(cfg: Config, out: Path, args, final: tuple[int, int], largest: tuple[int, int], total: int
              ) -> tuple[list[Target], Snapshots | None]:
+    for flag, value in (("-o", args.output), ("--report", args.report), ("--checkpoint", args.checkpoint)):
+        if value:
+            file_arg(str(value), flag)  # `out.png/`: a folder by its spelling, not a file to write
     targets = [Target(out, "-o", image_bytes(*final), image=True)]
     if args.report:
         targets.append(Target(Path(args.report), "--report", (64 << 10) + 600 * total))
@@ -199,8 +204,8 @@ def _run(stylizer, cfg: Config, out: Path, args, fingerprint: str, snaps: Snapsh
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         progress.close()
         finish("interrupted")
-        done = f"wrote the current image to {out}" if stylizer.image() is not None else "nothing written"
-        raise Interrupted(f"{out}: interrupted at iteration {stylizer.steps}; {done}") from None
+        raise Interrupted(f"{out}: interrupted at iteration {stylizer.steps}; "
+                          f"{_interrupted_note(stylizer.image() is not None, out, args)}") from None
     # Despite the estimate (other processes, a GPU) memory can run out, and the loss can stop being
     # finite: the Stylizer then holds the last finite image, which is written.
     except OutOfMemory as e:
@@ -229,6 +234,36 @@ def _run(stylizer, cfg: Config, out: Path, args, fingerprint: str, snaps: Snapsh
 
 
 
+_command: list[str] | None = None  # the arguments of a one-image run, for the command that resumes it
+
+
+def _interrupted_note(wrote: bool, out: Path, args) -> str:
+    """What Ctrl-C left behind, and how to go on from it."""
+    if not wrote:
+        return "nothing written"
+    if not args.checkpoint:
+        return f"wrote the current image to {out} (no --checkpoint given: a rerun starts over)"
+    done = f"wrote the current image to {out} and the checkpoint to {args.checkpoint}"
+    if _command is None:  # a batch image (a batch does not resume): that image alone resumes
+        return f"{done} (resume that image alone with --resume {args.checkpoint})"
+    return f"{done}; resume with: {resume_command(_command, args.checkpoint)}"
+
+
+def resume_command(argv: list[str], checkpoint: str) -> str:
+    """The command as typed, with --resume CHECKPOINT (replacing a --resume it had)."""
+    import shlex
+
+    kept, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--resume":
+            skip = True
+        elif not a.startswith("--resume="):
+            kept.append(a)
+    return shlex.join(["nst-ort", *kept, "--resume", str(checkpoint)])
+
+
 # `nst-ort NAME ...` for each NAME here runs "module:function"(argv[1:]) instead of stylizing. Each
 # subcommand owns its parser; the module is imported only when asked for (start-up stays small).
 SUBCOMMANDS: dict[str, str] = {
@@ -236,6 +271,29 @@ SUBCOMMANDS: dict[str, str] = {
     "video": "nst_ort.video:main",
     "web": "nst_ort.web:main",
 }
+
+
+# One line each for `nst-ort --help`; a subcommand missing here is still listed (by name).
+SUBCOMMAND_HELP: dict[str, str] = {
+    "check": "does this machine's provider compute what the CPU provider does (exit 0 or 10)",
+    "video": "stylize a video, frame by frame, resumable",
+    "web": "serve the browser page (the same loop in onnxruntime-web)",
+}
+
+
+def subcommands_epilog() -> str:
+    lines = [f"nst-ort {name}: {SUBCOMMAND_HELP.get(name, 'see its --help')}" for name in SUBCOMMANDS]
+    return "subcommands (each has its own --help): " + "; ".join(lines) + "."
+
+
+def near_subcommand(word: str) -> str | None:
+    """The subcommand `word` is a typo of, when it names no file (a file is a content image)."""
+    import difflib
+
+    if word.startswith("-") or Path(word).suffix or os.path.lexists(word):
+        return None
+    near = difflib.get_close_matches(word, list(SUBCOMMANDS), n=1, cutoff=0.6)
+    return near[0] if near else None
 
 
 def _subcommand(argv: list[str]) -> int:
@@ -252,7 +310,16 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in SUBCOMMANDS:
         return _subcommand(argv)
-    args = build_parser().parse_args(argv)
+    near = near_subcommand(argv[0]) if argv else None
+    if near is not None:
+        print(f"nst-ort: error: {argv[0]}: no such subcommand or file; did you mean `nst-ort {near}`? "
+              f"(subcommands: {', '.join(SUBCOMMANDS)})", file=sys.stderr)
+        return 2
+    parser = build_parser()
+    parser.epilog = subcommands_epilog()
+    args = parser.parse_args(argv)
+    global _command
+    _command = argv
     signal.signal(signal.SIGTERM, on_sigterm)
     if args.no_cache:
         os.environ["NST_ORT_CACHE"] = "0"
@@ -317,6 +384,8 @@ def _batch(args, artifacts) -> int:
     """Many content images, one set of styles: each image is its own run (its own checks, its own
     --report and --checkpoint file in the folders those flags name); every entry of the folder that
     is not processed is named."""
+    global _command
+    _command = None  # a batch does not resume as a whole
     folder, out_dir = Path(args.images[0]), Path(args.output or "")
     if not args.output:
         raise UsageError("batch: give -o OUTPUT_FOLDER")
@@ -324,11 +393,15 @@ def _batch(args, artifacts) -> int:
         raise UsageError("--resume: resumes one image's run; not in a batch (CONTENT is a folder)")
     if not _is_dir(out_dir):
         raise OutputError(f"{out_dir}: batch output must be an existing folder")
+    to_create = []  # missing --report / --checkpoint folders: made after the batch-wide checks (not by a dry run)
     for flag, name in BATCH_PER_IMAGE.items():
         value = getattr(args, name)
-        if value and not _is_dir(Path(value)):
-            raise UsageError(f"{flag}: in a batch it names a folder (one file per image); {value} is not an "
-                             "existing folder")
+        if not value or _is_dir(Path(value)):
+            continue
+        if os.path.lexists(value) or Path(value).suffix:
+            what = "is not a folder" if os.path.lexists(value) else "looks like a file name"
+            raise UsageError(f"{flag}: in a batch it names a folder (one file per image); {value} {what}")
+        to_create.append((flag, name, Path(value)))
     try:
         entries = sorted(folder.iterdir())
     except OSError as e:
@@ -345,12 +418,10 @@ def _batch(args, artifacts) -> int:
             files.append(p)
     if not files:
         raise UsageError(f"{folder}: no images ({', '.join(sorted(IMAGE_EXTS))}) in this folder")
-    stems = [p.stem for p in files]
     jobs = []
-    for p in files:
-        # cat.jpg and cat.png would both become cat.png: the second would overwrite the first result.
-        stem = p.stem if stems.count(p.stem) == 1 else f"{p.stem}-{p.suffix[1:]}"
-        per = {"images": [str(p), *args.images[1:]], "output": str(out_dir / f"{stem}.png")}
+    for p, result in batch_outputs(files, out_dir):  # two images to one name: refused here, naming both
+        stem = result.stem
+        per = {"images": [str(p), *args.images[1:]], "output": str(result)}
         if args.report:
             per["report"] = str(Path(args.report) / f"{stem}.json")
         if args.checkpoint:
@@ -367,6 +438,16 @@ def _batch(args, artifacts) -> int:
             if same_file(t.path, src.path):
                 raise OutputError(f"{t.path}: {t.flag} would overwrite the content image {src.path} of this batch; "
                                   "refusing (write the results to another folder)")
+    for flag, name, folder_path in to_create:
+        if args.dry_run:
+            _warn(f"{flag}: {folder_path} does not exist; the run will create it")
+            for _, one in jobs:
+                setattr(one, name, None)
+            continue
+        try:
+            folder_path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OutputError(f"{folder_path}: cannot create the {flag} folder ({e.strerror or e})") from None
     failed = 0
     for k, (p, one) in enumerate(jobs):
         label = f"[{k + 1}/{len(jobs)}] "
@@ -379,7 +460,7 @@ def _batch(args, artifacts) -> int:
             raise
         except NstError as e:
             failed += 1
-            print(f"nst-ort: error: {e} (skipped)", file=sys.stderr)
+            print(f"nst-ort: error: {e} (skipped)".replace("\n", "\\n"), file=sys.stderr)  # one line per image
     if failed:
         print(f"nst-ort: {failed} of {len(files)} image(s) failed", file=sys.stderr)
         return EXIT_BATCH_PARTIAL

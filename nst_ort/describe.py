@@ -70,7 +70,7 @@ def info(artifacts, as_json: bool) -> int:
           f"style weight {_number(d['style_weight'])}, tv weight {_number(d['tv_weight'])}")
     print(f"            size {Config.size} px, {OptimConfig.iterations} iterations, L-BFGS with history "
           f"{OptimConfig.history} (Adam: lr 0.02)")
-    print(f"presets     {', '.join(PRESETS)} (--preset; README: Loss normalization, defaults and presets)")
+    print(f"presets     {', '.join(PRESETS)} (--preset; docs/loss.md)")
     package = f" ({runtime['package']})" if runtime.get("package") else ""
     print(f"runtime     onnxruntime {runtime['onnxruntime']}{package}; providers available: {', '.join(runtime['providers'])}")
     return 0

@@ -55,6 +55,13 @@ def _memory_limited() -> int | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["web"]:
+        # The page runs the graphs, not this process: no onnxruntime import (slow, and it writes under
+        # the user's cache), none needed installed.
+        from .web import main as web_main
+
+        return web_main(argv[1:])
     from .memory import startup_problem
 
     problem = startup_problem()  # before numpy: OpenBLAS exits the process when its buffers do not fit

@@ -124,7 +124,9 @@ def exit_for(e: BaseException, debug: bool, prog: str = "nst-ort") -> int:
         print(f"{prog}: error: {too_many_files(e)}", file=sys.stderr)
         return OutOfMemory.exit_code
     if isinstance(e, NstError):
-        print(f"{prog}: {'' if isinstance(e, Interrupted) else 'error: '}{e}", file=sys.stderr)
+        # One line even when a path holds a newline: shown escaped, as repr would.
+        msg = str(e).replace("\r", "\\r").replace("\n", "\\n")
+        print(f"{prog}: {'' if isinstance(e, Interrupted) else 'error: '}{msg}", file=sys.stderr)
         return e.exit_code
     # last resort: still one line unless --debug
     print(f"{prog}: internal error: {type(e).__name__}: {e} (rerun with --debug for a traceback)", file=sys.stderr)

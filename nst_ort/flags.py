@@ -169,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="device: image, gradient and optimizer state stay in device buffers (needs the model's "
                    "optimizer graphs); host: optimizer in numpy; auto: device when the model has them")
     r.add_argument("--no-cache", action="store_true",
-                   help="do not use or fill the cache of optimized graphs (see NST_ORT_CACHE_DIR in the README)")
+                   help="do not use or fill the cache of optimized graphs (see NST_ORT_CACHE_DIR in docs/performance.md)")
     out = p.add_argument_group("progress and results")
     out.add_argument("--save-every", type=int_flag("save_every"),
                      help="every N iterations write the current image to OUT (and --checkpoint)")

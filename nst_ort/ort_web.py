@@ -18,6 +18,7 @@ import base64
 import hashlib
 import json
 import os
+import stat
 import tarfile
 import tempfile
 import urllib.error
@@ -104,7 +105,17 @@ def _read_verified(sources: Sources, folder: Path, names, problems: dict[str, st
     for name in names:
         path = folder / name
         try:
-            data = path.read_bytes()
+            # O_NONBLOCK: a FIFO in its place must not hang the start-up; read only a regular file of
+            # the listed size (not a multi-GB file, nor a device, whole into memory)
+            with os.fdopen(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)), "rb") as f:
+                st = os.fstat(f.fileno())
+                if not stat.S_ISREG(st.st_mode):
+                    problems[name] = f"{path}: not a regular file"
+                    continue
+                if st.st_size != sources.files[name].bytes:
+                    problems[name] = f"{path}: {st.st_size} bytes, SOURCES.json says {sources.files[name].bytes}"
+                    continue
+                data = f.read()
         except FileNotFoundError:
             continue
         except OSError as e:

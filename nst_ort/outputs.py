@@ -9,6 +9,9 @@ files) a Source. `check_writes` refuses, before anything is computed:
   and saves where it came from; the file is read whole before anything is written);
 - an existing target that is not a regular file (a folder, FIFO, socket, device node like
   /dev/null): it would be replaced by a regular file or block;
+- a target that is a symbolic link: the atomic rename would replace the link itself by a regular
+  file (a link to /dev/stdout, as root, would replace the system's); the user gives the link's
+  target instead, which is then checked like any other path;
 - a target whose folder is missing or not writable, or whose file system has less free space than
   the run will write there (statvfs, plus a probe write: a full disk, a read-only mount, a quota
   or a file-size limit shows here, not after the run).
@@ -184,6 +187,7 @@ def check_writes(targets: Iterable[Target], sources: Iterable[Source], snapshots
                     raise OutputError(f"{t.path}: output path is also an input (the {s.what} {s.path}); "
                                       "refusing to overwrite it")
                 raise OutputError(f"{t.path}: {t.flag} would overwrite the {s.what} ({s.path}); refusing")
+        _refuse_link(t.path, t.flag)
     for i, a in enumerate(targets):
         for b in targets[i + 1:]:
             if same_file(a.path, b.path):
@@ -222,6 +226,53 @@ def check_writes(targets: Iterable[Target], sources: Iterable[Source], snapshots
                               f"{_mib(free)} free; free some space or write elsewhere")
 
 
+def _refuse_link(path: Path, flag: str) -> None:
+    try:
+        link = os.readlink(path)
+    except (OSError, ValueError):
+        return  # not a link (or nothing there)
+    raise OutputError(f"{path}: {flag} is a symbolic link (to {link}); writing would replace the link, not "
+                      "its target: give the target's path instead")
+
+
+def file_arg(text: str, flag: str) -> Path:
+    """A flag's file name as typed: one that ends in a slash names a folder (Path would drop the
+    slash and write a file of that name), refused."""
+    if text.endswith(("/", os.sep)):
+        raise OutputError(f"{text}: {flag} ends in '/', which names a folder; give a file name")
+    return Path(text)
+
+
+def special_kind(path: Path) -> str | None:
+    """What a path is when it exists and is neither a regular file nor a folder (through symlinks):
+    "FIFO", "socket", "character device", ...; None otherwise. stat only: a FIFO is never opened
+    (opening one for reading blocks until a writer comes)."""
+    try:
+        st = path.stat()
+    except (OSError, ValueError):
+        return None
+    kind = _kind(st.st_mode)
+    return None if kind == "folder" else kind
+
+
+def batch_outputs(files: list[Path], out_dir: Path, suffix: str = ".png") -> list[tuple[Path, Path]]:
+    """(content file, output file) for each image of a batch: cat.jpg -> cat.png; when two share a
+    stem, each keeps its extension in the name (cat.jpg, cat.png -> cat-jpg.png, cat-png.png). A
+    name that two inputs still map to (x.png, x.jpg and x-jpg.png) is refused before any work,
+    naming both: one result would silently replace the other. The sequential and the Ray batch
+    both name their outputs here."""
+    stems = [p.stem for p in files]
+    pairs = [(p, out_dir / (f"{p.stem}{suffix}" if stems.count(p.stem) == 1 else f"{p.stem}-{p.suffix[1:]}{suffix}"))
+             for p in files]
+    seen: dict[str, Path] = {}
+    for p, out in pairs:
+        other = seen.setdefault(out.name, p)
+        if other is not p:
+            raise OutputError(f"{out}: both {other} and {p} would be written here; rename one of them "
+                              "(nothing was run)")
+    return pairs
+
+
 def _check_snapshots(snap: Snapshots, targets: list[Target], sources: list[Source]) -> None:
     """Snapshots are many paths with one pattern: compare names in OUT's folder (and what is there)."""
     folder = _resolved(_folder(snap.out))
@@ -241,6 +292,7 @@ def _check_snapshots(snap: Snapshots, targets: list[Target], sources: list[Sourc
         if st is not None and _kind(st.st_mode) is not None:
             raise OutputError(f"{p}: --snapshots names a {_kind(st.st_mode)}, not a regular file; refusing to "
                               "replace it")
+        _refuse_link(p, "--snapshots")
         for s in sources:
             if same_file(p, s.path):
                 raise OutputError(f"{p}: --snapshots would overwrite the {s.what} ({s.path}); refusing")

@@ -17,6 +17,7 @@ and the warping error of Lai et al. 2018 against the previous output frame (flow
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import signal
@@ -26,10 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import Config, LossConfig, OptimConfig, StyleInput
+from .config import Config, LossConfig, OptimConfig, StyleInput, max_threads
 from .errors import EXIT_INTERRUPTED, Interrupted, Terminated, exit_for, on_sigterm, NstError, NumericalError, OutputError, UsageError
 from .extras import require
-from .flags import HelpFormatter, Parser
+from .flags import HelpFormatter, Parser, int_flag, number_flag
 from .images import fit_size, load_image, resize, save_image
 
 MODES = ("per-frame", "warm", "temporal")
@@ -72,17 +73,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=_fps, help="frame rate of a folder of frames (default 25), or override a video's; "
                    "e.g. 24, 29.97 or 30000/1001")
     p.add_argument("--flow", choices=["dis", "farneback"], default="dis", help="optical flow (OpenCV)")
-    p.add_argument("--content-weight", type=float, help="default: the model's")
-    p.add_argument("--style-weight", type=float, help="default: the model's")
-    p.add_argument("--tv-weight", type=float, help="default: the model's")
+    # Values checked at parse time by the still-image command's checkers (exit 2 naming the flag).
+    p.add_argument("--content-weight", type=number_flag("loss.content_weight"), help="default: the model's")
+    p.add_argument("--style-weight", type=number_flag("loss.style_weight"), help="default: the model's")
+    p.add_argument("--tv-weight", type=number_flag("loss.tv_weight"), help="default: the model's")
     p.add_argument("--style-weights", help="blend weights of several styles, e.g. 0.7,0.3")
     p.add_argument("--optimizer", choices=["lbfgs", "adam"], default="lbfgs", help="optimizer per frame")
-    p.add_argument("--lr", type=float, help="learning rate (lbfgs 1.0, adam 0.02)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (kept per frame, so runs repeat)")
+    p.add_argument("--lr", type=number_flag("optim.lr", positive=True), help="learning rate (lbfgs 1.0, adam 0.02)")
+    p.add_argument("--seed", type=int_flag("seed", minimum=0), default=0,
+                   help="random seed (kept per frame, so runs repeat)")
     p.add_argument("--model", help="artifact folder (default: the embedded VGG16)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--provider", help="an onnxruntime execution provider by name")
-    p.add_argument("--threads", type=int, help="intra-op threads")
+    p.add_argument("--threads", type=int_flag("threads", maximum=max_threads),
+                   help="intra-op threads (at most the CPUs this process may use)")
     p.add_argument("--loop", choices=["auto", "device", "host"], default="auto",
                    help="device: image, gradient and optimizer state in device buffers; host: optimizer in numpy")
     p.add_argument("--report", help="write a JSON report: settings and every frame's losses, time and warping error")
@@ -93,8 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(p)
     p.add_argument("--shard-frames", type=int, help="with --workers: frames per shard (default: the frames "
                    "divided evenly among the workers)")
-    p.add_argument("--overlap", type=int, default=2, help="with --workers: each shard but the first starts this "
-                   "many frames early and discards them, so that its first frame continues a chain (docs/video.md)")
+    p.add_argument("--overlap", type=int, default=2, help="with --workers: seam frames: the first N frames of each "
+                   "shard but the first are stylized again after the shard before it, continuing its last frame and "
+                   "blending into the shard's own (docs/video.md)")
     p.add_argument("-q", "--quiet", action="store_true", help="no line per frame")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
@@ -106,7 +111,7 @@ _said: set[str] = set()
 def _warn(msg: str) -> None:
     if msg not in _said:  # once: every frame reloads the same style images
         _said.add(msg)
-        print(f"nst-ort: warning: {msg}", file=sys.stderr)
+        print(f"nst-ort: warning: {msg}".replace("\n", "\\n"), file=sys.stderr)  # one line, whatever the names
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,13 +141,20 @@ def _even_size(width: int, height: int, long_side: int) -> tuple[int, int]:
     return max(2, w - w % 2), max(2, h - h % 2)
 
 
-def _plan_output(out: Path, inputs: list[Path]) -> tuple[str, Path]:
-    """('video', frames folder OUT.frames) or ('folder', OUT); refuses outputs that are inputs."""
+def _plan_output(out: Path, inputs: list[Path], folder: bool = False) -> tuple[str, Path]:
+    """('video', frames folder OUT.frames) or ('folder', OUT); refuses outputs that are inputs.
+    folder: -o was typed with a trailing slash (`out.mp4/`), a folder of frames whatever its name."""
+    from .outputs import special_kind
     from .video_io import container_for
 
     for p in inputs:
         if out.exists() and _same(out, p):
             raise OutputError(f"{out}: output path is also an input ({p}); refusing to overwrite it")
+    kind = special_kind(out)
+    if kind is not None:
+        raise OutputError(f"{out}: -o names a {kind}, not a regular file or folder; refusing to replace it")
+    if folder:
+        return "folder", out
     if container_for(out) is not None:
         if out.is_dir():
             raise OutputError(f"{out}: is a folder; give a video file name or a folder without a video extension")
@@ -162,7 +174,8 @@ def _settings(args, size, styles, weights) -> dict:
     sharded run: its shard plan is part of it, so extending it means --shard-frames as before)."""
     keys = ("mode", "temporal_weight", "iterations", "first_iterations", "flow", "content_weight", "style_weight",
             "tv_weight", "optimizer", "lr", "seed", "device", "provider", "loop")
-    shards = {"shard_frames": args.shard_frames, "overlap": args.overlap} if args.shard_frames else None
+    # "seams": how shards meet (2: the seam pass); a run of another version's shards is not resumed
+    shards = {"shard_frames": args.shard_frames, "overlap": args.overlap, "seams": 2} if args.shard_frames else None
     return {**{k: getattr(args, k) for k in keys}, "size": list(size), "style_weights": weights,
             "styles": [str(s) for s in styles], "model": args.model, "shards": shards, "format": 1}
 
@@ -204,10 +217,17 @@ class FrameStylizer:
         return self.stylizer
 
     def frame(self, content: np.ndarray, previous: tuple[np.ndarray, np.ndarray] | None, iterations: int,
-              save) -> tuple[dict, np.ndarray]:
+              save, blend: tuple[np.ndarray, float] | None = None) -> tuple[dict, np.ndarray]:
         """content: this frame [H, W, 3] at the output size; previous: (its content, its output as
         written) or None for a chain's first frame; save(image) writes the result and returns it as read
-        back. Returns the frame's record and the written image."""
+        back. Returns the frame's record and the written image.
+
+        blend: (another stylization of this same frame, alpha in (0, 1)): the seam pass of a sharded
+        video (distributed.py). The frame starts from (1 - alpha) warp(previous) + alpha other, and
+        in temporal mode its temporal term is split: weight (1 - alpha) lambda_t toward the warped
+        previous frame, alpha lambda_t toward the other stylization (all pixels: the same frame, no
+        flow). Seam frames with alpha rising from one to the next cross from one shard's strokes to
+        the next shard's in steps instead of one jump."""
         from . import flow as F
 
         t0 = time.perf_counter()
@@ -225,10 +245,18 @@ class FrameStylizer:
             if self.args.mode == "temporal":
                 term = (warped, c * inside, self.args.temporal_weight)
         stylizer = self._start(content, iterations)
+        terms = []
+        if blend is not None and start is not None:
+            other, alpha = blend
+            start = ((1.0 - alpha) * start + alpha * other).astype(np.float32)
+            if term is not None:
+                toward = self.temporal.term(other, np.ones(content.shape[:2], np.float32), alpha * term[2])
+                terms.append(dataclasses.replace(toward, name="seam"))
+                term = (term[0], term[1], (1.0 - alpha) * term[2])
         if start is not None:
             stylizer.warm_start(start)
         if term is not None:
-            stylizer.set_terms([self.temporal.term(*term)])
+            stylizer.set_terms([self.temporal.term(*term), *terms])
         record = first = stopped = None
         try:
             for record in stylizer.run():
@@ -252,6 +280,8 @@ class FrameStylizer:
                "temporal": record.terms.get("temporal"), "iterations": record.step,
                "seconds": round(time.perf_counter() - t0, 3), "warping_error": werr,
                "init": "warped previous" if start is not None else "content"}
+        if blend is not None and record.terms.get("seam") is not None:
+            rec["seam_term"] = record.terms["seam"]
         if stopped:
             rec["stopped"] = stopped
         return rec, written
@@ -283,7 +313,7 @@ def run(args) -> int:
 
     if wanted(args):
         require("ray", "--workers / --ray-address")
-    src = open_source(Path(args.input), args.fps)
+    src = open_source(Path(args.input), args.fps, warn=_warn)
     styles = [Path(s) for s in args.styles]
     for s in styles:
         load_image(s)  # a bad style image fails now, not after the frames folder is made
@@ -291,16 +321,12 @@ def run(args) -> int:
     if len(weights) != len(styles):
         raise UsageError(f"{len(styles)} style image(s) but {len(weights)} --style-weights")
     out = Path(args.output)
-    kind, folder = _plan_output(out, [src.path, *styles])
-    if args.report:
-        report = Path(args.report)
-        if any(report.exists() and _same(report, p) for p in (src.path, *styles, out)) or report.is_dir():
-            raise OutputError(f"{report}: --report would overwrite an input, the output or a folder")
-        if not (report.parent if str(report.parent) else Path(".")).is_dir():
-            raise OutputError(f"{report}: report folder {report.parent} does not exist")
+    kind, folder = _plan_output(out, [src.path, *styles], folder=args.output.endswith(("/", os.sep)))
     if kind == "folder" and folder.exists() and _same(folder, src.path):
         raise OutputError(f"{out}: output folder is the input folder; give another")
     size = _even_size(src.width, src.height, args.size)
+    artifacts = Artifacts(args.model)
+    check_paths(args, src, styles, artifacts, kind, out, folder, size)
     sharded = wanted(args)
     contents = None
     if sharded:
@@ -309,16 +335,15 @@ def run(args) -> int:
         if not contents:
             raise UsageError(f"{src.path}: no frames to stylize")
         args.shard_frames = args.shard_frames or _default_shard_frames(len(contents), args)
-    artifacts = Artifacts(args.model)
     if args.mode == "temporal":
         from .temporal import temporal_graph_path
 
         temporal_graph_path(artifacts)  # a model without temporal.onnx: one line, exit 4, before any work
     settings = _settings(args, size, styles, weights)
     settings["model_manifest"] = sha256_file(artifacts.path / "manifest.json")
-    fp = fingerprint([src.path, *styles], settings)
+    fp = fingerprint([src.files if src.kind == "folder" else src.path, *styles], settings)
     job = Job(folder, fp, {"input": str(src.path), "fps": str(src.fps), "size": list(size), "settings": settings},
-              restart=args.restart)
+              restart=args.restart, warn=_warn)
     remove_stray_temporaries(folder)
     if job.done and not args.quiet:
         print(f"nst-ort: resuming {folder} after frame {job.done}", file=sys.stderr)
@@ -362,6 +387,60 @@ def run(args) -> int:
     return _finish(args, job, count, kind, out, size, src, settings)
 
 
+def check_paths(args, src, styles: list[Path], artifacts, kind: str, out: Path, folder: Path,
+                size: tuple[int, int]) -> None:
+    """The still-image rule for a video run, before any work (outputs.check_writes): -o, --report
+    and the frames folder's files against every file the run reads (the input video or each frame of
+    the input folder, the styles, the model's files) and against each other; special files and
+    symlinks refused; every folder written to present, writable, with room. The frames folder is the
+    tool's: nothing the run reads may be in it, and --report may not be written into it; nothing is
+    written into an input folder (its files are the frames, and the resume fingerprint)."""
+    from .outputs import Source, Target, _resolved, check_writes, file_arg, image_bytes
+    from .video_job import STATE, frame_name
+
+    sources = [Source(src.path, "input video")] if src.kind == "video" else [Source(p, "input frame")
+                                                                             for p in src.files]
+    sources += [Source(s, "style image") for s in styles]
+    sources.append(Source(artifacts.path / "manifest.json", "model file"))
+    sources += [Source(artifacts.path / name, "model file") for name in artifacts.manifest["files"]]
+    count = args.frames or src.count or 1
+    if args.frames and src.count:
+        count = min(args.frames, src.count)
+    frame_bytes = image_bytes(*size)
+    targets = []
+    if kind == "video":
+        targets.append(Target(out, "-o", count * 3 * size[0] * size[1] // 4 + (64 << 10)))
+    report = file_arg(args.report, "--report") if args.report else None
+    if report is not None:
+        targets.append(Target(report, "--report", (64 << 10) + 600 * count))
+    frames_dir = _resolved(folder)
+    for s in sources:
+        r = _resolved(s.path)
+        if frames_dir == r or frames_dir in r.parents:
+            raise OutputError(f"{s.path}: the {s.what} is inside the frames folder {folder}, which this run "
+                              "writes; move it out or give another -o")
+    if src.kind == "folder":
+        inside = _resolved(src.path)
+        for t in [*targets, Target(folder, "-o")]:
+            r = _resolved(t.path)
+            if inside in r.parents or (r == inside and t.flag != "-o"):
+                raise OutputError(f"{t.path}: {t.flag} is inside the input folder {src.path}, whose files are "
+                                  "the frames; write elsewhere")
+    if report is not None and frames_dir == _resolved(report).parent:
+        raise OutputError(f"{report}: --report is inside the frames folder {folder}, which the run writes and "
+                          "removes; write it elsewhere")
+    if folder.is_dir():
+        # The files the run writes there as they stand (a resume): never special files or links.
+        # The first frame's target carries the frames' bytes (the folder's free space).
+        there = lambda q: q.exists() or q.is_symlink()  # noqa: E731
+        names = [STATE] + [frame_name(i) for i in range(2, count + 1) if there(folder / frame_name(i))]
+        targets += [Target(folder / n, "-o") for n in names if there(folder / n)]
+        targets.append(Target(folder / frame_name(1), "-o", count * frame_bytes))
+    else:
+        targets.append(Target(folder, "-o", count * frame_bytes))  # made by Job in its parent: probed there
+    check_writes(targets, sources)
+
+
 def _default_shard_frames(count: int, args) -> int:
     from .distributed import default_shard_frames
 
@@ -377,8 +456,9 @@ def _run_sharded(args, artifacts, job, contents, styles, weights, kind, out, fol
     def on_frame(index: int, png: bytes, rec: dict) -> None:
         path = job.frame_path(index)
         atomic_write(path, lambda f: f.write(png))
-        if rec.get("seam"):
-            # across the seam: against the frame the previous shard wrote (not the shard's own overlap frame)
+        if rec.pop("recheck", False):
+            # its task's previous frame is not the one written before it (the seam pass's, or the
+            # previous shard's): measured again against the frame as written
             cur, prev = contents[index - 1], contents[index - 2]
             back, fwd = F.optical_flow(cur, prev, args.flow), F.optical_flow(prev, cur, args.flow)
             rec = {**rec, "warping_error": F.warping_error(load_image(path), load_image(job.frame_path(index - 1)),
@@ -416,32 +496,48 @@ def _say_frame(index: int, limit, size, rec: dict) -> None:
 
 def _finish(args, job, count: int, kind: str, out: Path, size, src, settings) -> int:
     """Encode (a video output), check, report, tidy up."""
-    from .video_io import check_video, write_video
+    from .video_io import check_video, frame_times, video_duration, write_video
 
     if count == 0:
         raise UsageError(f"{src.path}: no frames to stylize")
     job.state["total"] = count
     job.save()
     audio = None
+    rate = f"{src.fps} fps"
     if kind == "video":
+        # A variable-rate input keeps each frame's time (and so its audio's length); --fps retimes.
+        times = frame_times(src.path) if src.kind == "video" and not args.fps else None
+        if times is not None and len(times) < count:
+            times = None  # fewer timestamps than decoded frames: no timing to keep, the constant rate
+        if times is not None:
+            times = times[:count]
+            rate = f"variable frame rate, {video_duration(count, src.fps, times):.3f} s as the input"
         frames = (np.asarray(_read_rgb8(p)) for p in job.frame_paths()[:count])
-        audio = write_video(out, frames, count, size, src.fps, audio_from=src.path if src.kind == "video" else None)
-        check_video(out, count, size, src.fps)
+        audio = write_video(out, frames, count, size, src.fps, audio_from=src.path if src.kind == "video" else None,
+                            times=times)
+        check_video(out, count, size, src.fps, times)
     if args.report:
         _write_report(Path(args.report), job, settings, out, audio)
     if kind == "video" and not args.keep_frames:
         job.remove()
     if not args.quiet:
         extra = f"; {audio}" if audio else ""
-        print(f"wrote {out} ({count} frames, {size[0]}x{size[1]}, {src.fps} fps{extra})", file=sys.stderr)
+        print(f"wrote {out} ({count} frames, {size[0]}x{size[1]}, {rate}{extra})", file=sys.stderr)
     return 0
 
 
 def _read_rgb8(path: Path) -> np.ndarray:
+    """A stored frame for the encoder. A damaged one is blamed on itself, not on the video being
+    written (exit 8); the next run redoes it (video_job.Job checks every stored frame)."""
     from PIL import Image
 
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except Exception as e:  # noqa: BLE001 - any decoder failure
+        why = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+        raise OutputError(f"{path}: stored frame is damaged or missing ({why}); nothing was encoded; run the same "
+                          "command again to redo it") from None
 
 
 def summary(frames: list[dict]) -> dict:
@@ -451,10 +547,12 @@ def summary(frames: list[dict]) -> dict:
     out = {"frames": len(frames), "warping_error": float(np.mean(werr)) if werr else None,
            "style": mean("style"), "content": mean("content"), "loss": mean("loss"), "seconds": mean("seconds")}
     if any("shard" in f for f in frames):  # a sharded run: the seams against the inside of the shards
-        seams = [f["warping_error"] for f in frames if f.get("seam")]
+        seams = [f["warping_error"] for f in frames if f.get("seam") and f.get("warping_error") is not None]
         inside = [f["warping_error"] for f in frames if not f.get("seam") and f.get("warping_error") is not None]
         out["warping_error_seams"] = float(np.mean(seams)) if seams else None
+        out["warping_error_seams_max"] = float(np.max(seams)) if seams else None
         out["warping_error_inside_shards"] = float(np.mean(inside)) if inside else None
+        out["warping_error_median"] = float(np.median(werr)) if werr else None
     return out
 
 

@@ -21,9 +21,10 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from .atomic import atomic_write
-from .errors import ImageError, OutputError
+from .errors import ImageError, OutOfMemory, OutputError
 from .extras import require
 from .images import load_image
+from .outputs import special_kind
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 DEFAULT_FPS = Fraction(25)
@@ -80,16 +81,32 @@ def _open_input(path: Path):
     av = _av()
     if not path.exists():
         raise VideoError(f"{path}: no such file or folder")
+    refuse_special(path)
     if path.is_file() and path.stat().st_size == 0:
         raise VideoError(f"{path}: empty file")
     try:
         return av.open(str(path))
     except PermissionError:
         raise VideoError(f"{path}: permission denied") from None
+    except MemoryError as e:  # av.error.MemoryError is an FFmpegError too: a resource limit, not damage
+        raise _out_of_memory(path, "opening it", e) from None
     except av.FFmpegError as e:
         raise VideoError(f"{path}: not a video FFmpeg can read ({_first_line(e)})") from None
     except (OSError, ValueError) as e:
         raise VideoError(f"{path}: cannot open ({_first_line(e)})") from None
+
+
+def refuse_special(path: Path) -> None:
+    """A FIFO, socket or device as the input: refused by stat, never opened (opening a FIFO blocks
+    until a writer comes; a device is no video)."""
+    kind = special_kind(path)
+    if kind is not None:
+        raise VideoError(f"{path}: is a {kind}, not a video file or a folder of frames; refusing to read it")
+
+
+def _out_of_memory(path: Path, doing: str, e: BaseException) -> OutOfMemory:
+    return OutOfMemory(f"{path}: out of memory {doing} ({_first_line(e) if isinstance(e, Exception) else e}); "
+                       "this is a memory or address-space limit, not damage to the file")
 
 
 def _video_stream(container, path: Path):
@@ -113,6 +130,8 @@ def _decode(path: Path) -> Iterator[np.ndarray]:
             for frame in container.decode(stream):
                 yield frame.to_ndarray(format="rgb24").astype(np.float32) / 255.0
                 i += 1
+        except MemoryError as e:
+            raise _out_of_memory(path, f"decoding frame {i + 1}", e) from None
         except av.FFmpegError as e:
             raise VideoError(f"{path}: damaged at frame {i + 1} ({_first_line(e)})") from None
         if i == 0:
@@ -137,17 +156,37 @@ def frame_rate(value: float | str | Fraction) -> Fraction:
     return rate.limit_denominator(1001)
 
 
-def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file()
-                  and not p.name.startswith("."))
+def _image_files(folder: Path, warn=None) -> list[Path]:
+    """The frames of a folder: its image files, sorted by name. Hidden files are not frames; every
+    other entry that is not one (another extension, a subfolder, a FIFO, a dangling link) is named
+    in a warning (`warn`), never dropped without a word."""
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError as e:
+        raise VideoError(f"{folder}: cannot list this folder ({e.strerror or e})") from None
+    files = []
+    for p in entries:
+        if p.name.startswith("."):
+            continue
+        if p.suffix.lower() not in IMAGE_EXTS:
+            why = "a folder" if p.is_dir() else f"not a frame ({', '.join(sorted(IMAGE_EXTS))})"
+        elif not p.is_file():
+            why = "not a regular file"
+        else:
+            files.append(p)
+            continue
+        if warn is not None:
+            warn(f"{p}: {why}, skipped (not one of the frames of {folder})")
+    return files
 
 
-def open_source(path: str | Path, fps: float | str | Fraction | None = None) -> Source:
+def open_source(path: str | Path, fps: float | str | Fraction | None = None, warn=None) -> Source:
     """Probe a video file or an image-sequence folder (sorted by name). fps: the rate of a folder's
-    frames, or an override for a video (default: the video's own rate)."""
+    frames, or an override for a video (default: the video's own rate). warn(line): called for each
+    entry of a folder that is not a frame."""
     path = Path(path)
     if path.is_dir():
-        files = _image_files(path)
+        files = _image_files(path, warn)
         if not files:
             raise VideoError(f"{path}: no frames (no {', '.join(sorted(IMAGE_EXTS))} files in this folder)")
         first = load_image(files[0])
@@ -173,6 +212,41 @@ def open_source(path: str | Path, fps: float | str | Fraction | None = None) -> 
     return Source(path, "video", Fraction(rate), known, w, h, count, audio)
 
 
+def frame_times(path: Path) -> list[Fraction] | None:
+    """Each frame's presentation time in seconds from the first (the video stream's packet
+    timestamps, pts x time_base, sorted), where they are not evenly spaced: a variable-frame-rate
+    video, whose timing the output keeps. None for a constant rate (steps equal within one tick of
+    the stream's time base) or a stream without timestamps: the frames are then written at the
+    source's rate."""
+    times, tick = _packet_times(path)
+    if len(times) < 3:
+        return None
+    steps = [b - a for a, b in zip(times, times[1:])]
+    if min(steps) <= 0 or max(steps) - min(steps) <= tick:
+        return None
+    return times
+
+
+def _packet_times(path: Path) -> tuple[list[Fraction], Fraction]:
+    """The video stream's packet times in seconds from the first, sorted (presentation order), and
+    its time base."""
+    container = _open_input(path)
+    try:
+        stream = _video_stream(container, path)
+        tb = stream.time_base
+        try:
+            pts = sorted(packet.pts for packet in container.demux(stream) if packet.pts is not None)
+        except MemoryError as e:
+            raise _out_of_memory(path, "reading its timestamps", e) from None
+        except _av().FFmpegError as e:
+            raise VideoError(f"{path}: damaged ({_first_line(e)})") from None
+    finally:
+        container.close()
+    if not pts or tb is None:
+        return [], Fraction(0)
+    return [Fraction(int(v - pts[0])) * Fraction(tb) for v in pts], Fraction(tb)
+
+
 # -- writing ------------------------------------------------------------------------------------------
 
 def container_for(path: Path):
@@ -193,8 +267,17 @@ def _audio_packets(container, stream, start: float, end: float):
         yield t, packet
 
 
+def _time_base(times: list[Fraction]) -> Fraction:
+    """A time base in which every one of `times` is a whole number of ticks (at most 1/90000 s, the
+    MPEG clock, when they need finer)."""
+    den = 1
+    for t in times:
+        den = den * t.denominator // np.gcd(den, t.denominator)
+    return Fraction(1, den) if den <= 90000 else Fraction(1, 90000)
+
+
 def _encode(f, muxer: str, frames: Iterable[np.ndarray], size: tuple[int, int], fps: Fraction, spec,
-            audio_from: Path | None, duration: float) -> str | None:
+            audio_from: Path | None, duration: float, times: list[Fraction] | None = None) -> str | None:
     av = _av()
     _, codec, options, copyable, audio_codec = spec
     out = av.open(f, "w", format=muxer)
@@ -203,6 +286,10 @@ def _encode(f, muxer: str, frames: Iterable[np.ndarray], size: tuple[int, int], 
         v = out.add_stream(codec, rate=fps, options=dict(options))
         v.width, v.height, v.pix_fmt = size[0], size[1], "yuv420p"
         tb = Fraction(fps.denominator, fps.numerator)
+        if times is not None:  # variable rate: each frame at its own time, in a base that holds them all
+            tb = _time_base(times)
+            v.codec_context.time_base = tb
+            v.time_base = tb
         src = a_in = a_out = resampler = None
         pending = iter(())
         if audio_from is not None:
@@ -244,9 +331,10 @@ def _encode(f, muxer: str, frames: Iterable[np.ndarray], size: tuple[int, int], 
                 nxt = next(pending, None)
 
         for i, img in enumerate(frames):
-            audio_until(i * float(tb))
+            pts = i if times is None else round(times[i] / tb)
+            audio_until(float(pts * tb))
             frame = av.VideoFrame.from_ndarray(img, format="rgb24")
-            frame.pts, frame.time_base = i, tb
+            frame.pts, frame.time_base = pts, tb
             out.mux(v.encode(frame))
         out.mux(v.encode())
         audio_until(float("inf"))
@@ -261,12 +349,22 @@ def _encode(f, muxer: str, frames: Iterable[np.ndarray], size: tuple[int, int], 
     return audio_note
 
 
+def video_duration(count: int, fps: Fraction, times: list[Fraction] | None = None) -> float:
+    """Seconds the video lasts: count / fps, or (variable rate) the last frame's time plus the
+    interval before it."""
+    if times is None or count < 2:
+        return count * float(Fraction(fps.denominator, fps.numerator))
+    times = times[:count]
+    return float(times[-1] + (times[-1] - times[-2]))
+
+
 def write_video(out: Path, frames: Iterable[np.ndarray], count: int, size: tuple[int, int], fps: Fraction,
-                audio_from: Path | None = None) -> str | None:
+                audio_from: Path | None = None, times: list[Fraction] | None = None) -> str | None:
     """Encode uint8 RGB frames [H, W, 3] (even width and height, for yuv420p) into `out`, atomically
     (temporary file, fsync, rename). With audio_from, its first audio stream is carried over for the
-    video's duration: copied when the container takes its codec, re-encoded otherwise. Returns a note
-    saying what happened to the audio (None: there was none)."""
+    video's duration: copied when the container takes its codec, re-encoded otherwise. times: each
+    frame's time in seconds (a variable-rate source, frame_times), else frame i is at i / fps.
+    Returns a note saying what happened to the audio (None: there was none)."""
     spec = container_for(out)
     if spec is None:
         raise OutputError(f"{out}: unknown video extension {out.suffix!r} (use {', '.join(CONTAINERS)}, "
@@ -274,11 +372,12 @@ def write_video(out: Path, frames: Iterable[np.ndarray], count: int, size: tuple
     if size[0] % 2 or size[1] % 2:
         raise ValueError(f"frame size {size} must be even for yuv420p")
     av = _av()
-    duration = count * float(Fraction(fps.denominator, fps.numerator))
+    times = times[:count] if times is not None else None
+    duration = video_duration(count, fps, times)
     note: list = [None]
     try:
         atomic_write(out, lambda f: note.__setitem__(0, _encode(f, spec[0], frames, size, fps, spec, audio_from,
-                                                                duration)))
+                                                                duration, times)))
     except av.FFmpegError as e:
         raise OutputError(f"{out}: encoding failed ({_first_line(e)})") from None
     except OSError as e:
@@ -286,13 +385,20 @@ def write_video(out: Path, frames: Iterable[np.ndarray], count: int, size: tuple
     return note[0]
 
 
-def check_video(path: Path, count: int, size: tuple[int, int], fps: Fraction) -> None:
-    """Read back what was written: frame count, size and rate must be what was asked for."""
+def check_video(path: Path, count: int, size: tuple[int, int], fps: Fraction,
+                times: list[Fraction] | None = None) -> None:
+    """Read back what was written: frame count, size and rate (variable rate: each frame's time,
+    within a millisecond) must be what was asked for."""
     src = open_source(path)
     n = sum(1 for _ in src.frames())
-    if n != count or (src.width, src.height) != tuple(size) or src.fps != fps:
+    if n != count or (src.width, src.height) != tuple(size) or (times is None and src.fps != fps):
         raise OutputError(f"{path}: wrote {count} frames {size[0]}x{size[1]} at {fps} fps but read back {n} "
                           f"frames {src.width}x{src.height} at {src.fps} fps")
+    if times is not None:
+        got, _ = _packet_times(path)
+        want = times[:count]
+        if len(got) != len(want) or max(abs(float(a - b)) for a, b in zip(got, want)) > 1e-3:
+            raise OutputError(f"{path}: the frames' times read back differ from the input's")
 
 
 def remove_stray_temporaries(folder: Path, names: tuple[str, ...] = ("[0-9]*.png", "nst-ort-video.json")) -> None:

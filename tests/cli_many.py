@@ -28,6 +28,8 @@ for call in calls:
     os.chdir(call["cwd"] or home)
     os.environ.clear(); os.environ.update(env); os.environ.update(call["env"] or {})
     cli._said.clear()
+    if "nst_ort.video" in sys.modules:
+        sys.modules["nst_ort.video"]._said.clear()
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:

@@ -212,6 +212,18 @@ PATHS = [
          8, "--report and --checkpoint name the same file", "{d}/run.x"),
     Case("report-through-symlink", lambda d: _args(d, "--report", _link(d, "link.json", "style.jpg")), 8,
          "--report would overwrite the style image", "{d}/link.json"),
+    # A symlink as a written path: the atomic rename would replace the link itself (issue 20): refused.
+    Case("report-symlink-to-new-file", lambda d: _args(d, "--report", _link(d, "r.json", "real.json")), 8,
+         "--report is a symbolic link .*give the target's path", "{d}/r.json"),
+    Case("output-symlink", lambda d: (_link(d, "o.png", "real.png"), _args(d, out="o.png"))[1], 8,
+         "-o is a symbolic link", "{d}/o.png"),
+    Case("snapshot-symlink", lambda d: (_link(d, "out_0002.png", "kept.png"),
+                                        _args(d, "--save-every", "1", "--snapshots"))[1], 8,
+         "--snapshots is a symbolic link", "{d}/out_0002.png"),
+    Case("report-trailing-slash", lambda d: _args(d, "--report", f"{d}/r.json/"), 8, "--report ends in '/'",
+         "{d}/r.json/"),
+    Case("output-trailing-slash", lambda d: [d / "content.jpg", d / "style.jpg", "-o", f"{d}/o.png/", *FAST], 8,
+         "-o ends in '/'", "{d}/o.png/"),
     Case("report-relative-spelling", lambda d: ((d / "sub").mkdir(), _args(d, "--report", d / "sub" / ".." / "content.jpg"))[1],
          8, "--report would overwrite the content image", "content.jpg"),
     Case("output-hardlink-to-content", lambda d: (os.link(d / "content.jpg", d / "hard.png"), _args(d, out="hard.png"))[1],
@@ -327,6 +339,18 @@ BATCH = [
                                                      [d / "b", d / "style.jpg", "-o", d / "b", *FAST])[-1],
          8, "would overwrite the content image .* of this batch", "{d}/b/in.png"),
 ]
+
+def _colliding_batch(d: Path) -> list:
+    folder = d / "b"
+    folder.mkdir()
+    for name in ("x.png", "x.jpg", "x-jpg.png"):  # x.png, x.jpg -> x-png.png, x-jpg.png; x-jpg.png -> x-jpg.png
+        _photo().save(folder / name)
+    (d / "results").mkdir()
+    return [folder, d / "style.jpg", "-o", d / "results", *FAST]
+
+
+BATCH.append(Case("batch-two-inputs-one-name", _colliding_batch, 8,
+                  r"x-jpg\.png: both .*b/x-jpg\.png and .*b/x\.jpg would be written here", "{d}/results/x-jpg.png"))
 
 INTERNAL = [  # inputs that reached exit 1 before; now each has its documented code
     Case("content-name-too-long", lambda d: _args(d, content="c" * 300 + ".jpg"), 3, "cannot read .*name too long",

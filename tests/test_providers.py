@@ -18,6 +18,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+import cpu_features
 from conftest import DEFAULT_MODEL, EXAMPLES, ROOT, needs_torch, run_cli
 
 CPU, OPENVINO = "CPUExecutionProvider", "OpenVINOExecutionProvider"
@@ -115,7 +116,8 @@ def test_check_passes_and_names_every_graph(provider, tmp_path):
 @pytest.mark.skipif(bool(_ONLY), reason="check's own logic: tested in the main venv")
 def test_check_fails_with_exit_10_and_says_where(tmp_path):
     """The verdict's logic: with the loss limit below any difference, the loss rows fail (and only
-    they), the verdict says FAIL, the exit code is 10. (A real provider fault: the OpenVINO test below.)"""
+    they), the verdict says FAIL, the exit code is 10. (A provider fault: the perturbed-provider and
+    OpenVINO bf16 tests below.)"""
     r = run_cli(["check", "--device", "cpu", "--time-size", "0"],
                 prelude="import nst_ort.check as _c; _c.LIMITS['fp32']['loss'] = -1.0; ")
     assert r.returncode == 10, r.stdout + r.stderr
@@ -124,14 +126,37 @@ def test_check_fails_with_exit_10_and_says_where(tmp_path):
     assert r.stdout.strip().splitlines()[-1].startswith("FAIL: ")
 
 
+def _failed_graphs(stdout: str) -> set[str]:
+    return {line.split()[0] for line in stdout.splitlines() if line.rstrip().endswith("FAIL")}
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_check_catches_a_provider_whose_numbers_are_off(provider, tmp_path):
+    """A provider perturbed by 1e-2 relative (tests/perturbed_provider.py: the size of OpenVINO's
+    bf16 errors), on any CPU: check fails with exit 10 at the eval graph, the training graph and the
+    device loop, and still passes the row that runs only on the unperturbed reference."""
+    import perturbed_provider
+
+    threads = ["--threads", "2"] if provider == CPU else []  # the reference has 1 thread: left as is
+    r = run_cli(["check", "--provider", provider, "--time-size", "0", *threads],
+                prelude=perturbed_provider.prelude(provider))
+    assert r.returncode == 10, r.stdout + r.stderr
+    assert {"eval.onnx", "train.onnx", "device"} <= _failed_graphs(r.stdout), r.stdout
+    both_on_cpu = [line for line in r.stdout.splitlines() if "both on CPU" in line]
+    assert not both_on_cpu or both_on_cpu[0].rstrip().endswith(" ok"), r.stdout
+    assert r.stdout.strip().splitlines()[-1].startswith("FAIL: ")
+
+
 @needs_openvino
+@pytest.mark.skipif(cpu_features.bf16_missing() is not None,
+                    reason=f"{cpu_features.bf16_missing()}: OpenVINO ignores the bf16 hint here (computes in f32); "
+                           "test_check_catches_a_provider_whose_numbers_are_off proves the check's failure path")
 def test_check_catches_openvino_in_bf16(tmp_path):
     """OpenVINO asked for bf16 inference (what it picks by itself on CPUs with AMX): check fails."""
     r = run_cli(["check", "--provider", OPENVINO, "--time-size", "0", "--provider-option",
                  'load_config={"CPU": {"INFERENCE_PRECISION_HINT": "bf16"}}'])
     assert r.returncode == 10, r.stdout + r.stderr
-    failed = [line.split()[0] for line in r.stdout.splitlines() if line.rstrip().endswith("FAIL")]
-    assert {"eval.onnx", "train.onnx", "device"} <= set(failed), r.stdout
+    assert {"eval.onnx", "train.onnx", "device"} <= _failed_graphs(r.stdout), r.stdout
 
 
 @needs_openvino

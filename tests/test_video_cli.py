@@ -155,7 +155,7 @@ def test_bad_inputs_one_line_each(tmp_path, clip_frames):
         (["video", good, STYLE, "-o", tmp_path / "o7.gif"], 8, "unknown video extension"),
         (["video", good, STYLE, "-o", busy], 8, "holds other files"),
         (["video", good, STYLE, "-o", tmp_path / "no" / "o8.mp4"], 8, "does not exist"),
-        (["video", good, STYLE, "-o", tmp_path / "o12.mp4", "--report", good], 8, "would overwrite an input"),
+        (["video", good, STYLE, "-o", tmp_path / "o12.mp4", "--report", good], 8, "--report would overwrite the input video"),
         (["video", good, STYLE, "-o", tmp_path / "o9.mp4", "--fps", "fast"], 2, "--fps"),
         (["video", good, STYLE, "-o", tmp_path / "o10.mp4", "--iterations", "0"], 2, "--iterations"),
         (["video", good, STYLE, "-o", tmp_path / "o13.mp4", "--temporal-weight", "-1"], 2, "--temporal-weight"),
@@ -253,15 +253,17 @@ def test_docs_commands_run_as_written(tmp_path):
 
 
 def test_readme_video_commands_are_the_demo_s():
-    """The README's video commands are the ones examples/video_demo.py runs (it made the figure), and
-    they parse. (Running them takes minutes: the docs test above runs the same modes smaller.)"""
+    """docs/usage.md's video commands (the README's before it was split) are the ones
+    examples/video_demo.py runs (it made the figure), and they parse. (Running them takes minutes:
+    the docs test above runs the same modes smaller.)"""
     import shlex
 
     from nst_ort.video import build_parser
 
-    readme = (ROOT / "README.md").read_text()
+    usage = (ROOT / "docs" / "usage.md").read_text()
     demo = (ROOT / "examples" / "video_demo.py").read_text()
-    section = readme[readme.index("## Video"):readme.index("## Loss normalization")]
+    start = usage.index("## Video")
+    section = usage[start:usage.index("\n## ", start)]
     commands = [line.strip() for line in section.splitlines() if line.startswith(("    nst-ort ", "    python -m "))]
     assert len(commands) == 3 and all(c in demo for c in commands), commands
     for c in commands[1:]:

@@ -68,24 +68,33 @@ def ort_web_args() -> list[str]:
 @contextlib.contextmanager
 def serve(model: Path | None = None, *extra: str):
     """`nst-ort web --port 0` in a subprocess; yields the URL it prints."""
+    with serve_process(model, *extra) as (url, _):
+        yield url
+
+
+@contextlib.contextmanager
+def serve_process(model: Path | None = None, *extra: str, env: dict | None = None):
+    """As serve(), yielding (URL, the process): its stderr is read after it ends (p.stderr)."""
     # the README's command, `nst-ort web`, where the console script is installed beside this Python
     script = Path(sys.executable).with_name("nst-ort")
     prog = [str(script)] if script.is_file() else [sys.executable, "-m", "nst_ort"]
     cmd = [*prog, "web", "--port", "0", *ort_web_args(), *extra] + (["--model", str(model)] if model else [])
-    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=None if env is None else {**os.environ, **env})
     try:
         line = p.stdout.readline()
         found = re.search(r"http://[^\s]+/", line)
         if not found:
             p.kill()
             raise AssertionError(f"nst-ort web printed {line!r}; stderr: {p.stderr.read()[-2000:]}")
-        yield found.group(0)
+        yield found.group(0), p
     finally:
         p.terminate()
         try:
             p.wait(10)
         except subprocess.TimeoutExpired:
             p.kill()
+            p.wait(10)
 
 
 def drive(job: dict, timeout: int = 420) -> dict:

@@ -21,6 +21,9 @@ export class ModelSource {
     const s = new ModelSource();
     s.base = new URL(base.endsWith('/') ? base : base + '/', globalThis.location?.href).href;
     s.label = base;
+    // the page loads only from the server that serves it (`?model=` too; the server's CSP says so as well)
+    const origin = globalThis.location?.origin;
+    if (origin && new URL(s.base).origin !== origin) throw new ModelError(`${base}: not on this server (${origin}); the page loads a model only from nst-ort web's own --model, or from a folder picked with "model folder…"`);
     return s;
   }
 
@@ -43,6 +46,8 @@ export class ModelSource {
       if (!f) throw new ModelError(`${this.where(name)}: missing from the picked folder`);
       return new Uint8Array(await f.arrayBuffer());
     }
+    // a manifest's file name is a name in the folder, not a URL elsewhere (../, //host, https:)
+    if (!new URL(name, this.base).href.startsWith(this.base)) throw new ModelError(`${this.where('manifest.json')}: names ${JSON.stringify(name)}, which is not a file in the model folder`);
     let res;
     try {
       res = await fetch(new URL(name, this.base), { cache: 'no-cache' });
