@@ -13,6 +13,7 @@ gradient, the masks at each layer's size, the content targets), never the whole 
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import numpy as np
 import onnxruntime as ort
@@ -121,7 +122,11 @@ class TiledGraphs:
         self.artifacts, self.placement = artifacts, placement
         self.align, self.halo = int(entry["align"]), int(entry["halo"])
         self.strides = {n: int(s) for n, s in entry["strides"].items()}
-        cpu = placement.train_variant == "cpu" and "train_cpu" in entry
+        # As Artifacts.train_graph_path: the Winograd graphs on the CPU provider unless
+        # NST_ORT_TRAIN_GRAPH=train (comparisons); no fp16 tile graphs (--precision fp16 runs untiled).
+        cpu = (placement.train_variant == "cpu" and "train_cpu" in entry
+               and os.environ.get("NST_ORT_TRAIN_GRAPH") != "train")
+        self.variant = "cpu" if cpu else "plain"
         self.grams = make_session(artifacts.path_of(entry["grams_cpu" if cpu else "grams"]["file"]), placement)
         self.train = make_session(artifacts.path_of(entry["train_cpu" if cpu else "train"]["file"]), placement)
 
