@@ -263,9 +263,11 @@ class TiledTrainStep:
         return total, closs, sloss, tv, grad
 
 
-def tiled_features(tiled: TiledGraphs, image: np.ndarray, tile: int) -> dict[str, np.ndarray]:
+def tiled_features(tiled: TiledGraphs, image: np.ndarray, tile: int, keep: set[str] | None = None) -> dict[str, np.ndarray]:
     """Graphs.features (the eval graph's outputs) computed tile by tile: image [H, W, 3] ->
-    {'content.<layer>': [1, C, h, w], 'gram.<layer>': [C, C]} (a print-size style image fits)."""
+    {'content.<layer>': [1, C, h, w], 'gram.<layer>': [C, C]} (a print-size style image fits).
+    keep: the content layers to assemble (None: all); the others come back as zeros that take no
+    memory (a layer of content weight 0 at 8192x6144 would hold 2 GB)."""
     a = tiled.artifacts
     x = np.ascontiguousarray(image.transpose(2, 0, 1)[None], dtype=np.float32)
     H, W = x.shape[2:]
@@ -284,6 +286,8 @@ def tiled_features(tiled: TiledGraphs, image: np.ndarray, tile: int) -> dict[str
         outs = tiled.run(tiled.grams, names, feeds, f"tile graph (features) at {c1 - c0}x{r1 - r0}")
         for n, f in zip(content, outs[:len(content)]):
             s = tiled.strides[n]
+            if keep is not None and n not in keep:
+                continue
             if contract.content_feature(n) not in out:
                 out[contract.content_feature(n)] = np.zeros((1, f.shape[1], H // s, W // s), np.float32)
             cy, cx = _layer_span(tile.crop[:2], s, H), _layer_span(tile.crop[2:], s, W)
@@ -292,6 +296,10 @@ def tiled_features(tiled: TiledGraphs, image: np.ndarray, tile: int) -> dict[str
                                                              ox.start - cx.start:ox.stop - cx.start]
         for n, p in zip(style, outs[len(content):]):
             parts[n] = parts[n] + p[0].astype(np.float64)
+    for n in content:
+        if keep is not None and n not in keep:
+            s, c = tiled.strides[n], int(a.layer_info[n]["channels"])
+            out[contract.content_feature(n)] = np.broadcast_to(np.float32(0), (1, c, H // s, W // s))
     for n in style:
         s = tiled.strides[n]
         out[contract.gram(n)] = (parts[n] / max((H // s) * (W // s), _AREA_MIN)).astype(np.float32)
