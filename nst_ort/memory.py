@@ -291,6 +291,9 @@ class Plan:
     tile: int | None = None
     content_floats: float = 0.0  # floats per pixel of the content targets a tiled run keeps
     styles: int = 1  # masks kept at each style layer's size (tiled)
+    # iterations per scale (schedule order): L-BFGS fills one history row per iteration and its
+    # buffers are zero pages until then, so a scale holds at most min(history, iterations) pairs
+    iterations: tuple[int, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -333,9 +336,17 @@ def _scaled(plan: Plan, side: int) -> tuple[int, int]:
     return max(1, round(w * side / long_side)), max(1, round(h * side / long_side))
 
 
+def _pairs(plan: Plan, history: int, scale: int | None = None) -> int:
+    """The L-BFGS pairs a scale touches (the largest scale's when scale is None)."""
+    if not plan.iterations:
+        return history
+    i = _largest_index(plan) if scale is None else scale
+    return max(1, min(history, plan.iterations[i]))
+
+
 def _need_at(plan: Plan, side: int, tile: int | None = None, history: int | None = None) -> Need:
     sw, sh = _scaled(plan, side)
-    history = plan.history if history is None else history
+    history = _pairs(plan, plan.history if history is None else history)
     if tile:
         run = tiled_estimate(plan, (sw, sh), tile, history)
     else:
@@ -383,9 +394,10 @@ def plan_tiling(plan: Plan, avail: Available | None = None) -> Tiling:
             notes.append(f"L-BFGS history {best} instead of {history}: {2 * history} image-sized vectors at "
                          f"{largest[0]}x{largest[1]} do not fit in memory")
             history = best
-    for size in plan.sizes:
+    for i, size in enumerate(plan.sizes):
         if avail.fits(_need_at(plan, max(size), None, history) if size == largest else
-                      estimate(plan.layers, size, plan.optimizer, history, None, plan.on_host, plan.factor)):
+                      estimate(plan.layers, size, plan.optimizer, _pairs(plan, history, i), None, plan.on_host,
+                               plan.factor)):
             tiles.append(None)
             continue
         tile = _largest_tile(plan, avail, size, history)

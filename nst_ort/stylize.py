@@ -439,7 +439,8 @@ class Stylizer:
         kept = sum(info[n]["channels"] / info[n]["stride"] ** 2
                    for n, w in zip(self.artifacts.content_layers, self.weights.content_layers) if w)
         return {"align": int(entry["align"]), "halo": int(entry["halo"]), "tile": self.config.tile,
-                "content_floats": kept, "styles": len(self.config.styles)}
+                "content_floats": kept, "styles": len(self.config.styles),
+                "iterations": tuple(n for _, n in self.schedule)}
 
     def state_dict(self) -> dict:
         """Everything needed to resume: the CheckpointState (checkpoint.py writes it)."""

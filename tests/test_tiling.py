@@ -155,33 +155,63 @@ def test_tiled_run_follows_untiled(tmp_path, examples):
     assert np.abs(out[16][1] - out[None][1]).max() < 2e-3
 
 
-def test_cli_tile_flags(tmp_path, examples):
+def test_tile_refusals_and_plan(tmp_path, examples):
     import json
     import shutil
 
-    cat, starry = str(examples / "chelsea_cat.jpg"), str(examples / "starry_night.jpg")
-    r = _cli(cat, starry, "-o", str(tmp_path / "a.png"), "--size", "64", "--tile", "40", "--dry-run")
-    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--tile 40" in r.stderr and "16" in r.stderr
-    # a folder without the tiled graphs: --tile says why, in one line
+    from nst_ort import Config, StyleInput, Stylizer
+
+    def cfg(**kw):
+        return Config(content=examples / "chelsea_cat.jpg", styles=[StyleInput(examples / "starry_night.jpg")],
+                      size=80, **kw)
+
+    with pytest.raises(UsageError, match=r"--tile 40: must be a multiple of 16"):
+        Stylizer(cfg(tile=40))
+    tiling = Stylizer(cfg(tile=32)).plan()["tiling"]  # what --dry-run prints, no session made
+    assert tiling["scales"][0]["layout"].startswith("2x3 tiles of 32 px (halo 64 px")
+    # a folder without the tiled graphs: --tile says why (one line, exit 2); without --tile it runs untiled
     bare = tmp_path / "bare"
-    shutil.copytree(DEFAULT_MODEL, bare)
+    shutil.copytree(DEFAULT_MODEL, bare, ignore=shutil.ignore_patterns("tile_*"))
     manifest = json.loads((bare / "manifest.json").read_text())
     del manifest["tiling"]
-    for f in list(manifest["files"]):
-        if f.startswith("tile_"):
-            del manifest["files"][f]
-            (bare / f).unlink()
+    manifest["files"] = {f: v for f, v in manifest["files"].items() if not f.startswith("tile_")}
     (bare / "manifest.json").write_text(json.dumps(manifest))
-    r = _cli(cat, starry, "-o", str(tmp_path / "b.png"), "--size", "64", "--tile", "32", "--model", str(bare))
+    assert Stylizer(cfg(model=bare)).plan()["tiling"]["scales"][0]["tile"] is None
+    r = _cli(str(examples / "chelsea_cat.jpg"), str(examples / "starry_night.jpg"), "-o", str(tmp_path / "b.png"),
+             "--size", "64", "--tile", "32", "--model", str(bare))
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "no tiled graphs" in r.stderr, r.stderr
-    # without --tile the same folder runs (untiled)
-    r = _cli(cat, starry, "-o", str(tmp_path / "b.png"), "--size", "64", "--model", str(bare), "--dry-run")
-    assert r.returncode == 0 and "untiled" in r.stdout, r.stderr
-    # --dry-run shows the layout; the report records it
-    r = _cli(cat, starry, "-o", str(tmp_path / "c.png"), "--size", "80", "--tile", "32", "--dry-run")
-    assert r.returncode == 0 and "2x3 tiles of 32 px (halo 64 px" in r.stdout, r.stdout
-    r = _cli(cat, starry, "-o", str(tmp_path / "c.png"), "--size", "64", "--tile", "32", "--iterations", "1",
-             "--report", str(tmp_path / "c.json"), "--quiet")
+
+
+def test_cli_report_records_tiling(tmp_path, examples):
+    import json
+
+    r = _cli(str(examples / "chelsea_cat.jpg"), str(examples / "starry_night.jpg"), "-o", str(tmp_path / "c.png"),
+             "--size", "64", "--tile", "32", "--iterations", "1", "--report", str(tmp_path / "c.json"), "--quiet")
     assert r.returncode == 0, r.stderr
     tiling = json.loads((tmp_path / "c.json").read_text())["runtime"]["tiling"]
     assert tiling["scales"][0]["tile"] == 32 and tiling["halo"] == 64 and tiling["loop"] == "host"
+
+
+def test_memory_plan_tiles_print_sizes():
+    """--tile auto at 8192x6144 in 24 GiB: tiled, with the history lowered to fit; 512 px untiled."""
+    from nst_ort import memory
+
+    layers = Artifacts(DEFAULT_MODEL).manifest["layers"]
+    avail = memory.Available(24 << 30, None)
+    plan = memory.Plan("c.png", layers, [(512, 384), (8192, 6144)], history=100, factor=memory.MANUAL_GRAPH_FACTOR,
+                       align=16, halo=64, content_floats=8.0, iterations=(100, 100))
+    t = memory.plan_tiling(plan, avail)
+    assert t.tiles[0] is None and t.tiles[1] is not None and t.tiles[1] % 16 == 0
+    assert 1 <= t.history < 100 and any("history" in n for n in t.notes)
+    memory.check(plan, avail, t)  # fits as planned
+    with pytest.raises(memory.OutOfMemory, match="--size|--history"):
+        memory.check(plan, memory.Available(1 << 30, None), t)
+    # few iterations at the top scale hold few L-BFGS pairs: the history stays
+    few = memory.plan_tiling(dataclasses_replace(plan, iterations=(100, 4)), avail)
+    assert few.history == 100 and few.tiles[1] is not None
+
+
+def dataclasses_replace(obj, **kw):
+    import dataclasses
+
+    return dataclasses.replace(obj, **kw)
