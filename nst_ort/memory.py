@@ -447,6 +447,8 @@ def check(plan: Plan, avail: Available | None = None, tiling: Tiling | None = No
                           "scale it down first")
     w, h = max(plan.sizes, key=lambda s: s[0] * s[1])
     long_side = max(w, h)
+    if tiling is None and plan.align:  # callers that did not plan (video, distributed): as Stylizer would
+        tiling = plan_tiling(plan, avail)
     tile, history = (tiling.tiles[_largest_index(plan)], tiling.history) if tiling else (None, plan.history)
     need = _need_at(plan, long_side, tile, history)
     if avail.fits(need):
@@ -454,6 +456,8 @@ def check(plan: Plan, avail: Available | None = None, tiling: Tiling | None = No
     needed, have, source = avail.binding(need)
     if plan.align:  # tiled graphs: only the image-sized vectors limit the size
         small = tile or 4 * plan.align
+        if not tile:  # not even the smallest tile fits: say what that needs
+            needed, have, source = avail.binding(_need_at(plan, long_side, small, history))
         best = largest_fitting(lambda s: avail.fits(_need_at(plan, s, small, history), SUGGEST_SHARE),
                                max(1, plan.min_side), long_side)
         hist = (largest_fitting(lambda h: avail.fits(_need_at(plan, long_side, small, h), SUGGEST_SHARE), 1, history)
@@ -463,7 +467,8 @@ def check(plan: Plan, avail: Available | None = None, tiling: Tiling | None = No
         if hist:
             advice += f", or --history {hist} at this size"
         raise OutOfMemory(f"{plan.what}: {w}x{h} needs about {gib(needed)} of memory"
-                          f"{f' in {tile} px tiles' if tile else ''}, {gib(have)} is available ({source}); {advice}")
+                          f"{f' in {tile} px tiles' if tile else f' even in {small} px tiles'}, {gib(have)} is "
+                          f"available ({source}); {advice}")
     best = largest_fitting(lambda s: avail.fits(_need_at(plan, s), SUGGEST_SHARE), max(1, plan.min_side), long_side)
     if best and best >= 2 * plan.min_side:
         best -= best % 8  # a round number; the estimate is not that precise anyway

@@ -143,7 +143,8 @@ class Stylizer:
                 self.config = dataclasses.replace(
                     self.config, optim=dataclasses.replace(self.config.optim, history=self.tiling.history))
             for note in self.tiling.notes:
-                self.warn(note)
+                if "history" in note:  # changes the optimization; a tiling changes only the speed (exact)
+                    self.warn(note)
         return self.tiling
 
     def tile_at(self, scale: int) -> int | None:
