@@ -115,12 +115,12 @@ def make_loop(kind: str, graphs: Graphs, feeds: dict[str, np.ndarray], x0: np.nd
               state: dict | None = None, terms: list[Term] | None = None, train=None) -> Loop:
     """A loop of `kind` from x0 [1, 3, H, W] with the training graph fed `feeds` (targets and weights);
     state: an optimizer state_dict to go on from (a checkpoint's, of either kind of loop); terms:
-    extra loss terms run after the training graph at every step; train: the host loop's evaluation
-    instead of TrainStep (tiling.TiledTrainStep: a tiled run takes the host loop)."""
+    extra loss terms run after the training graph at every step; train: an evaluation with TrainStep's
+    call instead of the training graph (tiling.TiledTrainStep), in either loop."""
     if state is not None and state.get("kind") != config.name:
         raise UsageError(f"the saved optimizer state is {state.get('kind')!r}, this run uses {config.name!r}")
-    if kind == "device" and train is None:
-        loop = DeviceLoop(graphs, feeds, x0, config.name, config.learning_rate(), config.history, terms)
+    if kind == "device":
+        loop = DeviceLoop(graphs, feeds, x0, config.name, config.learning_rate(), config.history, terms, train)
     else:
         loop = HostLoop(graphs, feeds, x0, optim.make(config.name, x0.size, config.learning_rate(), config.history),
                         terms, train)

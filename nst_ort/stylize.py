@@ -274,11 +274,6 @@ class Stylizer:
         tile = self.tile_at(self.scale)
         train = None
         if tile is not None:
-            # Deviation from the untiled run: the device loop is not tiled yet; a tiled scale runs
-            # the host loop (same optimizer, same state format, so scales and resumes mix freely).
-            if self.loop_kind == "device" and not getattr(self, "_said_host", False):
-                self.warn("tiled scales run the host loop (the device loop has no tiled step yet)")
-                self._said_host = True
             train = TiledTrainStep(self.tiled_graphs, feeds, x0.shape, tile)
         self.loop = make_loop(self.loop_kind, self.graphs, feeds, x0, self.config.optim, self._optimizer_state,
                               self.terms, train)
@@ -394,7 +389,6 @@ class Stylizer:
                            "layout": None if layout is None else layout.describe(),
                            "crops": None if layout is None else len(layout.tiles)})
         return {"align": entry.get("align"), "halo": entry.get("halo"), "history": t.history,
-                "loop": "host" if any(t.tiles) else self.loop_kind,  # tiled scales: the host loop
                 "notes": list(t.notes), "scales": scales,
                 "graphs": None if not any(t.tiles) else "tile_*_cpu.onnx" if self.placement.train_variant == "cpu" else "tile_*.onnx"}
 

@@ -134,8 +134,8 @@ def _cli(*args):
 
 
 def test_tiled_run_follows_untiled(tmp_path, examples):
-    """Three L-BFGS iterations tiled (16 px tiles, two masked styles) and untiled (host loop): the
-    same images up to float32 rounding carried through the optimizer."""
+    """Three L-BFGS iterations tiled (16 px tiles, two masked styles; host and device loop) and
+    untiled: the same images up to float32 rounding carried through the optimizer."""
     from nst_ort import Config, StyleInput, Stylizer
 
     mask = tmp_path / "mask.png"
@@ -144,8 +144,9 @@ def test_tiled_run_follows_untiled(tmp_path, examples):
     Image.fromarray((np.arange(72)[None, :].repeat(48, 0) > 30).astype(np.uint8) * 255).save(mask)
     styles = [StyleInput(examples / "starry_night.jpg", 1.0, mask), StyleInput(examples / "the_scream.jpg", 1.0, None)]
     out = {}
-    for tile in (None, 16):
-        cfg = Config(content=examples / "chelsea_cat.jpg", styles=styles, size=72, loop="host", tile=tile,
+    for tile, loop in ((None, "host"), (16, "host"), ("16d", "device")):
+        cfg = Config(content=examples / "chelsea_cat.jpg", styles=styles, size=72, loop=loop,
+                     tile=tile if tile is None else 16,
                      threads=2, optim=__import__("nst_ort").config.OptimConfig(iterations=3))
         st = Stylizer(cfg)
         losses = [st.step().loss for _ in range(3)]
@@ -153,6 +154,10 @@ def test_tiled_run_follows_untiled(tmp_path, examples):
     assert out[None][2]["scales"][0]["tile"] is None and out[16][2]["scales"][0]["tile"] == 16
     assert np.allclose(out[16][0], out[None][0], rtol=1e-4)
     assert np.abs(out[16][1] - out[None][1]).max() < 2e-3
+    # the device loop's tiled step (gradient assembled on the host, the optimizer graphs unchanged)
+    assert out["16d"][2]["scales"][0]["tile"] == 16
+    assert np.allclose(out["16d"][0], out[16][0], rtol=1e-4)
+    assert np.abs(out["16d"][1] - out[16][1]).max() < 1e-3
 
 
 def test_tile_refusals_and_plan(tmp_path, examples):
@@ -189,7 +194,7 @@ def test_cli_report_records_tiling(tmp_path, examples):
              "--size", "64", "--tile", "32", "--iterations", "1", "--report", str(tmp_path / "c.json"), "--quiet")
     assert r.returncode == 0, r.stderr
     tiling = json.loads((tmp_path / "c.json").read_text())["runtime"]["tiling"]
-    assert tiling["scales"][0]["tile"] == 32 and tiling["halo"] == 64 and tiling["loop"] == "host"
+    assert tiling["scales"][0]["tile"] == 32 and tiling["halo"] == 64
 
 
 def test_memory_plan_tiles_print_sizes():
