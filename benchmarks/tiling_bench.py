@@ -6,7 +6,7 @@
 Timing: one process, the CPU provider, the default model, a 4:3 random image with a random content
 target and one style: per size the median of `repeats` evaluations (loss + gradient, no optimizer
 update) of train_cpu.onnx (TrainStep) and of the tiled step (TiledTrainStep, tile_*_cpu.onnx),
-after one warm-up run each. Plans: memory.plan_tiling for 8192x6144 against this machine's available
+after one warm-up run each, wall and CPU time (all threads). Plans: memory.plan_tiling for 8192x6144 against this machine's available
 memory, and for 2048 and 4096 px (4:3) on a 4 GB and an 8 GB GPU, where one crop's activations
 must fit the GPU's memory (the host keeps the image-sized vectors: the tiled step runs the host loop).
 Writes benchmarks/results/cpu_tiling.{md,json}.
@@ -51,14 +51,17 @@ def feeds_for(a: Artifacts, H: int, W: int, rng) -> dict:
     return f
 
 
-def median_time(fn, x, repeats: int) -> float:
+def median_time(fn, x, repeats: int) -> tuple[float, float]:
+    """(wall s, CPU s of this process, all threads): on a loaded shared machine the CPU time is the
+    steadier figure (the wall time waits for other processes)."""
     fn(x)  # warm-up
-    times = []
+    walls, cpus = [], []
     for _ in range(repeats):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         fn(x)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        walls.append(time.perf_counter() - t)
+        cpus.append(time.process_time() - c)
+    return statistics.median(walls), statistics.median(cpus)
 
 
 def timings(sizes: list[int], tile: int, repeats: int, threads: int | None) -> list[dict]:
@@ -71,11 +74,13 @@ def timings(sizes: list[int], tile: int, repeats: int, threads: int | None) -> l
         rng = np.random.default_rng(side)
         feeds = feeds_for(a, H, W, rng)
         x = rng.random((1, 3, H, W), dtype=np.float32)
-        untiled = median_time(TrainStep(graphs, feeds, x.shape), x, repeats)
+        untiled, untiled_cpu = median_time(TrainStep(graphs, feeds, x.shape), x, repeats)
         step = TiledTrainStep(tiled, feeds, x.shape, tile)
-        t = median_time(step, x, repeats)
+        t, t_cpu = median_time(step, x, repeats)
         rows.append({"width": W, "height": H, "tile": tile, "layout": step.layout.describe(),
-                     "untiled_s": round(untiled, 3), "tiled_s": round(t, 3), "ratio": round(t / untiled, 2)})
+                     "untiled_s": round(untiled, 3), "tiled_s": round(t, 3), "ratio": round(t / untiled, 2),
+                     "untiled_cpu_s": round(untiled_cpu, 3), "tiled_cpu_s": round(t_cpu, 3),
+                     "cpu_ratio": round(t_cpu / untiled_cpu, 2)})
         print(rows[-1], flush=True)
     return rows
 
@@ -134,9 +139,10 @@ def main() -> int:
                                                                                args.threads)}
     result["machine"]["load_average_after"] = os.getloadavg()
     Path(args.out + ".json").write_text(json.dumps(result, indent=1) + "\n")
-    lines = ["| size | tile layout | untiled s | tiled s | tiled / untiled |", "| --- | --- | --- | --- | --- |"]
-    lines += [f"| {r['width']}x{r['height']} | {r['layout']} | {r['untiled_s']} | {r['tiled_s']} | {r['ratio']} |"
-              for r in result["timings"]]
+    lines = ["| size | tile layout | untiled s (CPU s) | tiled s (CPU s) | tiled / untiled: wall (CPU) |",
+             "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {r['width']}x{r['height']} | {r['layout']} | {r['untiled_s']} ({r['untiled_cpu_s']}) | "
+              f"{r['tiled_s']} ({r['tiled_cpu_s']}) | {r['ratio']} ({r['cpu_ratio']}) |" for r in result["timings"]]
     lines += ["", "| plan | tile | layout / notes |", "| --- | --- | --- |"]
     for k, v in result["plans"].items():
         extra = "; ".join(v.get("notes", [])) if "notes" in v else (

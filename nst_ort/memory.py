@@ -388,8 +388,14 @@ def plan_tiling(plan: Plan, avail: Available | None = None) -> Tiling:
     largest = max(plan.sizes, key=lambda s: s[0] * s[1])
     if (plan.optimizer == "lbfgs" and not avail.fits(_need_at(plan, max(largest)))
             and not avail.fits(_need_at(plan, max(largest), plan.align, history), SUGGEST_SHARE)):
-        best = largest_fitting(lambda h: avail.fits(_need_at(plan, max(largest), 4 * plan.align, h), SUGGEST_SHARE),
-                               1, history)
+        # Prefer tiles of 32 grid steps (512 px for VGG16: the halos add ~55% to the work, small tiles
+        # several times that) with a history of at least 5; else the most history small tiles allow.
+        def most(tile: int) -> int | None:
+            return largest_fitting(lambda h: avail.fits(_need_at(plan, max(largest), tile, h), SUGGEST_SHARE),
+                                   1, history)
+        best = most(32 * plan.align)
+        if best is None or best < min(5, history):
+            best = most(4 * plan.align)
         if best is not None and best < history:
             notes.append(f"L-BFGS history {best} instead of {history}: {2 * history} image-sized vectors at "
                          f"{largest[0]}x{largest[1]} do not fit in memory")
