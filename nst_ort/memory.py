@@ -468,7 +468,7 @@ def check(plan: Plan, avail: Available | None = None, tiling: Tiling | None = No
                                max(1, plan.min_side), long_side)
         hist = (largest_fitting(lambda h: avail.fits(_need_at(plan, long_side, small, h), SUGGEST_SHARE), 1, history)
                 if plan.optimizer == "lbfgs" else None)
-        advice = f"the largest size that fits tiled ({small} px tiles) is about --size {best - best % 8}" if best else \
+        advice = f"the largest size that fits is about --size {best - best % 8} (tiled, {small} px tiles)" if best else \
             "not even the smallest size fits"
         if hist:
             advice += f", or --history {hist} at this size"
