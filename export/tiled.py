@@ -73,9 +73,6 @@ def receptive_halo(steps: list[Step], taps: set[str]) -> tuple[int, int]:
 class TiledGradient(ManualGradient):
     """The two tile functions on manual_grad's forward and backward."""
 
-    def __init__(self, backbone: Backbone, spec: GraphSpec, steps: list[Step], winograd: bool):
-        super().__init__(backbone, spec, steps, winograd)
-
     def _features(self, P, image):
         """Forward only (pass 1 keeps nothing for a backward)."""
         h = (image.flip(1) if self.flip else image) * P["pre.scale"] + P["pre.shift"]
