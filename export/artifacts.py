@@ -83,8 +83,9 @@ def _io(model: onnx.ModelProto) -> dict:
 
 
 def write_artifacts(backbone: Backbone, out: str | Path, weights_dtype: str = "fp16", command: str = "",
-                    gradient: str = "auto", cpu_variant: bool = True) -> Path:
-    """Export both graphs and write the folder atomically (a temp folder renamed into place)."""
+                    gradient: str = "auto", cpu_variant: bool = True, tiled: bool = False) -> Path:
+    """Export both graphs and write the folder atomically (a temp folder renamed into place).
+    tiled: also the tile graphs (export/tiled.py; manual-gradient networks only), as nst-ort-export does."""
     out = Path(out)
     exported = export_graphs(backbone, gradient=gradient, cpu_variant=cpu_variant)
     params = graph_tensors(backbone)
@@ -105,6 +106,17 @@ def write_artifacts(backbone: Backbone, out: str | Path, weights_dtype: str = "f
     manifest["optimizers"] = write_optimizer_graphs(tmp)
     # Optional (schema 1): loss-term graphs added after the training graph (video: temporal.onnx).
     manifest["terms"] = write_term_graphs(tmp)
+    if tiled and exported.gradient == "manual":
+        # Optional (schema 1): the exact tiled loss and gradient's graphs (docs/tiling.md).
+        from .tiled import FILES as TILE_FILES, export_tiled
+
+        tile_graphs, entry = export_tiled(backbone, cpu_variant=exported.train_cpu is not None)
+        for role, proto in tile_graphs.items():
+            bind_weights(proto, params, layout, dtypes)
+            onnx.save(proto, str(tmp / TILE_FILES[role]))
+            onnx.checker.check_model(str(tmp / TILE_FILES[role]))
+            entry[role] = {"file": TILE_FILES[role], **_io(proto)}
+        manifest["tiling"] = entry
     manifest["files"] = {p.name: {"sha256": sha256(p), "bytes": p.stat().st_size} for p in sorted(tmp.iterdir())}
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     (tmp / "MODEL_CARD.md").write_text(model_card(manifest))

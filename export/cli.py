@@ -190,7 +190,7 @@ def main_import(argv: list[str]) -> int:
     if not args.no_check:
         print("checked against onnxruntime: every tapped layer within 1e-4")
     command = "nst-ort-export import " + " ".join(shlex.quote(a) for a in argv)
-    out = write_artifacts(backbone, args.out, weights_dtype=args.weights_dtype, command=command)
+    out = write_artifacts(backbone, args.out, weights_dtype=args.weights_dtype, command=command, tiled=True)
     print(f"wrote {out} ({backbone.name}, {time.time() - t0:.0f} s)")
     return 0
 
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         return _fail(str(e))
     command = "nst-ort-export " + " ".join(shlex.quote(a) for a in argv)
-    out = write_artifacts(backbone, args.out, weights_dtype=args.weights_dtype, command=command)
+    out = write_artifacts(backbone, args.out, weights_dtype=args.weights_dtype, command=command, tiled=True)
     print(f"wrote {out} ({backbone.name}, {time.time() - t0:.0f} s)")
     return 0
 

@@ -340,7 +340,10 @@ class DeviceLoop:
     kind = "device"
 
     def __init__(self, graphs: Graphs, feeds: dict[str, np.ndarray], x0: np.ndarray, optimizer: str, lr: float,
-                 history: int = 100, terms=None):
+                 history: int = 100, terms=None, train=None):
+        """train: a host-side evaluation with TrainStep's call instead of the training graph
+        (tiling.TiledTrainStep): the image comes to the host, the assembled gradient goes into the
+        gradient buffer; the optimizer graphs and the terms run on the device as always."""
         device = graphs.placement.device
         self.shape = tuple(x0.shape)
         n = self.n = int(np.prod(self.shape))
@@ -353,25 +356,39 @@ class DeviceLoop:
         self.x.upload(0, x0)
         self.cur = 0
         self.steps = 0  # taken by this loop (a resumed optimizer may count more)
-        self.graph = TrainingGraph(graphs, feeds, self.shape)  # targets and weights: on the device once
+        self.train = train
+        # targets and weights: on the device once (a tiled step keeps its own on the host)
+        self.graph = TrainingGraph(graphs, feeds, self.shape) if train is None else None
         self.terms = bind(terms, device, self.shape)
         if not self.terms:
-            self.bindings = [self.graph.binding(self.x.row(p), self.g.row(p)) for p in (0, 1)]
+            self.bindings = [None, None] if train is not None else [
+                self.graph.binding(self.x.row(p), self.g.row(p)) for p in (0, 1)]
             self.term_bindings = [[], []]
         else:
             # Extra terms: the training graph writes into scratch, each term reads one buffer and writes
             # another (never in place), the last into g[cur], which the optimizer reads.
             self.scratch = Buffer(device, min(len(self.terms), 2), n)
-            self.bindings = [self.graph.binding(self.x.row(p), self.scratch.row(0)) for p in (0, 1)]
+            self.bindings = [None, None] if train is not None else [
+                self.graph.binding(self.x.row(p), self.scratch.row(0)) for p in (0, 1)]
             self.term_bindings = [[t.binding(self.x.row(p), self.scratch.row(i % 2),
                                              self.g.row(p) if i == len(self.terms) - 1 else self.scratch.row((i + 1) % 2))
                                    for i, t in enumerate(self.terms)] for p in (0, 1)]
         self.opt = (DeviceLBFGS(runners, device, n, lr=lr, history=history) if optimizer == "lbfgs" else
                     DeviceAdam(runners, device, n, lr=lr))
 
+    def _evaluate(self, c: int) -> Losses:
+        if self.train is None:
+            return self.graph.run(self.bindings[c])
+        *outputs, grad = self.train(self.x.fetch(c).reshape(self.shape))
+        if self.terms:
+            self.scratch.upload(0, grad.reshape(-1))
+        else:
+            self.g.upload(c, grad.reshape(-1))
+        return Losses(*outputs)
+
     def step(self) -> Losses:
         c = self.cur
-        losses = self.graph.run(self.bindings[c])
+        losses = self._evaluate(c)
         if self.terms:
             extra = tuple((t.term.name, t.run(b)) for t, b in zip(self.terms, self.term_bindings[c]))
             losses = losses._replace(loss=losses.loss + sum(v for _, v in extra), terms=extra)
