@@ -9,10 +9,10 @@ from pathlib import Path
 
 from . import __version__, describe, memory
 from .config import Config, LossConfig, OptimConfig, StyleInput
-from .errors import (EXIT_BATCH_PARTIAL, Terminated, exit_for, on_sigterm, stdout_closed, EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, ImageError, Interrupted, NstError, NumericalError,
-                     OutOfMemory, OutputError, UsageError)
+from .errors import (EXIT_BATCH_PARTIAL, EXIT_INTERRUPTED, Interrupted, NstError, NumericalError, OutOfMemory,
+                     OutputError, Terminated, UsageError, exit_for, on_sigterm, stdout_closed)
 from .flags import build_parser, check_modes
-from .outputs import Snapshots, Source, Target, batch_outputs, check_writes, file_arg, image_bytes, same_file
+from .outputs import Snapshots, Source, Target, batch_files, batch_outputs, check_writes, file_arg, image_bytes, same_file
 from .presets import PRESETS
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
@@ -403,22 +403,7 @@ def _batch(args, artifacts) -> int:
             what = "is not a folder" if os.path.lexists(value) else "looks like a file name"
             raise UsageError(f"{flag}: in a batch it names a folder (one file per image); {value} {what}")
         to_create.append((flag, name, Path(value)))
-    try:
-        entries = sorted(folder.iterdir())
-    except OSError as e:
-        raise ImageError(f"{folder}: cannot list this folder ({e.strerror or e})") from None
-    files = []
-    for p in entries:
-        if p.is_dir():
-            _warn(f"{p}: a folder, skipped (a batch does not descend into folders)")
-        elif p.suffix.lower() not in IMAGE_EXTS:
-            _warn(f"{p}: not an image file name ({', '.join(sorted(IMAGE_EXTS))}), skipped")
-        elif not p.is_file():
-            _warn(f"{p}: not a regular file, skipped")
-        else:
-            files.append(p)
-    if not files:
-        raise UsageError(f"{folder}: no images ({', '.join(sorted(IMAGE_EXTS))}) in this folder")
+    files = batch_files(folder, IMAGE_EXTS, _warn)
     jobs = []
     for p, result in batch_outputs(files, out_dir):  # two images to one name: refused here, naming both
         stem = result.stem

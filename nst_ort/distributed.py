@@ -166,28 +166,13 @@ def batch_items(folder: Path, out_dir: Path, exts) -> list[tuple[Path, Path]]:
     """(content file, output file) for each image of a batch folder, named as cli._batch names them
     (cat.jpg -> cat.png; cat.jpg and cat.png -> cat-jpg.png and cat-png.png); every entry that is not
     processed is named, as in the sequential batch."""
-    from .errors import ImageError, OutputError
+    from .errors import OutputError
 
     if not out_dir.is_dir():
         raise OutputError(f"{out_dir}: batch output must be an existing folder")
-    try:
-        entries = sorted(folder.iterdir())
-    except OSError as e:
-        raise ImageError(f"{folder}: cannot list this folder ({e.strerror or e})") from None
-    files = []
-    for p in entries:
-        if p.is_dir():
-            _warn(f"{p}: a folder, skipped (a batch does not descend into folders)")
-        elif p.suffix.lower() not in exts:
-            _warn(f"{p}: not an image file name ({', '.join(sorted(exts))}), skipped")
-        elif not p.is_file():
-            _warn(f"{p}: not a regular file, skipped")
-        else:
-            files.append(p)
-    if not files:
-        raise UsageError(f"{folder}: no images ({', '.join(sorted(exts))}) in this folder")
-    from .outputs import batch_outputs
+    from .outputs import batch_files, batch_outputs
 
+    files = batch_files(folder, exts, _warn)
     return batch_outputs(files, out_dir)  # the sequential batch's names and its clash check
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Iterable
 
 
-from .errors import OutputError
+from .errors import ImageError, OutputError, UsageError
 
 PROBE_BYTES = 64 << 10  # written and removed in each folder a run writes to
 
@@ -253,6 +253,30 @@ def special_kind(path: Path) -> str | None:
         return None
     kind = _kind(st.st_mode)
     return None if kind == "folder" else kind
+
+
+def batch_files(folder: Path, exts: Iterable[str], warn) -> list[Path]:
+    """The images of a batch folder, sorted; every entry that is not taken (a folder: batches do not
+    descend; another extension; not a regular file) is named through warn. The sequential and the
+    Ray batch both list their inputs here."""
+    exts = sorted(exts)
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError as e:
+        raise ImageError(f"{folder}: cannot list this folder ({e.strerror or e})") from None
+    files = []
+    for p in entries:
+        if p.is_dir():
+            warn(f"{p}: a folder, skipped (a batch does not descend into folders)")
+        elif p.suffix.lower() not in exts:
+            warn(f"{p}: not an image file name ({', '.join(exts)}), skipped")
+        elif not p.is_file():
+            warn(f"{p}: not a regular file, skipped")
+        else:
+            files.append(p)
+    if not files:
+        raise UsageError(f"{folder}: no images ({', '.join(exts)}) in this folder")
+    return files
 
 
 def batch_outputs(files: list[Path], out_dir: Path, suffix: str = ".png") -> list[tuple[Path, Path]]:
