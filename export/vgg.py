@@ -225,7 +225,10 @@ def vgg_defaults(preprocess: Preprocess, content_layers, style_layers, by_name) 
 
     Per-layer style weights 1/C_l^2 as neural-style's Gram normalization implies; content 25 rather
     than neural-style's 5, which painted over much of the content at 256 px (400 L-BFGS iterations,
-    Tuebingen / Starry Night); TV 1e5, about 1% of the final loss: a light touch.
+    Tuebingen / Starry Night); TV 3e6 (issue 21): 1e5 left single-pixel pink, blue and green dots on
+    flat areas that L-BFGS keeps adding, as the network barely sees them (benchmarks/speckle.py's
+    measure 7.0 at 256 px, 300 iterations, chelsea_cat / turner_shipwreck); 3e6 holds it near 1 at
+    the same style loss (benchmarks/RESULTS.md, "Colour speckle").
     Torchvision-normalized VGGs see features ~s = 255 * 0.226 = 57.6 times smaller, so the Gram
     term (fourth power) is rescaled by s^2 relative to the content term (second power). That
     rescaling is arithmetic, not looked at: no torchvision weights were reachable offline.
@@ -234,7 +237,7 @@ def vgg_defaults(preprocess: Preprocess, content_layers, style_layers, by_name) 
     return {
         "content_weight": 25.0,
         "style_weight": 100.0 * s**2,
-        "tv_weight": 1e5 / s**2,
+        "tv_weight": 3e6 / s**2,
         **layer_weights(content_layers, style_layers, lambda n: 1.0 / by_name[n].channels ** 2),
     }
 

@@ -576,7 +576,7 @@ def test_info_is_for_people_and_json_for_machines():
     assert r.returncode == 0, r.stderr
     layers = [line.split()[0] for line in r.stdout.splitlines() if re.match(r"\s+relu\d_\d\s", line)]
     assert layers == ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu4_2", "relu5_1"]  # network order
-    assert "tv weight 100,000" in r.stdout and "1/64^2" in r.stdout and "CPUExecutionProvider" in r.stdout
+    assert "tv weight 3,000,000" in r.stdout and "1/64^2" in r.stdout and "CPUExecutionProvider" in r.stdout
     data = json.loads(j.stdout)
     assert [x["name"] for x in data["layers"]] == layers and "CPUExecutionProvider" in data["runtime"]["providers"]
 
@@ -587,7 +587,7 @@ def test_report_records_the_weights_used(folder: Path) -> None:
     assert r.returncode == 0, r.stderr
     rep = json.loads((d / "r.json").read_text())
     assert rep["weights"]["content_weight"] == 25.0 and rep["weights"]["style_weight"] == 50.0
-    assert rep["weights"]["tv_weight"] == 100000.0 and rep["weights"]["content_layers"] == {"relu4_2": 1.0}
+    assert rep["weights"]["tv_weight"] == 3e6 and rep["weights"]["content_layers"] == {"relu4_2": 1.0}
     assert rep["settings"]["content_weight"] == 25.0 and rep["settings"]["iterations"] == 2
 
 

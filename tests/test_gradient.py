@@ -182,7 +182,7 @@ def _committed_training_graphs() -> list[tuple[Path, str]]:
                          ids=lambda v: v.name if isinstance(v, Path) else v)
 def test_each_loss_term_of_every_committed_training_graph(model, role):
     """Content only, style only, TV only and all three at the manifest's default weights (content 25,
-    style 100 with per-layer 1/C^2, TV 1e5 for the default VGG16), at an odd size."""
+    style 100 with per-layer 1/C^2, TV 3e6 for the default VGG16), at an odd size."""
     from gatys_reference import GatysReference
 
     ref = GatysReference(model)
