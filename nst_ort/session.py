@@ -89,8 +89,10 @@ class Graphs:
     """The sessions of one artifact folder on one placement: eval and training graphs, and the
     optimizer graphs once asked for."""
 
-    def __init__(self, artifacts: Artifacts, placement: Placement):
-        self.artifacts, self.placement = artifacts, placement
+    def __init__(self, artifacts: Artifacts, placement: Placement, train_arena: bool = True):
+        """train_arena=False: the training graph's CPU allocations go back to the OS after each run
+        (a run with tiled scales: the arena would keep an untiled scale's peak beside the tiles')."""
+        self.artifacts, self.placement, self.train_arena = artifacts, placement, train_arena
         self._optimizers: dict[str, dict | None] = {}
         self.cache: dict[str, str] = {}  # role -> "hit" | "miss" | "off" (ortcache.py)
         try:
@@ -132,7 +134,8 @@ class Graphs:
         self.eval = make_session(eval_path, placement, arena=False, cache_key=self._cache_key(eval_path))
         self.cache["eval"] = make_session.last
         self.train_path = self.artifacts.train_graph_path(placement.train_variant)
-        self.train = make_session(self.train_path, placement, cache_key=self._cache_key(self.train_path))
+        self.train = make_session(self.train_path, placement, arena=self.train_arena,
+                                  cache_key=self._cache_key(self.train_path))
         self.cache["train"] = make_session.last
 
     def features(self, image: np.ndarray) -> dict[str, np.ndarray]:

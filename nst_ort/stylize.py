@@ -122,7 +122,11 @@ class Stylizer:
     def graphs(self) -> Graphs:
         """The ONNX Runtime sessions (made on first use: 0.2-4 s on a CPU)."""
         if self._graphs is None:
-            self._graphs = Graphs(self.artifacts, self.placement)
+            # A run with a tiled scale: no CPU arena for the training graph, whose arena would keep
+            # the largest untiled scale's activations resident beside the tiles' (measured: a
+            # 512..4096 px print planned at 18.8 GiB peaked over 24 GiB and was killed).
+            tiled = any(t is not None for t in self.plan_tiling().tiles)
+            self._graphs = Graphs(self.artifacts, self.placement, train_arena=not tiled)
             self.placement = self._graphs.placement  # `auto` may have fallen back to the CPU
         return self._graphs
 
