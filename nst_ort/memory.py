@@ -39,6 +39,11 @@ MANUAL_GRAPH_FACTOR = 7.0  # the same for a manual backward (manifest "gradient"
 EVAL_FACTOR = 4.0  # the eval graph (style and content targets) keeps no backward state
 FIXED = 64 << 20  # per-run overhead measured at the smallest sizes (targets, bindings, numpy temporaries)
 ADDRESS_EXTRA = 256 << 20  # address space reserved but not touched (malloc arenas, thread stacks), measured
+# The two tile graphs' sessions beside the whole-image ones (their weights, Winograd-transformed on
+# the CPU, and onnxruntime's reservations), measured at 128 px, 32 px tiles, 1 thread: VmHWM +195 MB,
+# VmPeak +865 MB over the same run untiled. Without them a size named under ulimit -v did not fit.
+TILE_SESSIONS = 256 << 20
+TILE_SESSIONS_ADDRESS = 960 << 20
 ADDRESS_FACTOR = 1.5  # the arena's reserved/touched ratio for the graph, measured
 FLOAT = 4
 SUGGEST_SHARE = 0.85  # the size we suggest fits in 85% of what is available now, so that it fits next time
@@ -378,7 +383,8 @@ def tiled_estimate(plan: Plan, size: tuple[int, int], tile: int, history: int) -
     per_px = (TILED_IMAGE_VECTORS * 3 + plan.content_floats + 1.34 * plan.styles) * FLOAT
     vectors = 2 * history + 4 if plan.optimizer == "lbfgs" else 5
     host = per_px * w * h + vectors * FLOAT * 3 * w * h
-    return Need(int(FIXED + graph + host), int(FIXED + ADDRESS_EXTRA + ADDRESS_FACTOR * graph + host))
+    return Need(int(FIXED + TILE_SESSIONS + graph + host),
+                int(FIXED + TILE_SESSIONS_ADDRESS + ADDRESS_EXTRA + ADDRESS_FACTOR * graph + host))
 
 
 def _scaled(plan: Plan, side: int) -> tuple[int, int]:
@@ -397,14 +403,20 @@ def _pairs(plan: Plan, history: int, scale: int | None = None) -> int:
 
 def _need_at(plan: Plan, side: int, tile: int | None = None, history: int | None = None) -> Need:
     sw, sh = _scaled(plan, side)
-    history = _pairs(plan, plan.history if history is None else history)
-    if tile:
-        run = tiled_estimate(plan, (sw, sh), tile, history)
-    else:
+    full = plan.history if history is None else history
+
+    def run_with(pairs: int) -> Need:
+        if tile:
+            return tiled_estimate(plan, (sw, sh), tile, pairs)
         style = (max(1, round(sw * plan.style_scale)), max(1, round(sh * plan.style_scale)))
-        run = estimate(plan.layers, (sw, sh), plan.optimizer, history, style, plan.on_host, plan.factor)
+        return estimate(plan.layers, (sw, sh), plan.optimizer, pairs, style, plan.on_host, plan.factor)
+
+    # Resident: only the pairs the scale's iterations fill (the rest stay untouched zero pages).
+    # Address space: the whole history, which the device loop allocates up front (RLIMIT_AS counts
+    # untouched pages too: a size named with the filled pairs alone did not fit under ulimit -v).
+    resident, address = run_with(_pairs(plan, full)), run_with(full)
     kept = _kept(plan)
-    return Need(run.resident + kept, run.address + kept)
+    return Need(resident.resident + kept, address.address + kept)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -421,6 +433,15 @@ def _largest_tile(plan: Plan, avail: Available, size: tuple[int, int], history: 
     top = -(-max(size) // plan.align)
     k = largest_fitting(lambda k: avail.fits(_need_at(plan, max(size), k * plan.align, history), SUGGEST_SHARE), 1, top)
     return None if k is None else k * plan.align
+
+
+def _scale_need(plan: Plan, size: tuple[int, int], history: int, i: int) -> Need:
+    """A smaller scale's need (no decode, no kept inputs): resident with the pairs it fills, address
+    space with the whole history (as _need_at)."""
+    def run_with(pairs: int) -> Need:
+        return estimate(plan.layers, size, plan.optimizer, pairs, None, plan.on_host, plan.factor)
+
+    return Need(run_with(_pairs(plan, history, i)).resident, run_with(history).address)
 
 
 def plan_tiling(plan: Plan, avail: Available | None = None) -> Tiling:
@@ -453,8 +474,7 @@ def plan_tiling(plan: Plan, avail: Available | None = None) -> Tiling:
             history = best
     for i, size in enumerate(plan.sizes):
         if avail.fits(_need_at(plan, max(size), None, history) if size == largest else
-                      estimate(plan.layers, size, plan.optimizer, _pairs(plan, history, i), None, plan.on_host,
-                               plan.factor)):
+                      _scale_need(plan, size, history, i)):
             tiles.append(None)
             continue
         tile = _largest_tile(plan, avail, size, history)
@@ -519,8 +539,16 @@ def check(plan: Plan, avail: Available | None = None, tiling: Tiling | None = No
                                max(1, plan.min_side), long_side)
         hist = (largest_fitting(lambda h: avail.fits(_need_at(plan, long_side, small, h), SUGGEST_SHARE), 1, history)
                 if plan.optimizer == "lbfgs" else None)
-        advice = f"the largest size that fits is about --size {best - best % 8} (tiled, {small} px tiles)" if best else \
-            "not even the smallest size fits"
+        # Tiles cost their own sessions: under a tight limit a smaller untiled run can fit where no
+        # tiled one does (ulimit -v 1400 MB: about 520 px untiled, nothing tiled).
+        whole = largest_fitting(lambda s: avail.fits(_need_at(plan, s), SUGGEST_SHARE), max(1, plan.min_side),
+                                long_side)
+        if whole and (not best or whole >= best):
+            advice = f"the largest size that fits is about --size {whole - whole % 8 if whole >= 2 * plan.min_side else whole}"
+        elif best:
+            advice = f"the largest size that fits is about --size {best - best % 8} (tiled, {small} px tiles)"
+        else:
+            advice = "not even the smallest size fits"
         if hist:
             advice += f", or --history {hist} at this size"
         raise OutOfMemory(f"{plan.what}: {w}x{h} needs about {gib(needed)} of memory"

@@ -206,7 +206,9 @@ def test_save_every_and_report(tmp_path, examples):
     assert {"loss", "content", "style", "tv", "seconds", "style_layers"} <= set(data["records"][0])
     assert data["settings"]["size"] == 64
     # What actually ran, where the flags said "auto": the default model on the CPU runs its
-    # Winograd training graph with the optimizer in device buffers.
+    # Winograd training graph with the optimizer in device buffers, untiled (--tile auto: it fits).
+    tiling = data["runtime"].pop("tiling")
     assert data["runtime"] == {"providers": ["CPUExecutionProvider"], "device": "cpu",
                                "train_graph": "train_cpu.onnx", "loop": "device",
                                "provider_options": {}}
+    assert [s["tile"] for s in tiling["scales"]] == [None] and tiling["graphs"] is None
