@@ -426,6 +426,49 @@ writeFileSync({json.dumps(str(tmp_path / 'out.json'))}, JSON.stringify({{ out, f
     assert [tuple(f) for f in got["fits"]] == [fit_size(w, h, L) for w, h, L in fits]
 
 
+@needs_node
+def test_memory_refusal_adds_up_and_its_advice_fits(tmp_path):
+    """web/js/memory.js's refusal: the parts it lists add up to the need it states, the need is over
+    what a run may use (90% of the heap), and each size it says fits is accepted by the same check
+    while 8 px more is not (at the history it names)."""
+    manifest = json.loads((MODEL / "manifest.json").read_text())
+    script = tmp_path / "memory.mjs"
+    script.write_text(f"""
+import {{ check }} from {json.dumps((WEB / 'js' / 'memory.js').as_uri())};
+const info = {{ layers: {json.dumps(manifest['layers'])}, gradient: {json.dumps(manifest.get('gradient', 'autograd'))},
+  ep: 'wasm', heapLimit: 4 * 2 ** 30, minSize: 16 }};
+const out = [];
+for (const optimizer of ['lbfgs', 'adam']) for (const size of [700, 960, 1000, 1500, 3000]) {{
+  const i = {{ ...info, optimizer, history: 100 }};
+  const msg = check(i, size, 640, 427, [[512, 512]]);
+  const fits = (history, s) => check({{ ...i, history }}, s, 640, 427, [[512, 512]]) === null;
+  const best = msg && Number((msg.match(/fits is about (\\d+) px/) || [])[1]);
+  const low = msg && msg.match(/history of 20 \\(now 100\\), (?:about )?(\\d+) px fits/);
+  out.push({{ optimizer, size, msg, best: best ? [fits(100, best), fits(100, best + 8)] : null,
+    low: low ? [Number(low[1]), fits(20, Number(low[1])), fits(20, Number(low[1]) + 8)] : null }});
+}}
+console.log(JSON.stringify(out));
+""")
+    r = subprocess.run([NODE, str(script)], capture_output=True, text=True, timeout=60, check=True)
+    cases = json.loads(r.stdout)
+    accepted = {(c["optimizer"], c["size"]) for c in cases if c["msg"] is None}
+    assert accepted == {("lbfgs", 700), ("adam", 700), ("adam", 960), ("adam", 1000)}, accepted
+    gib = {"GiB": 1.0, "MiB": 1 / 1024}
+    for c in cases:
+        if c["msg"] is None:
+            continue
+        need = float(re.search(r"needs about ([\d.]+) GiB", c["msg"]).group(1))
+        assert need > 0.9 * 4 and "more than the 3.60 GiB a run may use" in c["msg"], c
+        parts = re.findall(r"([\d.]+) (GiB|MiB) for ", c["msg"])
+        assert len(parts) == 3 and abs(sum(float(v) * gib[u] for v, u in parts) - need) < 0.02, c["msg"]
+        assert c["best"] == [True, False], c  # the size it names fits, 8 px more does not
+        if c["optimizer"] == "lbfgs":
+            low, fits_low, fits_more = c["low"]
+            assert fits_low and (low == c["size"] or not fits_more), c
+        else:
+            assert c["low"] is None and "history" not in c["msg"], c
+
+
 # -- in the browser ------------------------------------------------------------------------------------
 def _python_records(content: Path, styles: list, size: int, iterations: int, optimizer: str = "lbfgs",
                     color: str = "none", loop: str = "device") -> list:
@@ -536,6 +579,10 @@ def test_page_run_128px_50_iterations_stop_resume_download(tmp_path, puppeteer):
             {"download": str(downloads)}]}, timeout=900)
     stopped = out["snapshots"]["stopped"]
     assert stopped["state"] == "stopped" and 20 <= len(stopped["records"]) < 50 and stopped["hasImage"], stopped["message"]
+    # a stopped run has no time left to show: the line says where it stopped
+    n = stopped["records"][-1]["iteration"]
+    assert stopped["progress"].startswith(f"stopped at iteration {n} / 50 · 128x96 · ") and "left" not in stopped["progress"], stopped["progress"]
+    assert out["progress"].startswith("done: iteration 50 / 50") and "left" not in out["progress"], out["progress"]
     assert out["state"] == "done", out["message"]
     recs = out["records"]
     assert [r["iteration"] for r in recs] == list(range(1, 51)) and (recs[0]["width"], recs[0]["height"]) == (128, 96)
@@ -552,10 +599,11 @@ def test_page_run_128px_50_iterations_stop_resume_download(tmp_path, puppeteer):
 
 @needs_browser
 def test_bad_input_gets_a_message_in_the_page(tmp_path, puppeteer):
-    """(3) Not an image, an empty file, a size that cannot fit in the browser's memory, and a model
+    """(3) Not an image, an empty file, a size that cannot fit in the browser's memory (one whose need
+    is below the heap's maximum: the message says what else takes the heap and what fits), and a model
     folder with a tampered file (served by `nst-ort web --model`, and picked from disk in the page):
     each gets a clear message in the page naming the file, no error in the console, no uncaught
-    exception."""
+    exception; a rejected model leaves no badge or status line saying it is still loading."""
     notes = tmp_path / "notes.jpg"
     notes.write_text("this is not a picture\n")
     empty = tmp_path / "empty.png"
@@ -572,6 +620,7 @@ def test_bad_input_gets_a_message_in_the_page(tmp_path, puppeteer):
             {"upload": "#content-file", "files": [str(EXAMPLES / "chelsea_cat.jpg")]},
             {"upload": "#style-files", "files": [str(EXAMPLES / "great_wave.jpg")]},
             {"set": {"size": 3000}}, {"click": "#start"}, {"until": "a.messageKind === 'error'"}, {"snapshot": "too big"},
+            {"set": {"size": 1000}}, {"click": "#start"}, {"until": "a.message.includes('1000x')"}, {"snapshot": "below the maximum"},
             {"upload": "#model-folder", "files": [str(tampered)], "images": False},
             {"until": "a.state === 'model-error'"}, {"snapshot": "picked tampered"}]})
     s = out["snapshots"]
@@ -580,21 +629,82 @@ def test_bad_input_gets_a_message_in_the_page(tmp_path, puppeteer):
     assert s["empty"]["message"] == "empty.png: empty file"
     big = s["too big"]
     assert big["state"] == "ready" and not big["records"]  # refused before anything ran
-    assert re.fullmatch(r"refused before starting: \d+x\d+ needs about [\d.]+ GiB of WebAssembly memory; a page's "
-                        r"wasm heap holds at most 4\.00 GiB; the largest size that fits is about \d+ px \(or lower the "
-                        r"L-BFGS history, now 100: .*\)", big["message"]), big["message"]
-    fits = int(re.search(r"about (\d+) px", big["message"]).group(1))
+    assert re.fullmatch(r"refused before starting: 3000x1996 needs about [\d.]+ GiB of WebAssembly memory, more than the "
+                        r"3\.60 GiB a run may use; the largest size that fits is about \d+ px; with an L-BFGS history of 20 "
+                        r"\(now 100\), about \d+ px fits\.\nWhat takes it: .*", big["message"]), big["message"]
+    fits = int(re.search(r"fits is about (\d+) px", big["message"]).group(1))
     assert 600 <= fits <= 1200
+    # Below the heap's 4 GiB and still refused: the message says why, with figures that add up.
+    below = s["below the maximum"]["message"]
+    need = float(re.search(r"1000x665 needs about ([\d.]+) GiB", below).group(1))
+    assert 3.6 < need < 4.0 and "more than the 3.60 GiB a run may use" in below, below
+    parts = re.search(r"What takes it: ([\d.]+) (MiB|GiB) for onnxruntime-web's wasm module, its sessions and the model's weights; "
+                      r"([\d.]+) GiB for the training graph's activations; ([\d.]+) GiB for 208 copies of the image \(the L-BFGS "
+                      r"history of 100 keeps 202\)\. A page's wasm heap holds at most 4\.00 GiB, and 10% of it \(410 MiB\) is kept "
+                      r"free because the heap only grows and fragments\.$", below)
+    assert parts, below
+    fixed = float(parts.group(1)) / (1024 if parts.group(2) == "MiB" else 1)
+    assert abs(fixed + float(parts.group(3)) + float(parts.group(4)) - need) < 0.02, below
+    assert "with an L-BFGS history of 20 (now 100), 1000 px fits." in below
     size = (tampered / "weights.bin").stat().st_size  # same size: one byte flipped
     mismatch = (f"weights.bin: sha256 mismatch (file changed or truncated: {size} bytes, manifest says {size}); "
                 "re-export or re-download the model")
-    assert s["picked tampered"]["message"] == "tampered/" + mismatch
+    then = "\nNo model is loaded: pick another model folder (model folder…), or reload the page for the one `nst-ort web` serves."
+    picked = s["picked tampered"]
+    assert picked["message"] == "tampered/" + mismatch + then
+    b = picked["backend"]  # the worker's backend, reported before the model was read
+    assert b["label"].startswith("wasm (SIMD") and picked["badges"] == {
+        "backend": f"{b['label']} · onnxruntime-web {b['version']}", "model": "model rejected"}, picked["badges"]
+    assert picked["progress"] == "no model loaded"
     assert out["pageErrors"] == [] and out["consoleErrors"] == []
 
     with serve(tampered) as url:
         out = drive({"url": url})
     assert out["state"] == "model-error"
-    assert out["message"] == "/model/" + mismatch
+    assert out["message"] == "/model/" + mismatch + then
+    # the backend opened before the model was refused: the badges say so, and nothing says "loading"
+    assert out["badges"]["model"] == "model rejected" and out["badges"]["backend"].startswith("wasm (SIMD"), out["badges"]
+    assert out["progress"] == "no model loaded"
+    assert out["pageErrors"] == [] and out["consoleErrors"] == []
+
+
+@needs_browser
+def test_keyboard_opens_the_file_choosers_and_each_bad_file_of_several_is_named(tmp_path, puppeteer):
+    """(4) With the keyboard alone (Tab, then Enter or Space) each file chooser opens: the model
+    folder's, the content's and the styles'; a click on a drop zone's empty part opens its chooser too.
+    Four style files chosen at once, two of them bad: the two good ones are added, and the message names
+    each bad one with what is wrong (the good file after them does not clear it). A folder with no files
+    of its own picked as the model: a message, the served model stays loaded."""
+    notes = tmp_path / "notes.jpg"
+    notes.write_text("this is not a picture\n")
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    nested = tmp_path / "models"
+    (nested / "vgg16").mkdir(parents=True)
+    (nested / "vgg16" / "manifest.json").write_text("{}")
+    wave, starry, cat = (str(EXAMPLES / n) for n in ("great_wave.jpg", "starry_night.jpg", "chelsea_cat.jpg"))
+    with serve() as url:
+        out = drive({"url": url + "?backend=wasm", "steps": [
+            {"tabTo": "#content-choose"}, {"press": "Enter", "chooser": [cat]}, {"snapshot": "content"},
+            {"tabTo": "#style-choose"}, {"press": "Space", "chooser": [wave, str(notes), str(empty), starry]},
+            {"snapshot": "styles"},
+            {"click": "#content-drop .drop-title", "chooser": [wave]}, {"snapshot": "clicked"},
+            {"tabTo": "#model-choose"}, {"press": "Enter", "chooser": [str(nested)], "images": False},
+            {"until": "a.message.startsWith('models/')"}, {"snapshot": "folder"}]})
+    s = out["snapshots"]
+    # the header's button first, then each zone's: nothing else to Tab through before them
+    assert out["tabs"]["#content-choose"] == 2 and out["tabs"]["#style-choose"] == 1, out["tabs"]
+    folder = s["folder"]
+    assert folder["message"] == "models/: no files directly in it; pick the model folder itself (the one holding manifest.json)"
+    assert folder["state"] == "ready" and folder["badges"]["model"].endswith("sha256 checked")  # the served model stays
+    assert s["content"]["content"] == "chelsea_cat.jpg" and s["content"]["messageKind"] == ""
+    st = s["styles"]
+    assert st["styles"] == ["great_wave.jpg", "starry_night.jpg"] and st["messageKind"] == "error"
+    lines = st["message"].split("\n")
+    assert lines[0] == "2 of the 4 files chosen were not added:" and len(lines) == 3, lines
+    assert re.fullmatch(r"notes\.jpg: not an image this browser can decode \(.*22 bytes\)", lines[1]), lines
+    assert lines[2] == "empty.png: empty file"
+    assert s["clicked"]["content"] == "great_wave.jpg" and s["clicked"]["messageKind"] == ""
     assert out["pageErrors"] == [] and out["consoleErrors"] == []
 
 
