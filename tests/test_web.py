@@ -560,7 +560,8 @@ def test_parity_with_the_python_runtime(tmp_path, puppeteer):
 @needs_browser
 def test_page_run_128px_50_iterations_stop_resume_download(tmp_path, puppeteer):
     """(2) A 128 px, 50-iteration run started from the page's own controls (JPEGs, default weights,
-    L-BFGS), stopped at iteration 20 and resumed, finishes; its style loss falls at least 10x; the
+    L-BFGS), stopped at iteration 20 (the status line then shows no time left) and resumed (the page
+    names the setting changed in between, which Resume does not apply), finishes; its style loss falls at least 10x; the
     image is drawn as it goes and downloads as a 128x96 PNG."""
     downloads = tmp_path / "downloads"
     downloads.mkdir()
@@ -574,7 +575,9 @@ def test_page_run_128px_50_iterations_stop_resume_download(tmp_path, puppeteer):
             {"click": "#stop"},
             {"until": "['stopped', 'done', 'error'].includes(a.state)"},
             {"snapshot": "stopped"},
+            {"set": {"tv-weight": 1}},
             {"click": "#resume"},
+            {"snapshot": "resumed"},
             {"until": "['done', 'error'].includes(a.state)"},
             {"download": str(downloads)}]}, timeout=900)
     stopped = out["snapshots"]["stopped"]
@@ -583,6 +586,9 @@ def test_page_run_128px_50_iterations_stop_resume_download(tmp_path, puppeteer):
     n = stopped["records"][-1]["iteration"]
     assert stopped["progress"].startswith(f"stopped at iteration {n} / 50 · 128x96 · ") and "left" not in stopped["progress"], stopped["progress"]
     assert out["progress"].startswith("done: iteration 50 / 50") and "left" not in out["progress"], out["progress"]
+    # Resume goes on with the run's settings; the page says which ones the form changed since
+    assert out["snapshots"]["resumed"]["message"] == ("resumed with the settings the run started with; changed since, and "
+                                                      "used at the next Start: TV weight")
     assert out["state"] == "done", out["message"]
     recs = out["records"]
     assert [r["iteration"] for r in recs] == list(range(1, 51)) and (recs[0]["width"], recs[0]["height"]) == (128, 96)
@@ -685,6 +691,7 @@ def test_keyboard_opens_the_file_choosers_and_each_bad_file_of_several_is_named(
     wave, starry, cat = (str(EXAMPLES / n) for n in ("great_wave.jpg", "starry_night.jpg", "chelsea_cat.jpg"))
     with serve() as url:
         out = drive({"url": url + "?backend=wasm", "steps": [
+            {"snapshot": "empty"},
             {"tabTo": "#content-choose"}, {"press": "Enter", "chooser": [cat]}, {"snapshot": "content"},
             {"tabTo": "#style-choose"}, {"press": "Space", "chooser": [wave, str(notes), str(empty), starry]},
             {"snapshot": "styles"},
@@ -697,9 +704,12 @@ def test_keyboard_opens_the_file_choosers_and_each_bad_file_of_several_is_named(
     folder = s["folder"]
     assert folder["message"] == "models/: no files directly in it; pick the model folder itself (the one holding manifest.json)"
     assert folder["state"] == "ready" and folder["badges"]["model"].endswith("sha256 checked")  # the served model stays
+    # why Start is greyed out
+    assert s["empty"]["hint"] == "add a content image and a style image to start"
     assert s["content"]["content"] == "chelsea_cat.jpg" and s["content"]["messageKind"] == ""
+    assert s["content"]["hint"] == "add a style image to start"
     st = s["styles"]
-    assert st["styles"] == ["great_wave.jpg", "starry_night.jpg"] and st["messageKind"] == "error"
+    assert st["styles"] == ["great_wave.jpg", "starry_night.jpg"] and st["messageKind"] == "error" and st["hint"] == ""
     lines = st["message"].split("\n")
     assert lines[0] == "2 of the 4 files chosen were not added:" and len(lines) == 3, lines
     assert re.fullmatch(r"notes\.jpg: not an image this browser can decode \(.*22 bytes\)", lines[1]), lines

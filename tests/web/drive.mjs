@@ -17,7 +17,7 @@
 //   { screenshot: PATH, fullPage: bool }
 //   { download: DIR }                                 clicks Download, waits for the file in DIR
 // result: { state, message, messageKind, records, backend, model, heap, initDigest, resultSize, progress,
-//           badges, tabs, snapshots, pageErrors, consoleErrors, error? }
+//           hint, content, styles, badges, tabs, snapshots, pageErrors, consoleErrors, error? }
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
@@ -39,7 +39,7 @@ function snapshotIn(page) {
       state: a.state, message: a.message, messageKind: a.messageKind, records: a.records, backend: a.backend,
       model: a.model, heap: a.heap, initDigest: a.initDigest, resultSize: a.resultSize, hasImage: a.hasImage,
       progress: document.getElementById('progress-text')?.textContent,
-      content: a.content?.name ?? null, styles: (a.styles || []).map((x) => x.name),
+      hint: document.getElementById('start-hint')?.textContent, content: a.content?.name ?? null, styles: (a.styles || []).map((x) => x.name),
       badges: { backend: document.getElementById('backend')?.textContent, model: document.getElementById('model')?.textContent },
     };
   });

@@ -39,6 +39,10 @@ function setState(state) {
   $('model-folder').disabled = busy;
   $('model-choose').disabled = busy;
   $('backend-pref').disabled = busy;
+  // why Start is greyed out, where the inputs are the reason (a refused model has its own message)
+  const missing = [!app.content && 'a content image', !app.styles.length && 'a style image'].filter(Boolean);
+  $('start-hint').textContent = state === 'loading' ? 'loading the model…'
+    : missing.length && !['model-error', 'error'].includes(state) ? `add ${missing.join(' and ')} to start` : '';
 }
 
 function fmt(x) {
@@ -261,7 +265,7 @@ function drawImage({ width, height, rgba }) {
 }
 
 // -- inputs -------------------------------------------------------------------------------------
-function thumb(name, file, extra) {
+function thumb(name, file, extra, size = '') {
   const div = document.createElement('div');
   div.className = 'thumb';
   const img = document.createElement('img');
@@ -272,6 +276,12 @@ function thumb(name, file, extra) {
   label.textContent = name;
   label.title = name;
   div.append(img, label);
+  if (size) {
+    const dims = document.createElement('span');
+    dims.className = 'size';
+    dims.textContent = size;
+    div.append(dims);
+  }
   if (extra) extra(div);
   return div;
 }
@@ -299,7 +309,7 @@ async function setContent(files) {
   try {
     const image = await decodeImage(file);
     app.content = { name: file.name, image };
-    $('content-thumb').replaceChildren(thumb(`${file.name} · ${image.width}x${image.height}`, file));
+    $('content-thumb').replaceChildren(thumb(file.name, file, null, `${image.width}x${image.height}`));
   } catch (e) {
     problems.push(e);
   }
@@ -333,7 +343,7 @@ async function addStyles(files) {
           $('style-choose').focus(); // the removed button had the focus
         });
         div.append(w, x);
-      });
+      }, `${image.width}x${image.height}`);
       $('style-thumbs').append(el);
     } catch (e) {
       problems.push(e);
@@ -408,6 +418,7 @@ function start() {
     setMessage(`refused before starting: ${refusal}`, 'error');
     return;
   }
+  app.runSettings = { ...settings, styles: app.styles.map((x) => `${x.name}:${x.weight}`).join(', '), content: app.content.name };
   const payload = {
     type: 'start', settings,
     content: app.content.image,
@@ -433,6 +444,20 @@ function resume() {
   setMessage('');
   showProgress();
   worker.postMessage({ type: 'resume', iterations });
+  // Resume goes on with the run's own image, inputs and settings: say so where the form now differs
+  const changed = changedSince(app.runSettings);
+  if (changed.length) setMessage(`resumed with the settings the run started with; changed since, and used at the next Start: ${changed.join(', ')}`, 'info');
+}
+
+const SETTING_LABELS = {
+  size: 'size', optimizer: 'optimizer', lr: 'learning rate', history: 'history', contentWeight: 'content weight', styleWeight: 'style weight',
+  tvWeight: 'TV weight', color: 'color', init: 'start from', styles: 'style images or weights', content: 'content image',
+};
+
+function changedSince(run) {
+  if (!run || !app.model || !app.content) return [];
+  const now = { ...readSettings().settings, styles: app.styles.map((x) => `${x.name}:${x.weight}`).join(', '), content: app.content.name };
+  return Object.keys(SETTING_LABELS).filter((k) => now[k] !== run[k] && !(Number.isNaN(now[k]) && Number.isNaN(run[k]))).map((k) => SETTING_LABELS[k]);
 }
 
 function download() {
