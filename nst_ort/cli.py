@@ -69,7 +69,7 @@ def build_config(args, artifacts) -> tuple[Config, Path | None]:
         style_scale=args.style_scale, init=args.init, seed=args.seed or 0, color=args.color, loss=loss,
         optim=optim_cfg, model=Path(args.model) if args.model else None, device=args.device, provider=args.provider,
         threads=args.threads, precision=args.precision, loop=args.loop,
-        provider_options=_provider_options(args),
+        provider_options=_provider_options(args), tile=getattr(args, "tile", None),
     )
     cfg.validate()
     return cfg, Path(args.output)
@@ -144,7 +144,8 @@ def stylize_one(cfg: Config, out: Path, args, artifacts, label: str = "") -> str
     targets, snaps = _targets(cfg, out, args, sizes[-1], largest, total)
     check_writes(targets, _sources(cfg, artifacts, resume), snaps, resume)
     plan = stylizer.memory_plan()
-    memory.check(plan)  # before any image is decoded: their headers give the sizes
+    tiling = stylizer.plan_tiling()  # --tile auto: untiled where it fits, else tiles (and the L-BFGS history)
+    memory.check(plan, tiling=tiling)  # before any image is decoded: their headers give the sizes
     fingerprint = checkpoint.fingerprint(cfg)
     if resume is not None:
         try:

@@ -22,7 +22,7 @@ FLAGS = {
     "loss.content_layer": "--content-layer", "styles.weight": "--style-weights", "styles": "STYLE",
     "optim.name": "--optimizer", "optim.iterations": "--iterations", "optim.lr": "--lr",
     "optim.history": "--history", "threads": "--threads", "device": "--device", "loop": "--loop",
-    "precision": "--precision", "save_every": "--save-every",
+    "precision": "--precision", "save_every": "--save-every", "tile": "--tile",
 }
 
 
@@ -148,6 +148,10 @@ class Config:
     loop: str = "auto"  # device (image, gradient, optimizer state in device buffers) | host | auto (device if the model has optimizer graphs)
     precision: str = "fp32"  # fp32 | tf32 (CUDA: TensorFloat-32 convolutions and matmuls) | fp16 (the model's train_fp16.onnx)
     provider_options: dict[str, str] | None = None  # options of the chosen provider (--provider-option KEY=VALUE)
+    # --tile: a tile's own size in px (a multiple of the model's pool grid, manifest "tiling"), the
+    # exact tiled loss and gradient at every scale (nst_ort/tiling.py, docs/tiling.md); None: auto
+    # (untiled where the memory estimate of the whole image fits, else the largest tile that fits).
+    tile: int | None = None
 
     def resolved_init(self) -> str:
         """init as it applies: a texture (no content image) starts from noise where init says content."""
@@ -216,6 +220,8 @@ class Config:
         self.optim.validate()
         if self.threads is not None:
             check_int("threads", self.threads, maximum=max_threads())
+        if self.tile is not None:
+            check_int("tile", self.tile)
         if self.loop not in ("auto", "device", "host"):
             raise Invalid("loop", f"unknown loop {self.loop!r}: use auto, device or host")
         if self.loop == "device" and self.optim.average:

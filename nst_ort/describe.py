@@ -78,7 +78,7 @@ def info(artifacts, as_json: bool) -> int:
 
 def print_plan(stylizer, cfg: Config, out: Path, targets: list[Target], plan, args, label: str) -> None:
     info = stylizer.plan()
-    a = memory.assess(plan)
+    a = memory.assess(plan, tiling=stylizer.tiling)
     weights = stylizer.weights_used()
     data = {"content": str(cfg.content) if cfg.content else None,
             "styles": [{"path": str(s.path), "weight": s.weight, "mask": str(s.mask) if s.mask else None}
@@ -113,7 +113,7 @@ def print_plan(stylizer, cfg: Config, out: Path, targets: list[Target], plan, ar
     for k, sc in enumerate(steps):
         row("schedule" if k == 0 else "", f"scale {sc['scale']} of {len(steps)}: {sc['width']}x{sc['height']}, "
             f"{sc['iterations']} iteration{'s' if sc['iterations'] != 1 else ''}")
-    opt = f"L-BFGS, history {cfg.optim.history}" if cfg.optim.name == "lbfgs" else "Adam"
+    opt = f"L-BFGS, history {stylizer.config.optim.history}" if cfg.optim.name == "lbfgs" else "Adam"
     row("", f"{cfg.total_iterations()} in all; {opt}, lr {cfg.optim.learning_rate():g}")
     w = weights
     row("weights", f"content {_number(w['content_weight'])} on {', '.join(w['content_layers']) or '-'}; style "
@@ -124,4 +124,10 @@ def print_plan(stylizer, cfg: Config, out: Path, targets: list[Target], plan, ar
     have = (f"{memory.gib(a.available.resident)} available ({a.available.source})"
             if a.available.resident is not None else "available memory unknown")
     row("memory", f"about {memory.gib(need)} at {a.size[0]}x{a.size[1]}; {have}")
+    t = info["tiling"]
+    for k, sc in enumerate(t["scales"]):
+        text = sc["layout"] if sc["tile"] else "untiled"
+        row("tiling" if k == 0 else "", f"{sc['width']}x{sc['height']}: {text}")
+    for note in t["notes"]:
+        row("", note)
     row("writes", "; ".join(f"{t.path} ({t.flag})" for t in targets))

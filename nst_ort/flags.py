@@ -72,6 +72,13 @@ def _size_pair(text: str) -> tuple[int, int]:
     return w, h
 
 
+def _tile(text: str) -> int | None:
+    """--tile N (px) or auto (None)."""
+    if text.strip().lower() == "auto":
+        return None
+    return check_int("tile", _int(text))
+
+
 def _layer_weights(text: str) -> dict[str, float]:
     out: dict[str, float] = {}
     for item in _items(text):
@@ -151,6 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--average", action="store_true",
                    help="output a running average of the iterates (EMA, decay 0.9); off by default: "
                         "no gain measured at 256 px (benchmarks/RESULTS.md)")
+    g.add_argument("--tile", type=_typed(_tile), default=None,
+                   help="N: compute the loss and gradient exactly in tiles of N px (a multiple of the model's "
+                   "grid, 16 for VGG16), for sizes beyond memory; auto (default): untiled where the whole image "
+                   "fits in memory, else the largest tile that fits (docs/tiling.md)")
     r = p.add_argument_group("runtime")
     r.add_argument("--model", help="artifact folder (default: the embedded VGG16)")
     r.add_argument("--device", default="auto", help="auto, cpu or cuda")

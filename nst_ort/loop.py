@@ -61,8 +61,9 @@ class HostLoop:
     kind = "host"
 
     def __init__(self, graphs: Graphs, feeds: dict[str, np.ndarray], x0: np.ndarray, optimizer,
-                 terms: list[Term] | None = None):
-        self.train = TrainStep(graphs, feeds, x0.shape)
+                 terms: list[Term] | None = None, train=None):
+        """train: another evaluation with TrainStep's call (tiling.TiledTrainStep); default TrainStep."""
+        self.train = train if train is not None else TrainStep(graphs, feeds, x0.shape)
         self.terms = bind(terms, graphs.placement.device, x0.shape)
         self.optimizer = optimizer  # optim.LBFGS or optim.Adam
         self.x = x0
@@ -111,17 +112,18 @@ def choose_loop(config: Config, artifacts: Artifacts) -> str:
 
 
 def make_loop(kind: str, graphs: Graphs, feeds: dict[str, np.ndarray], x0: np.ndarray, config: OptimConfig,
-              state: dict | None = None, terms: list[Term] | None = None) -> Loop:
+              state: dict | None = None, terms: list[Term] | None = None, train=None) -> Loop:
     """A loop of `kind` from x0 [1, 3, H, W] with the training graph fed `feeds` (targets and weights);
     state: an optimizer state_dict to go on from (a checkpoint's, of either kind of loop); terms:
-    extra loss terms run after the training graph at every step."""
+    extra loss terms run after the training graph at every step; train: the host loop's evaluation
+    instead of TrainStep (tiling.TiledTrainStep: a tiled run takes the host loop)."""
     if state is not None and state.get("kind") != config.name:
         raise UsageError(f"the saved optimizer state is {state.get('kind')!r}, this run uses {config.name!r}")
-    if kind == "device":
+    if kind == "device" and train is None:
         loop = DeviceLoop(graphs, feeds, x0, config.name, config.learning_rate(), config.history, terms)
     else:
         loop = HostLoop(graphs, feeds, x0, optim.make(config.name, x0.size, config.learning_rate(), config.history),
-                        terms)
+                        terms, train)
     if state is not None:
         loop.load_state_dict(state)
     return loop

@@ -284,6 +284,16 @@ class Plan:
     on_host: bool = True  # activations in host memory (CPU provider)
     factor: float = GRAPH_FACTOR  # graph_factor(manifest)
     images: tuple[ImageInput, ...] = ()  # the input files, checked before they are decoded
+    # Tiling (nst_ort/tiling.py): align and halo from the manifest's "tiling" entry (align 0: the
+    # model has no tiled graphs); tile: --tile N, or None for auto.
+    align: int = 0
+    halo: int = 0
+    tile: int | None = None
+    content_floats: float = 0.0  # floats per pixel of the content targets a tiled run keeps
+    styles: int = 1  # masks kept at each style layer's size (tiled)
+    # iterations per scale (schedule order): L-BFGS fills one history row per iteration and its
+    # buffers are zero pages until then, so a scale holds at most min(history, iterations) pairs
+    iterations: tuple[int, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -303,14 +313,98 @@ def _kept(plan: Plan) -> int:
     return sum(KEPT_BYTES_PER_PIXEL * im.pixels for im in plan.images if im.kept)
 
 
-def _need_at(plan: Plan, side: int) -> Need:
+# A tiled step's image-sized host arrays besides the optimizer's: the image, the gradient, TV's
+# differences and gradient, the crops' copies (float32 [3, H, W] each, counted generously).
+TILED_IMAGE_VECTORS = 8
+
+
+def tiled_estimate(plan: Plan, size: tuple[int, int], tile: int, history: int) -> Need:
+    """Bytes a tiled scale at size (w, h) adds: one crop's activations (tile + 2 halo, clipped),
+    the image-sized host arrays, the kept targets and masks, the optimizer's vectors."""
+    w, h = size
+    cw, ch = min(w, tile + 2 * plan.halo), min(h, tile + 2 * plan.halo)
+    graph = plan.factor * _per_pixel(plan.layers) * FLOAT * cw * ch if plan.on_host else 0.0
+    per_px = (TILED_IMAGE_VECTORS * 3 + plan.content_floats + 1.34 * plan.styles) * FLOAT
+    vectors = 2 * history + 4 if plan.optimizer == "lbfgs" else 5
+    host = per_px * w * h + vectors * FLOAT * 3 * w * h
+    return Need(int(FIXED + graph + host), int(FIXED + ADDRESS_EXTRA + ADDRESS_FACTOR * graph + host))
+
+
+def _scaled(plan: Plan, side: int) -> tuple[int, int]:
     w, h = max(plan.sizes, key=lambda s: s[0] * s[1])
     long_side = max(w, h)
-    sw, sh = max(1, round(w * side / long_side)), max(1, round(h * side / long_side))
-    style = (max(1, round(sw * plan.style_scale)), max(1, round(sh * plan.style_scale)))
-    run = estimate(plan.layers, (sw, sh), plan.optimizer, plan.history, style, plan.on_host, plan.factor)
+    return max(1, round(w * side / long_side)), max(1, round(h * side / long_side))
+
+
+def _pairs(plan: Plan, history: int, scale: int | None = None) -> int:
+    """The L-BFGS pairs a scale touches (the largest scale's when scale is None)."""
+    if not plan.iterations:
+        return history
+    i = _largest_index(plan) if scale is None else scale
+    return max(1, min(history, plan.iterations[i]))
+
+
+def _need_at(plan: Plan, side: int, tile: int | None = None, history: int | None = None) -> Need:
+    sw, sh = _scaled(plan, side)
+    history = _pairs(plan, plan.history if history is None else history)
+    if tile:
+        run = tiled_estimate(plan, (sw, sh), tile, history)
+    else:
+        style = (max(1, round(sw * plan.style_scale)), max(1, round(sh * plan.style_scale)))
+        run = estimate(plan.layers, (sw, sh), plan.optimizer, history, style, plan.on_host, plan.factor)
     kept = _kept(plan)
     return Need(run.resident + kept, run.address + kept)
+
+
+@dataclasses.dataclass(frozen=True)
+class Tiling:
+    """The memory plan's decision: a tile per scale (None: untiled) and the L-BFGS history."""
+
+    tiles: tuple[int | None, ...]  # per scale, in schedule order
+    history: int
+    notes: tuple[str, ...] = ()  # what was decided and why (printed as warnings, --dry-run)
+
+
+def _largest_tile(plan: Plan, avail: Available, size: tuple[int, int], history: int) -> int | None:
+    """The largest tile (a multiple of align, at most the image's long side) whose run fits."""
+    top = -(-max(size) // plan.align)
+    k = largest_fitting(lambda k: avail.fits(_need_at(plan, max(size), k * plan.align, history), SUGGEST_SHARE), 1, top)
+    return None if k is None else k * plan.align
+
+
+def plan_tiling(plan: Plan, avail: Available | None = None) -> Tiling:
+    """--tile N: that tile at every scale. --tile auto: untiled where the whole image fits, else the
+    largest tile that fits; where not even the smallest tile fits with --history, the largest
+    history that does (the L-BFGS vectors are image-sized: history 100 at 8192x6144 is 120 GB)."""
+    n = len(plan.sizes)
+    if plan.tile is not None:
+        return Tiling((plan.tile,) * n, plan.history)
+    if not plan.align or os.environ.get("NST_ORT_MEMORY_CHECK", "1") == "0":
+        return Tiling((None,) * n, plan.history)
+    avail = avail or available()
+    if avail.resident is None and avail.address is None:
+        return Tiling((None,) * n, plan.history)
+    history, notes, tiles = plan.history, [], []
+    largest = max(plan.sizes, key=lambda s: s[0] * s[1])
+    if (plan.optimizer == "lbfgs" and not avail.fits(_need_at(plan, max(largest)))
+            and not avail.fits(_need_at(plan, max(largest), plan.align, history), SUGGEST_SHARE)):
+        best = largest_fitting(lambda h: avail.fits(_need_at(plan, max(largest), 4 * plan.align, h), SUGGEST_SHARE),
+                               1, history)
+        if best is not None and best < history:
+            notes.append(f"L-BFGS history {best} instead of {history}: {2 * history} image-sized vectors at "
+                         f"{largest[0]}x{largest[1]} do not fit in memory")
+            history = best
+    for i, size in enumerate(plan.sizes):
+        if avail.fits(_need_at(plan, max(size), None, history) if size == largest else
+                      estimate(plan.layers, size, plan.optimizer, _pairs(plan, history, i), None, plan.on_host,
+                               plan.factor)):
+            tiles.append(None)
+            continue
+        tile = _largest_tile(plan, avail, size, history)
+        tiles.append(tile)
+        if tile is not None:
+            notes.append(f"{size[0]}x{size[1]} tiled in {tile} px tiles (the whole image does not fit in memory)")
+    return Tiling(tuple(tiles), history, tuple(notes))
 
 
 def _decode_need(plan: Plan) -> tuple[Need, ImageInput | None]:
@@ -322,16 +416,21 @@ def _decode_need(plan: Plan) -> tuple[Need, ImageInput | None]:
     return Need(FIXED + kept + extra, FIXED + ADDRESS_EXTRA + kept + extra), big
 
 
-def assess(plan: Plan, avail: Available | None = None) -> Assessment:
-    """The figures check() decides on (also what --dry-run prints)."""
+def _largest_index(plan: Plan) -> int:
+    return max(range(len(plan.sizes)), key=lambda i: plan.sizes[i][0] * plan.sizes[i][1])
+
+
+def assess(plan: Plan, avail: Available | None = None, tiling: Tiling | None = None) -> Assessment:
+    """The figures check() decides on (also what --dry-run prints); tiling: plan_tiling's decision."""
     avail = avail or available()
     w, h = max(plan.sizes, key=lambda s: s[0] * s[1])
-    return Assessment(_need_at(plan, max(w, h)), _decode_need(plan)[0], avail, (w, h))
+    tile, history = (tiling.tiles[_largest_index(plan)], tiling.history) if tiling else (None, None)
+    return Assessment(_need_at(plan, max(w, h), tile, history), _decode_need(plan)[0], avail, (w, h))
 
 
-def check(plan: Plan, avail: Available | None = None) -> None:
-    """Raise OutOfMemory if decoding the inputs or the largest scale would not fit; name the file,
-    and the size that would fit."""
+def check(plan: Plan, avail: Available | None = None, tiling: Tiling | None = None) -> None:
+    """Raise OutOfMemory if decoding the inputs or the largest scale would not fit (tiled as
+    `tiling` says); name the file, and the size or history that would fit."""
     if os.environ.get("NST_ORT_MEMORY_CHECK", "1") == "0":
         return
     avail = avail or available()
@@ -348,10 +447,28 @@ def check(plan: Plan, avail: Available | None = None) -> None:
                           "scale it down first")
     w, h = max(plan.sizes, key=lambda s: s[0] * s[1])
     long_side = max(w, h)
-    need = _need_at(plan, long_side)
+    if tiling is None and plan.align:  # callers that did not plan (video, distributed): as Stylizer would
+        tiling = plan_tiling(plan, avail)
+    tile, history = (tiling.tiles[_largest_index(plan)], tiling.history) if tiling else (None, plan.history)
+    need = _need_at(plan, long_side, tile, history)
     if avail.fits(need):
         return
     needed, have, source = avail.binding(need)
+    if plan.align:  # tiled graphs: only the image-sized vectors limit the size
+        small = tile or 4 * plan.align
+        if not tile:  # not even the smallest tile fits: say what that needs
+            needed, have, source = avail.binding(_need_at(plan, long_side, small, history))
+        best = largest_fitting(lambda s: avail.fits(_need_at(plan, s, small, history), SUGGEST_SHARE),
+                               max(1, plan.min_side), long_side)
+        hist = (largest_fitting(lambda h: avail.fits(_need_at(plan, long_side, small, h), SUGGEST_SHARE), 1, history)
+                if plan.optimizer == "lbfgs" else None)
+        advice = f"the largest size that fits tiled ({small} px tiles) is about --size {best - best % 8}" if best else \
+            "not even the smallest size fits"
+        if hist:
+            advice += f", or --history {hist} at this size"
+        raise OutOfMemory(f"{plan.what}: {w}x{h} needs about {gib(needed)} of memory"
+                          f"{f' in {tile} px tiles' if tile else f' even in {small} px tiles'}, {gib(have)} is "
+                          f"available ({source}); {advice}")
     best = largest_fitting(lambda s: avail.fits(_need_at(plan, s), SUGGEST_SHARE), max(1, plan.min_side), long_side)
     if best and best >= 2 * plan.min_side:
         best -= best % 8  # a round number; the estimate is not that precise anyway

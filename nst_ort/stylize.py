@@ -42,6 +42,7 @@ from .providers import choose
 from .session import Graphs
 from .targets import Targets, chw, hwc
 from .terms import Term
+from .tiling import Layout, TiledGraphs, TiledTrainStep, no_tiling_reason, tiled_features, tiling_entry
 from .weights import resolve_weights
 
 
@@ -90,6 +91,15 @@ class Stylizer:
         self._targets: Targets | None = None
         self.check_sizes()
         self.loop_kind = choose_loop(config, self.artifacts)  # host or device, for the whole run
+        self._tiled = None  # tiling.TiledGraphs, made on first use
+        self.tiling: memory.Tiling | None = None  # set by plan_tiling (the CLI's memory plan) or on first use
+        if config.tile is not None:
+            entry = tiling_entry(self.artifacts)
+            if entry is None:
+                raise UsageError(no_tiling_reason(self.artifacts))
+            if config.tile % int(entry["align"]):
+                raise UsageError(f"--tile {config.tile}: must be a multiple of {entry['align']} px for this model "
+                                 "(its pooling grid)")
         self._reset()
 
     def _reset(self) -> None:
@@ -117,10 +127,44 @@ class Stylizer:
         return self._graphs
 
     @property
+    def tiled_graphs(self) -> TiledGraphs:
+        """The tile graphs' sessions (made on first use, by a tiled scale)."""
+        if self._tiled is None:
+            self._tiled = TiledGraphs(self.artifacts, self.graphs.placement)
+        return self._tiled
+
+    def plan_tiling(self, avail: memory.Available | None = None) -> memory.Tiling:
+        """The memory plan's tiling (memory.plan_tiling): a tile per scale, the L-BFGS history (lowered
+        where the image-sized history does not fit). Decided once per run; the CLI calls it before its
+        memory check, a library caller gets it at the first scale."""
+        if self.tiling is None:
+            self.tiling = memory.plan_tiling(self.memory_plan(), avail)
+            if self.tiling.history != self.config.optim.history:
+                self.config = dataclasses.replace(
+                    self.config, optim=dataclasses.replace(self.config.optim, history=self.tiling.history))
+            for note in self.tiling.notes:
+                if "history" in note:  # changes the optimization; a tiling changes only the speed (exact)
+                    self.warn(note)
+        return self.tiling
+
+    def tile_at(self, scale: int) -> int | None:
+        """The tile of a scale (None: untiled)."""
+        return self.plan_tiling().tiles[scale]
+
+    def _features(self, image: np.ndarray) -> dict[str, np.ndarray]:
+        """The eval graph's outputs for an image: tiled where the current scale is (a print-size style
+        image), with the content features of layers of weight 0 as zeros that take no memory."""
+        tile = self.tile_at(self.scale)
+        if tile is None:
+            return self.graphs.features(image)
+        keep = {n for n, w in zip(self.artifacts.content_layers, self.weights.content_layers) if w}
+        return tiled_features(self.tiled_graphs, image, tile, keep)
+
+    @property
     def targets(self) -> Targets:
         """The decoded input images and what they become at each scale (decoded on first use)."""
         if self._targets is None:
-            self._targets = Targets(self.config, self.artifacts, lambda image: self.graphs.features(image),
+            self._targets = Targets(self.config, self.artifacts, self._features,
                                     self.weights, self.warn, content=self._content)
         return self._targets
 
@@ -227,8 +271,17 @@ class Stylizer:
                 if np.ndim(a) == 4 and tuple(np.shape(a)[2:]) != (size[1], size[0]):
                     raise UsageError(f"term {term.name!r}: input {name} is {np.shape(a)[3]}x{np.shape(a)[2]}, "
                                      f"the image at this scale {size[0]}x{size[1]}")
+        tile = self.tile_at(self.scale)
+        train = None
+        if tile is not None:
+            # Deviation from the untiled run: the device loop is not tiled yet; a tiled scale runs
+            # the host loop (same optimizer, same state format, so scales and resumes mix freely).
+            if self.loop_kind == "device" and not getattr(self, "_said_host", False):
+                self.warn("tiled scales run the host loop (the device loop has no tiled step yet)")
+                self._said_host = True
+            train = TiledTrainStep(self.tiled_graphs, feeds, x0.shape, tile)
         self.loop = make_loop(self.loop_kind, self.graphs, feeds, x0, self.config.optim, self._optimizer_state,
-                              self.terms)
+                              self.terms, train)
         self._x = self._optimizer_state = None
 
     def _end_scale(self) -> None:
@@ -328,7 +381,22 @@ class Stylizer:
         """What runs, where the config says "auto": providers, training graph, loop (for the report)."""
         return {"providers": self.graphs.train.get_providers(), "device": self.graphs.placement.device,
                 "train_graph": self.graphs.train_path.name, "loop": self.loop_kind,
-                "provider_options": dict(self.graphs.placement.options)}
+                "provider_options": dict(self.graphs.placement.options), "tiling": self.tiling_info()}
+
+    def tiling_info(self) -> dict:
+        """How the run is tiled (report, --dry-run): per scale its tile (None: untiled) and layout."""
+        t = self.plan_tiling()
+        entry = tiling_entry(self.artifacts) or {}
+        scales = []
+        for tile, (w, h) in zip(t.tiles, self.sizes()):
+            layout = None if tile is None else Layout.of(h, w, tile, int(entry["align"]), int(entry["halo"]))
+            scales.append({"width": w, "height": h, "tile": tile,
+                           "layout": None if layout is None else layout.describe(),
+                           "crops": None if layout is None else len(layout.tiles)})
+        return {"align": entry.get("align"), "halo": entry.get("halo"), "history": t.history,
+                "loop": "host" if any(t.tiles) else self.loop_kind,  # tiled scales: the host loop
+                "notes": list(t.notes), "scales": scales,
+                "graphs": None if not any(t.tiles) else "tile_*_cpu.onnx" if self.placement.train_variant == "cpu" else "tile_*.onnx"}
 
     def weights_used(self) -> dict:
         """The loss weights this run uses (the model's defaults where the config left them unset)."""
@@ -344,7 +412,7 @@ class Stylizer:
         return {"providers": list(self.placement.providers), "device": self.placement.device,
                 "train_graph": self.artifacts.train_graph_path(self.placement.train_variant).name, "loop": self.loop_kind,
                 "provider_options": dict(self.placement.options),
-                "threads": self.placement.threads,
+                "threads": self.placement.threads, "tiling": self.tiling_info(),
                 "schedule": [{"scale": k + 1, "long_side": side, "width": w, "height": h, "iterations": n}
                              for k, ((side, n), (w, h)) in enumerate(zip(self.schedule, self.sizes()))]}
 
@@ -362,7 +430,18 @@ class Stylizer:
             what=str(cfg.content) if cfg.content is not None else "texture", layers=art.manifest["layers"],
             sizes=self.sizes(), optimizer=cfg.optim.name, history=cfg.optim.history, min_side=art.min_size,
             style_scale=cfg.style_scale, on_host=self.placement.device == "cpu", factor=memory.graph_factor(art.manifest),
-            images=images)
+            images=images, **self._tiling_plan())
+
+    def _tiling_plan(self) -> dict:
+        entry = tiling_entry(self.artifacts)
+        if entry is None:
+            return {}
+        info = self.artifacts.layer_info
+        kept = sum(info[n]["channels"] / info[n]["stride"] ** 2
+                   for n, w in zip(self.artifacts.content_layers, self.weights.content_layers) if w)
+        return {"align": int(entry["align"]), "halo": int(entry["halo"]), "tile": self.config.tile,
+                "content_floats": kept, "styles": len(self.config.styles),
+                "iterations": tuple(n for _, n in self.schedule)}
 
     def state_dict(self) -> dict:
         """Everything needed to resume: the CheckpointState (checkpoint.py writes it)."""
