@@ -469,6 +469,59 @@ console.log(JSON.stringify(out));
             assert c["low"] is None and "history" not in c["msg"], c
 
 
+@needs_node
+def test_tiling_layout_tv_and_the_memory_plan(tmp_path):
+    """web/js/tiling.js lays tiles out as nst_ort.tiling.Layout and computes TV and its gradient as
+    nst_ort.tiling.tv_term; web/js/memory.js plans a 2048 px run in tiles within the wasm heap (the
+    history lowered, said in the note), leaves a run that fits whole untiled, and without the tile
+    graphs still refuses, and never tiles on WebGPU."""
+    from nst_ort.tiling import Layout, tv_term
+
+    manifest = json.loads((MODEL / "manifest.json").read_text())
+    if not isinstance(manifest.get("tiling"), dict):
+        pytest.skip("models/vgg16 has no tiled graphs (python -m nst_ort_export.tiled models/vgg16)")
+    rng = np.random.default_rng(3)
+    x = rng.random((1, 3, 23, 31), dtype=np.float32)
+    (tmp_path / "x.bin").write_bytes(x.tobytes())
+    shapes = [(100, 66, 32), (66, 100, 48), (1536, 2048, 256), (17, 50, 16), (64, 64, 64)]
+    script = tmp_path / "tiling.mjs"
+    script.write_text(f"""
+import {{ layout, tvTerm }} from {json.dumps((WEB / 'js' / 'tiling.js').as_uri())};
+import {{ plan }} from {json.dumps((WEB / 'js' / 'memory.js').as_uri())};
+import {{ readFileSync }} from 'node:fs';
+const buf = readFileSync({json.dumps(str(tmp_path / 'x.bin'))});
+const x = new Float32Array(buf.buffer, buf.byteOffset, buf.length / 4);
+const tv = tvTerm(x, 23, 31, 1e5);
+const info = {{ layers: {json.dumps(manifest['layers'])}, gradient: 'manual', optimizer: 'lbfgs', history: 100, ep: 'wasm',
+  heapLimit: 4 * 2 ** 30, minSize: 16, tiling: {{ align: 16, halo: 64 }} }};
+console.log(JSON.stringify({{
+  layouts: {json.dumps(shapes)}.map(([h, w, t]) => layout(h, w, t, 16, 64).tiles),
+  tv: tv.tv, grad: Array.from(tv.grad),
+  p2048: plan(info, 2048, 1024, 768), p512: plan(info, 512, 1024, 768),
+  adam: plan({{ ...info, optimizer: 'adam' }}, 2048, 1024, 768),
+  none: plan({{ ...info, tiling: null }}, 2048, 1024, 768), gpu: plan({{ ...info, ep: 'webgpu' }}, 2048, 1024, 768),
+}}));
+""")
+    r = subprocess.run([NODE, str(script)], capture_output=True, text=True, timeout=120, check=True)
+    got = json.loads(r.stdout)
+    for (h, w, t), tiles in zip(shapes, got["layouts"]):
+        want = [{"own": list(tl.own), "crop": list(tl.crop)} for tl in Layout.of(h, w, t, 16, 64).tiles]
+        assert tiles == want, (h, w, t)
+    tv, grad = tv_term(x, 1e5)
+    assert abs(got["tv"] - tv) <= 1e-12 * tv
+    np.testing.assert_array_equal(np.array(got["grad"], np.float32), grad.ravel())  # numpy's float32 order, bit for bit
+
+    p = got["p2048"]
+    assert p["refusal"] is None and p["tile"] % 16 == 0 and p["tile"] >= 128 and 1 <= p["history"] < 100, p
+    assert re.fullmatch(rf"2048x1536 does not fit the wasm heap whole: it runs in \d+x\d+ tiles of {p['tile']} px .*, [\d.]+ GiB "
+                        rf"of the heap; the L-BFGS history is lowered from 100 to {p['history']} .*", p["note"]), p["note"]
+    assert float(re.search(r"([\d.]+) GiB of the heap", p["note"]).group(1)) <= 3.60
+    assert got["p512"] == {"refusal": None, "tile": 0, "history": 100, "note": ""}
+    assert got["adam"]["tile"] > p["tile"] and got["adam"]["history"] == 100  # no history to lower: larger tiles
+    assert got["none"]["refusal"] and got["none"]["tile"] == 0
+    assert got["gpu"]["tile"] == 0  # WebGPU keeps activations in GPU memory: never tiled (the page's tiled loop is wasm only)
+
+
 # -- in the browser ------------------------------------------------------------------------------------
 def _python_records(content: Path, styles: list, size: int, iterations: int, optimizer: str = "lbfgs",
                     color: str = "none", loop: str = "device") -> list:
@@ -558,6 +611,48 @@ def test_parity_with_the_python_runtime(tmp_path, puppeteer):
 
 
 @needs_browser
+def test_tiled_page_matches_the_python_tiled_loop(tmp_path, puppeteer):
+    """(1b) The page's tiled loop (web/js/tiling.js: 32 px tiles with their 64 px halos, the Gram parts
+    summed and dL/dG made in float64 in JS, the crops' gradients added into the whole) against the
+    Python runtime's tiled host loop (nst_ort/tiling.py) on the same pixels: 3 L-BFGS iterations at
+    100x66 (3x4 tiles, crops clipped at every border), each loss within 1e-4 relative (measured
+    3.8e-6), each style layer's term and TV within 1e-4 at the first evaluation."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from nst_ort import Config, StyleInput, Stylizer
+    from nst_ort.config import OptimConfig
+
+    if not isinstance(json.loads((MODEL / "manifest.json").read_text()).get("tiling"), dict):
+        pytest.skip("models/vgg16 has no tiled graphs (python -m nst_ort_export.tiled models/vgg16)")
+    content = save_png(EXAMPLES / "chelsea_cat.jpg", 110, tmp_path / "content.png")
+    wave = save_png(EXAMPLES / "great_wave.jpg", 100, tmp_path / "wave.png")
+    cfg = Config(content=content, styles=[StyleInput(wave, 1.0)], size=100, model=MODEL, device="cpu", threads=2,
+                 loop="host", tile=32, optim=OptimConfig(name="lbfgs", iterations=3))
+    with ThreadPoolExecutor(1) as pool:
+        refs = pool.submit(lambda: list(Stylizer(cfg).run()))
+        with serve() as url:
+            out = drive({"url": url + "?backend=wasm&tile=32", "steps": [
+                {"upload": "#content-file", "files": [str(content)]}, {"upload": "#style-files", "files": [str(wave)]},
+                {"set": {"size": 100, "iterations": 3}}, {"click": "#start"}, {"until": "['done', 'error'].includes(a.state)"}]},
+                timeout=900)
+        ref = refs.result()
+    assert out["state"] == "done", out["message"]
+    assert out["pageErrors"] == [] and out["consoleErrors"] == []
+    web = out["records"]
+    assert [r["iteration"] for r in web] == [1, 2, 3] and all(r["tile"] == 32 for r in web)
+    assert (web[0]["width"], web[0]["height"]) == (100, 66)
+    img = load_image(content)
+    x0 = np.ascontiguousarray(resize(img, fit_size(img.shape[1], img.shape[0], 100)).transpose(2, 0, 1), np.float32)
+    assert out["initDigest"] == hashlib.sha256(x0.tobytes()).hexdigest()
+    for i in range(5):
+        assert rel(web[0]["style_layers"][i], ref[0].style_layers[i]) < 1e-4, i
+    assert rel(web[0]["tv"], ref[0].tv) < 1e-4
+    diffs = [rel(w["loss"], r.loss) for w, r in zip(web, ref)]
+    print(f"\ntiled page vs Python tiled host loop (32 px tiles, 100x66): loss per iteration {' '.join(f'{d:.1e}' for d in diffs)}")
+    assert max(diffs) < 1e-4, diffs
+
+
+@needs_browser
 def test_page_run_128px_50_iterations_stop_resume_download(tmp_path, puppeteer):
     """(2) A 128 px, 50-iteration run started from the page's own controls (JPEGs, default weights,
     L-BFGS), stopped at iteration 20 (the status line then shows no time left) and resumed (the page
@@ -605,7 +700,8 @@ def test_page_run_128px_50_iterations_stop_resume_download(tmp_path, puppeteer):
 
 @needs_browser
 def test_bad_input_gets_a_message_in_the_page(tmp_path, puppeteer):
-    """(3) Not an image, an empty file, a size that cannot fit in the browser's memory (one whose need
+    """(3) Not an image, an empty file, a size that cannot fit in the browser's memory (a model without
+    the tile graphs; one whose need
     is below the heap's maximum: the message says what else takes the heap and what fits), and a model
     folder with a tampered file (served by `nst-ort web --model`, and picked from disk in the page):
     each gets a clear message in the page naming the file, no error in the console, no uncaught
@@ -619,7 +715,14 @@ def test_bad_input_gets_a_message_in_the_page(tmp_path, puppeteer):
     data = bytearray((tampered / "weights.bin").read_bytes())
     data[len(data) // 2] ^= 0xFF
     (tampered / "weights.bin").write_bytes(bytes(data))
-    with serve() as url:
+    # A model without the tile graphs: there a size too large for the heap is refused (with them it is
+    # tiled; test_tiling_layout_tv_and_the_memory_plan)
+    untiled = tmp_path / "untiled"
+    shutil.copytree(MODEL, untiled)
+    manifest = json.loads((untiled / "manifest.json").read_text())
+    manifest.pop("tiling", None)
+    (untiled / "manifest.json").write_text(json.dumps(manifest))
+    with serve(untiled) as url:
         out = drive({"url": url + "?backend=wasm", "steps": [
             {"upload": "#content-file", "files": [str(notes)]}, {"snapshot": "not an image"},
             {"upload": "#style-files", "files": [str(empty)]}, {"snapshot": "empty"},

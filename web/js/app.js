@@ -2,7 +2,7 @@
 // runs in worker.js; this thread decodes images, checks the memory a run needs, and draws.
 // window.nstApp is the page's state (tests and the benchmark read it): state, records, message.
 import { ImageInputError, decodeImage } from './images.js';
-import { check as memoryCheck } from './memory.js';
+import { plan as memoryPlan } from './memory.js';
 
 const $ = (id) => document.getElementById(id);
 const app = {
@@ -201,7 +201,7 @@ function showProgress() {
   const recent = app.records.slice(-5);
   const per = recent.reduce((a, x) => a + x.seconds, 0) / recent.length;
   const where = { stopped: 'stopped at', error: 'failed after', done: 'done:' }[app.state] || '';
-  let text = `${where ? where + ' ' : ''}iteration ${r.iteration} / ${r.iterations} · ${r.width}x${r.height} · ${per.toFixed(2)} s per iteration`;
+  let text = `${where ? where + ' ' : ''}iteration ${r.iteration} / ${r.iterations} · ${r.width}x${r.height}${r.tile ? ` in ${r.tile} px tiles` : ''} · ${per.toFixed(2)} s per iteration`;
   if (app.state === 'running' && r.iteration < r.iterations) text += ` · about ${duration((r.iterations - r.iteration) * per)} left`;
   $('progress-text').textContent = text;
 }
@@ -379,6 +379,8 @@ function readSettings() {
     size: num('size'), iterations: num('iterations'), optimizer: $('optimizer').value, lr: num('lr'), history: num('history'),
     contentWeight: num('content-weight'), styleWeight: num('style-weight'), tvWeight: num('tv-weight'),
     color: $('color').value, init: $('init').value, seed: 0, styleScale: 1,
+    // ?tile=N: tiles of N px whatever the memory plan says (comparisons: the tiled parity test)
+    tile: Number(new URLSearchParams(location.search).get('tile')) || 0,
   };
   const bad = [];
   if (!Number.isInteger(s.size) || s.size < app.model.minSize) bad.push(`size: a whole number of pixels, at least ${app.model.minSize}`);
@@ -410,14 +412,18 @@ function start() {
     return;
   }
   const c = app.content.image;
-  const refusal = memoryCheck({
+  const fit = memoryPlan({
     layers: app.model.layers, gradient: app.model.gradient, optimizer: settings.optimizer, history: settings.history || 100,
-    ep: app.backend.ep, heapLimit: app.heap.limit, gpuLimits: app.backend.gpuLimits, minSize: app.model.minSize,
+    ep: app.backend.ep, heapLimit: app.heap.limit, gpuLimits: app.backend.gpuLimits, minSize: app.model.minSize, tiling: app.model.tiling,
   }, settings.size, c.width, c.height, app.styles.map((s) => [s.image.width, s.image.height]), settings.styleScale);
-  if (refusal) {
-    setMessage(`refused before starting: ${refusal}`, 'error');
+  if (fit.refusal) {
+    setMessage(`refused before starting: ${fit.refusal}`, 'error');
     return;
   }
+  // tiles where the whole image does not fit (a ?tile=N in the URL overrides the size the plan chose)
+  if (!settings.tile) settings.tile = fit.tile;
+  if (fit.tile) settings.history = fit.history;
+  app.plan = fit;
   app.runSettings = { ...settings, styles: app.styles.map((x) => `${x.name}:${x.weight}`).join(', '), content: app.content.name };
   const payload = {
     type: 'start', settings,
@@ -431,6 +437,7 @@ function start() {
     return;
   }
   send(payload);
+  if (fit.note) setMessage(fit.note, 'info');
 }
 
 function resume() {

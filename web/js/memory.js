@@ -59,6 +59,62 @@ export function heapNeed(info, w, h, styleSizes = []) {
   return heapParts(info, w, h, styleSizes).total;
 }
 
+// Tiled runs (docs/tiling.md; web/js/tiling.js): the heap holds one crop's activations (a tile and its
+// halo on each side, the training graph's bytes per pixel), the two tile graphs' sessions, and the
+// optimizer's copies of the whole image, which tiling does not shrink: at 2048 px an image copy is
+// 34 MB, so an L-BFGS history of 100 (208 copies) cannot fit and the plan lowers it.
+export const TILE_SESSIONS = 160 * 2 ** 20; // tile_grams_cpu + tile_train_cpu sessions: an estimate, not measured in the browser
+export const MIN_TILE = 128; // smaller tiles are mostly halo: (N + 128)^2 px read for N^2 owned
+const LOWERED_TILE = 256; // the tile a lowered history is sized for (crop 384 px: 2.3x the pixels owned)
+
+export function tiledHeapParts(info, w, h, tile, history) {
+  const px = perPixel(info.layers) * FLOAT;
+  const halo = info.tiling.halo;
+  const crop = Math.min(h, tile + 2 * halo) * Math.min(w, tile + 2 * halo);
+  const graph = (FACTORS[info.gradient] ?? FACTORS.autograd) * px * crop;
+  const copies = info.optimizer === 'lbfgs' ? 2 * (history + 1) + 6 : 6;
+  const vectors = copies * 3 * w * h * FLOAT;
+  return { fixed: FIXED + TILE_SESSIONS, graph, vectors, copies, total: FIXED + TILE_SESSIONS + graph + vectors };
+}
+
+// How a run at `size` uses the heap: { refusal (null if it runs), tile (0: untiled), history (maybe
+// lowered), note (what the page tells the user about tiling) }. Untiled where it fits; else, on wasm
+// with a model that has the tile graphs, the largest tile that fits at the history asked for (at least
+// MIN_TILE px), else the largest history that fits with LOWERED_TILE px tiles.
+export function plan(info, size, width, height, styles = [], styleScale = 1) {
+  const refusal = check(info, size, width, height, styles, styleScale);
+  if (!refusal) return { refusal: null, tile: 0, history: info.history, note: '' };
+  if (!info.tiling || info.ep !== 'wasm') return { refusal, tile: 0, history: info.history, note: '' };
+  const [w, h] = fitSize(width, height, size);
+  const usable = HEADROOM * info.heapLimit;
+  const align = info.tiling.align;
+  const fits = (tile, history) => tiledHeapParts(info, w, h, tile, history).total <= usable;
+  const largestTile = (history) => {
+    let best = 0;
+    for (let t = MIN_TILE; t <= Math.max(w, h) + align; t += align) if (fits(t, history)) best = t;
+    return best;
+  };
+  let history = info.history;
+  let tile = largestTile(history);
+  let lowered = false;
+  if (!tile && info.optimizer === 'lbfgs') {
+    for (let hst = info.history - 1; hst >= 1 && !tile; hst--) {
+      if (fits(LOWERED_TILE, hst)) {
+        history = hst;
+        tile = largestTile(hst);
+        lowered = true;
+      }
+    }
+  }
+  if (!tile) return { refusal: `${refusal} Tiled, it does not fit either: the optimizer's copies of the whole image alone need ${gib(tiledHeapParts(info, w, h, MIN_TILE, 1).vectors)}.`, tile: 0, history, note: '' };
+  const cols = Math.ceil(w / tile), rows = Math.ceil(h / tile);
+  const parts = tiledHeapParts(info, w, h, tile, history);
+  let note = `${w}x${h} does not fit the wasm heap whole: it runs in ${rows}x${cols} tiles of ${tile} px (each read with a ${info.tiling.halo} px halo, `
+    + `two graph runs per tile per iteration: slower, the same result), ${gib(parts.total)} of the heap`;
+  if (lowered) note += `; the L-BFGS history is lowered from ${info.history} to ${history} (its copies of the image: ${gib(parts.vectors)})`;
+  return { refusal: null, tile, history, note };
+}
+
 // null if the run fits; otherwise a message that says what takes the heap and names the size that
 // would fit.
 //   info: { layers, gradient, optimizer, history, ep, heapLimit, gpuLimits, minSize }

@@ -40,7 +40,10 @@ async function init({ backendPref, threads, graph, modelUrl, modelFiles, modelLa
   stylizer = null;
   model = m;
   sessions = s;
-  for (const k of Object.keys(m.files)) delete m.files[k]; // onnxruntime holds its own copies now
+  // onnxruntime holds its own copies now; the tile graphs and the weights stay (in JS memory, not the
+  // wasm heap) for the first tiled run, which makes their sessions
+  const keep = new Set(m.manifest.tiling?.format === 1 ? [m.weightsFile, ...['grams', 'train', 'grams_cpu', 'train_cpu'].map((r) => m.manifest.tiling[r]?.file)] : []);
+  for (const k of Object.keys(m.files)) if (!keep.has(k)) delete m.files[k];
   post('ready', {
     backend: { ep: backend.ep, label: backend.label, threads: backend.threads, isolated: backend.isolated, version: backend.version,
       gpuLimits: sessions.vectors.device ? { maxBufferSize: sessions.vectors.device.limits.maxBufferSize, maxStorageBufferBindingSize: sessions.vectors.device.limits.maxStorageBufferBindingSize } : null },
