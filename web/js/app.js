@@ -420,11 +420,12 @@ function start() {
     setMessage(`refused before starting: ${fit.refusal}`, 'error');
     return;
   }
+  // as the form says (Resume compares the form with it), before the plan lowers the history
+  app.runSettings = { ...settings, styles: app.styles.map((x) => `${x.name}:${x.weight}`).join(', '), content: app.content.name };
   // tiles where the whole image does not fit (a ?tile=N in the URL overrides the size the plan chose)
   if (!settings.tile) settings.tile = fit.tile;
   if (fit.tile) settings.history = fit.history;
   app.plan = fit;
-  app.runSettings = { ...settings, styles: app.styles.map((x) => `${x.name}:${x.weight}`).join(', '), content: app.content.name };
   const payload = {
     type: 'start', settings,
     content: app.content.image,
