@@ -435,6 +435,102 @@ writeFileSync({json.dumps(str(tmp_path / 'out.json'))}, JSON.stringify({{ out, f
     assert [tuple(f) for f in got["fits"]] == [fit_size(w, h, L) for w, h, L in fits]
 
 
+@needs_node
+def test_memory_refusal_adds_up_and_its_advice_fits(tmp_path):
+    """web/js/memory.js's refusal: the parts it lists add up to the need it states, the need is over
+    what a run may use (90% of the heap), and each size it says fits is accepted by the same check
+    while 8 px more is not (at the history it names)."""
+    manifest = json.loads((MODEL / "manifest.json").read_text())
+    script = tmp_path / "memory.mjs"
+    script.write_text(f"""
+import {{ check }} from {json.dumps((WEB / 'js' / 'memory.js').as_uri())};
+const info = {{ layers: {json.dumps(manifest['layers'])}, gradient: {json.dumps(manifest.get('gradient', 'autograd'))},
+  ep: 'wasm', heapLimit: 4 * 2 ** 30, minSize: 16 }};
+const out = [];
+for (const optimizer of ['lbfgs', 'adam']) for (const size of [700, 960, 1000, 1500, 3000]) {{
+  const i = {{ ...info, optimizer, history: 100 }};
+  const msg = check(i, size, 640, 427, [[512, 512]]);
+  const fits = (history, s) => check({{ ...i, history }}, s, 640, 427, [[512, 512]]) === null;
+  const best = msg && Number((msg.match(/fits is about (\\d+) px/) || [])[1]);
+  const low = msg && msg.match(/history of 20 \\(now 100\\), (?:about )?(\\d+) px fits/);
+  out.push({{ optimizer, size, msg, best: best ? [fits(100, best), fits(100, best + 8)] : null,
+    low: low ? [Number(low[1]), fits(20, Number(low[1])), fits(20, Number(low[1]) + 8)] : null }});
+}}
+console.log(JSON.stringify(out));
+""")
+    r = subprocess.run([NODE, str(script)], capture_output=True, text=True, timeout=60, check=True)
+    cases = json.loads(r.stdout)
+    accepted = {(c["optimizer"], c["size"]) for c in cases if c["msg"] is None}
+    assert accepted == {("lbfgs", 700), ("adam", 700), ("adam", 960), ("adam", 1000)}, accepted
+    gib = {"GiB": 1.0, "MiB": 1 / 1024}
+    for c in cases:
+        if c["msg"] is None:
+            continue
+        need = float(re.search(r"needs about ([\d.]+) GiB", c["msg"]).group(1))
+        assert need > 0.9 * 4 and "more than the 3.60 GiB a run may use" in c["msg"], c
+        parts = re.findall(r"([\d.]+) (GiB|MiB) for ", c["msg"])
+        assert len(parts) == 3 and abs(sum(float(v) * gib[u] for v, u in parts) - need) < 0.02, c["msg"]
+        assert c["best"] == [True, False], c  # the size it names fits, 8 px more does not
+        if c["optimizer"] == "lbfgs":
+            low, fits_low, fits_more = c["low"]
+            assert fits_low and (low == c["size"] or not fits_more), c
+        else:
+            assert c["low"] is None and "history" not in c["msg"], c
+
+
+@needs_node
+def test_tiling_layout_tv_and_the_memory_plan(tmp_path):
+    """web/js/tiling.js lays tiles out as nst_ort.tiling.Layout and computes TV and its gradient as
+    nst_ort.tiling.tv_term; web/js/memory.js plans a 2048 px run in tiles within the wasm heap (the
+    history lowered, said in the note), leaves a run that fits whole untiled, and without the tile
+    graphs still refuses, and never tiles on WebGPU."""
+    from nst_ort.tiling import Layout, tv_term
+
+    manifest = json.loads((MODEL / "manifest.json").read_text())
+    if not isinstance(manifest.get("tiling"), dict):
+        pytest.skip("models/vgg16 has no tiled graphs (python -m nst_ort_export.tiled models/vgg16)")
+    rng = np.random.default_rng(3)
+    x = rng.random((1, 3, 23, 31), dtype=np.float32)
+    (tmp_path / "x.bin").write_bytes(x.tobytes())
+    shapes = [(100, 66, 32), (66, 100, 48), (1536, 2048, 256), (17, 50, 16), (64, 64, 64)]
+    script = tmp_path / "tiling.mjs"
+    script.write_text(f"""
+import {{ layout, tvTerm }} from {json.dumps((WEB / 'js' / 'tiling.js').as_uri())};
+import {{ plan }} from {json.dumps((WEB / 'js' / 'memory.js').as_uri())};
+import {{ readFileSync }} from 'node:fs';
+const buf = readFileSync({json.dumps(str(tmp_path / 'x.bin'))});
+const x = new Float32Array(buf.buffer, buf.byteOffset, buf.length / 4);
+const tv = tvTerm(x, 23, 31, 1e5);
+const info = {{ layers: {json.dumps(manifest['layers'])}, gradient: 'manual', optimizer: 'lbfgs', history: 100, ep: 'wasm',
+  heapLimit: 4 * 2 ** 30, minSize: 16, tiling: {{ align: 16, halo: 64 }} }};
+console.log(JSON.stringify({{
+  layouts: {json.dumps(shapes)}.map(([h, w, t]) => layout(h, w, t, 16, 64).tiles),
+  tv: tv.tv, grad: Array.from(tv.grad),
+  p2048: plan(info, 2048, 1024, 768), p512: plan(info, 512, 1024, 768),
+  adam: plan({{ ...info, optimizer: 'adam' }}, 2048, 1024, 768),
+  none: plan({{ ...info, tiling: null }}, 2048, 1024, 768), gpu: plan({{ ...info, ep: 'webgpu' }}, 2048, 1024, 768),
+}}));
+""")
+    r = subprocess.run([NODE, str(script)], capture_output=True, text=True, timeout=120, check=True)
+    got = json.loads(r.stdout)
+    for (h, w, t), tiles in zip(shapes, got["layouts"]):
+        want = [{"own": list(tl.own), "crop": list(tl.crop)} for tl in Layout.of(h, w, t, 16, 64).tiles]
+        assert tiles == want, (h, w, t)
+    tv, grad = tv_term(x, 1e5)
+    assert abs(got["tv"] - tv) <= 1e-12 * tv
+    np.testing.assert_array_equal(np.array(got["grad"], np.float32), grad.ravel())  # numpy's float32 order, bit for bit
+
+    p = got["p2048"]
+    assert p["refusal"] is None and p["tile"] % 16 == 0 and p["tile"] >= 128 and 1 <= p["history"] < 100, p
+    assert re.fullmatch(rf"2048x1536 does not fit the wasm heap whole: it runs in \d+x\d+ tiles of {p['tile']} px .*, [\d.]+ GiB "
+                        rf"of the heap; the L-BFGS history is lowered from 100 to {p['history']} .*", p["note"]), p["note"]
+    assert float(re.search(r"([\d.]+) GiB of the heap", p["note"]).group(1)) <= 3.60
+    assert got["p512"] == {"refusal": None, "tile": 0, "history": 100, "note": ""}
+    assert got["adam"]["tile"] > p["tile"] and got["adam"]["history"] == 100  # no history to lower: larger tiles
+    assert got["none"]["refusal"] and got["none"]["tile"] == 0
+    assert got["gpu"]["tile"] == 0  # WebGPU keeps activations in GPU memory: never tiled (the page's tiled loop is wasm only)
+
+
 # -- in the browser ------------------------------------------------------------------------------------
 def _python_records(content: Path, styles: list, size: int, iterations: int, optimizer: str = "lbfgs",
                     color: str = "none", loop: str = "device") -> list:
@@ -524,9 +620,52 @@ def test_parity_with_the_python_runtime(tmp_path, puppeteer):
 
 
 @needs_browser
+def test_tiled_page_matches_the_python_tiled_loop(tmp_path, puppeteer):
+    """(1b) The page's tiled loop (web/js/tiling.js: 32 px tiles with their 64 px halos, the Gram parts
+    summed and dL/dG made in float64 in JS, the crops' gradients added into the whole) against the
+    Python runtime's tiled host loop (nst_ort/tiling.py) on the same pixels: 3 L-BFGS iterations at
+    100x66 (3x4 tiles, crops clipped at every border), each loss within 1e-4 relative (measured
+    3.8e-6), each style layer's term and TV within 1e-4 at the first evaluation."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from nst_ort import Config, StyleInput, Stylizer
+    from nst_ort.config import OptimConfig
+
+    if not isinstance(json.loads((MODEL / "manifest.json").read_text()).get("tiling"), dict):
+        pytest.skip("models/vgg16 has no tiled graphs (python -m nst_ort_export.tiled models/vgg16)")
+    content = save_png(EXAMPLES / "chelsea_cat.jpg", 110, tmp_path / "content.png")
+    wave = save_png(EXAMPLES / "great_wave.jpg", 100, tmp_path / "wave.png")
+    cfg = Config(content=content, styles=[StyleInput(wave, 1.0)], size=100, model=MODEL, device="cpu", threads=2,
+                 loop="host", tile=32, optim=OptimConfig(name="lbfgs", iterations=3))
+    with ThreadPoolExecutor(1) as pool:
+        refs = pool.submit(lambda: list(Stylizer(cfg).run()))
+        with serve() as url:
+            out = drive({"url": url + "?backend=wasm&tile=32", "steps": [
+                {"upload": "#content-file", "files": [str(content)]}, {"upload": "#style-files", "files": [str(wave)]},
+                {"set": {"size": 100, "iterations": 3}}, {"click": "#start"}, {"until": "['done', 'error'].includes(a.state)"}]},
+                timeout=900)
+        ref = refs.result()
+    assert out["state"] == "done", out["message"]
+    assert out["pageErrors"] == [] and out["consoleErrors"] == []
+    web = out["records"]
+    assert [r["iteration"] for r in web] == [1, 2, 3] and all(r["tile"] == 32 for r in web)
+    assert (web[0]["width"], web[0]["height"]) == (100, 66)
+    img = load_image(content)
+    x0 = np.ascontiguousarray(resize(img, fit_size(img.shape[1], img.shape[0], 100)).transpose(2, 0, 1), np.float32)
+    assert out["initDigest"] == hashlib.sha256(x0.tobytes()).hexdigest()
+    for i in range(5):
+        assert rel(web[0]["style_layers"][i], ref[0].style_layers[i]) < 1e-4, i
+    assert rel(web[0]["tv"], ref[0].tv) < 1e-4
+    diffs = [rel(w["loss"], r.loss) for w, r in zip(web, ref)]
+    print(f"\ntiled page vs Python tiled host loop (32 px tiles, 100x66): loss per iteration {' '.join(f'{d:.1e}' for d in diffs)}")
+    assert max(diffs) < 1e-4, diffs
+
+
+@needs_browser
 def test_page_run_128px_50_iterations_stop_resume_download(tmp_path, puppeteer):
     """(2) A 128 px, 50-iteration run started from the page's own controls (JPEGs, default weights,
-    L-BFGS), stopped at iteration 20 and resumed, finishes; its style loss falls at least 10x; the
+    L-BFGS), stopped at iteration 20 (the status line then shows no time left) and resumed (the page
+    names the setting changed in between, which Resume does not apply), finishes; its style loss falls at least 10x; the
     image is drawn as it goes and downloads as a 128x96 PNG."""
     downloads = tmp_path / "downloads"
     downloads.mkdir()
@@ -540,11 +679,20 @@ def test_page_run_128px_50_iterations_stop_resume_download(tmp_path, puppeteer):
             {"click": "#stop"},
             {"until": "['stopped', 'done', 'error'].includes(a.state)"},
             {"snapshot": "stopped"},
+            {"set": {"tv-weight": 1}},
             {"click": "#resume"},
+            {"snapshot": "resumed"},
             {"until": "['done', 'error'].includes(a.state)"},
             {"download": str(downloads)}]}, timeout=900)
     stopped = out["snapshots"]["stopped"]
     assert stopped["state"] == "stopped" and 20 <= len(stopped["records"]) < 50 and stopped["hasImage"], stopped["message"]
+    # a stopped run has no time left to show: the line says where it stopped
+    n = stopped["records"][-1]["iteration"]
+    assert stopped["progress"].startswith(f"stopped at iteration {n} / 50 · 128x96 · ") and "left" not in stopped["progress"], stopped["progress"]
+    assert out["progress"].startswith("done: iteration 50 / 50") and "left" not in out["progress"], out["progress"]
+    # Resume goes on with the run's settings; the page says which ones the form changed since
+    assert out["snapshots"]["resumed"]["message"] == ("resumed with the settings the run started with; changed since, and "
+                                                      "used at the next Start: TV weight")
     assert out["state"] == "done", out["message"]
     recs = out["records"]
     assert [r["iteration"] for r in recs] == list(range(1, 51)) and (recs[0]["width"], recs[0]["height"]) == (128, 96)
@@ -561,10 +709,12 @@ def test_page_run_128px_50_iterations_stop_resume_download(tmp_path, puppeteer):
 
 @needs_browser
 def test_bad_input_gets_a_message_in_the_page(tmp_path, puppeteer):
-    """(3) Not an image, an empty file, a size that cannot fit in the browser's memory, and a model
+    """(3) Not an image, an empty file, a size that cannot fit in the browser's memory (a model without
+    the tile graphs; one whose need
+    is below the heap's maximum: the message says what else takes the heap and what fits), and a model
     folder with a tampered file (served by `nst-ort web --model`, and picked from disk in the page):
     each gets a clear message in the page naming the file, no error in the console, no uncaught
-    exception."""
+    exception; a rejected model leaves no badge or status line saying it is still loading."""
     notes = tmp_path / "notes.jpg"
     notes.write_text("this is not a picture\n")
     empty = tmp_path / "empty.png"
@@ -574,13 +724,21 @@ def test_bad_input_gets_a_message_in_the_page(tmp_path, puppeteer):
     data = bytearray((tampered / "weights.bin").read_bytes())
     data[len(data) // 2] ^= 0xFF
     (tampered / "weights.bin").write_bytes(bytes(data))
-    with serve() as url:
+    # A model without the tile graphs: there a size too large for the heap is refused (with them it is
+    # tiled; test_tiling_layout_tv_and_the_memory_plan)
+    untiled = tmp_path / "untiled"
+    shutil.copytree(MODEL, untiled)
+    manifest = json.loads((untiled / "manifest.json").read_text())
+    manifest.pop("tiling", None)
+    (untiled / "manifest.json").write_text(json.dumps(manifest))
+    with serve(untiled) as url:
         out = drive({"url": url + "?backend=wasm", "steps": [
             {"upload": "#content-file", "files": [str(notes)]}, {"snapshot": "not an image"},
             {"upload": "#style-files", "files": [str(empty)]}, {"snapshot": "empty"},
             {"upload": "#content-file", "files": [str(EXAMPLES / "chelsea_cat.jpg")]},
             {"upload": "#style-files", "files": [str(EXAMPLES / "great_wave.jpg")]},
             {"set": {"size": 3000}}, {"click": "#start"}, {"until": "a.messageKind === 'error'"}, {"snapshot": "too big"},
+            {"set": {"size": 1000}}, {"click": "#start"}, {"until": "a.message.includes('1000x')"}, {"snapshot": "below the maximum"},
             {"upload": "#model-folder", "files": [str(tampered)], "images": False},
             {"until": "a.state === 'model-error'"}, {"snapshot": "picked tampered"}]})
     s = out["snapshots"]
@@ -589,21 +747,86 @@ def test_bad_input_gets_a_message_in_the_page(tmp_path, puppeteer):
     assert s["empty"]["message"] == "empty.png: empty file"
     big = s["too big"]
     assert big["state"] == "ready" and not big["records"]  # refused before anything ran
-    assert re.fullmatch(r"refused before starting: \d+x\d+ needs about [\d.]+ GiB of WebAssembly memory; a page's "
-                        r"wasm heap holds at most 4\.00 GiB; the largest size that fits is about \d+ px \(or lower the "
-                        r"L-BFGS history, now 100: .*\)", big["message"]), big["message"]
-    fits = int(re.search(r"about (\d+) px", big["message"]).group(1))
+    assert re.fullmatch(r"refused before starting: 3000x1996 needs about [\d.]+ GiB of WebAssembly memory, more than the "
+                        r"3\.60 GiB a run may use; the largest size that fits is about \d+ px; with an L-BFGS history of 20 "
+                        r"\(now 100\), about \d+ px fits\.\nWhat takes it: .*", big["message"]), big["message"]
+    fits = int(re.search(r"fits is about (\d+) px", big["message"]).group(1))
     assert 600 <= fits <= 1200
+    # Below the heap's 4 GiB and still refused: the message says why, with figures that add up.
+    below = s["below the maximum"]["message"]
+    need = float(re.search(r"1000x665 needs about ([\d.]+) GiB", below).group(1))
+    assert 3.6 < need < 4.0 and "more than the 3.60 GiB a run may use" in below, below
+    parts = re.search(r"What takes it: ([\d.]+) (MiB|GiB) for onnxruntime-web's wasm module, its sessions and the model's weights; "
+                      r"([\d.]+) GiB for the training graph's activations; ([\d.]+) GiB for 208 copies of the image \(the L-BFGS "
+                      r"history of 100 keeps 202\)\. A page's wasm heap holds at most 4\.00 GiB, and 10% of it \(410 MiB\) is kept "
+                      r"free because the heap only grows and fragments\.$", below)
+    assert parts, below
+    fixed = float(parts.group(1)) / (1024 if parts.group(2) == "MiB" else 1)
+    assert abs(fixed + float(parts.group(3)) + float(parts.group(4)) - need) < 0.02, below
+    assert "with an L-BFGS history of 20 (now 100), 1000 px fits." in below
     size = (tampered / "weights.bin").stat().st_size  # same size: one byte flipped
     mismatch = (f"weights.bin: sha256 mismatch (file changed or truncated: {size} bytes, manifest says {size}); "
                 "re-export or re-download the model")
-    assert s["picked tampered"]["message"] == "tampered/" + mismatch
+    then = "\nNo model is loaded: pick another model folder (model folder…), or reload the page for the one `nst-ort web` serves."
+    picked = s["picked tampered"]
+    assert picked["message"] == "tampered/" + mismatch + then
+    b = picked["backend"]  # the worker's backend, reported before the model was read
+    assert b["label"].startswith("wasm (SIMD") and picked["badges"] == {
+        "backend": f"{b['label']} · onnxruntime-web {b['version']}", "model": "model rejected"}, picked["badges"]
+    assert picked["progress"] == "no model loaded"
     assert out["pageErrors"] == [] and out["consoleErrors"] == []
 
     with serve(tampered) as url:
         out = drive({"url": url})
     assert out["state"] == "model-error"
-    assert out["message"] == "/model/" + mismatch
+    assert out["message"] == "/model/" + mismatch + then
+    # the backend opened before the model was refused: the badges say so, and nothing says "loading"
+    assert out["badges"]["model"] == "model rejected" and out["badges"]["backend"].startswith("wasm (SIMD"), out["badges"]
+    assert out["progress"] == "no model loaded"
+    assert out["pageErrors"] == [] and out["consoleErrors"] == []
+
+
+@needs_browser
+def test_keyboard_opens_the_file_choosers_and_each_bad_file_of_several_is_named(tmp_path, puppeteer):
+    """(4) With the keyboard alone (Tab, then Enter or Space) each file chooser opens: the model
+    folder's, the content's and the styles'; a click on a drop zone's empty part opens its chooser too.
+    Four style files chosen at once, two of them bad: the two good ones are added, and the message names
+    each bad one with what is wrong (the good file after them does not clear it). A folder with no files
+    of its own picked as the model: a message, the served model stays loaded."""
+    notes = tmp_path / "notes.jpg"
+    notes.write_text("this is not a picture\n")
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    nested = tmp_path / "models"
+    (nested / "vgg16").mkdir(parents=True)
+    (nested / "vgg16" / "manifest.json").write_text("{}")
+    wave, starry, cat = (str(EXAMPLES / n) for n in ("great_wave.jpg", "starry_night.jpg", "chelsea_cat.jpg"))
+    with serve() as url:
+        out = drive({"url": url + "?backend=wasm", "steps": [
+            {"snapshot": "empty"},
+            {"tabTo": "#content-choose"}, {"press": "Enter", "chooser": [cat]}, {"snapshot": "content"},
+            {"tabTo": "#style-choose"}, {"press": "Space", "chooser": [wave, str(notes), str(empty), starry]},
+            {"snapshot": "styles"},
+            {"click": "#content-drop .drop-title", "chooser": [wave]}, {"snapshot": "clicked"},
+            {"tabTo": "#model-choose"}, {"press": "Enter", "chooser": [str(nested)], "images": False},
+            {"until": "a.message.startsWith('models/')"}, {"snapshot": "folder"}]})
+    s = out["snapshots"]
+    # the header's button first, then each zone's: nothing else to Tab through before them
+    assert out["tabs"]["#content-choose"] == 2 and out["tabs"]["#style-choose"] == 1, out["tabs"]
+    folder = s["folder"]
+    assert folder["message"] == "models/: no files directly in it; pick the model folder itself (the one holding manifest.json)"
+    assert folder["state"] == "ready" and folder["badges"]["model"].endswith("sha256 checked")  # the served model stays
+    # why Start is greyed out
+    assert s["empty"]["hint"] == "add a content image and a style image to start"
+    assert s["content"]["content"] == "chelsea_cat.jpg" and s["content"]["messageKind"] == ""
+    assert s["content"]["hint"] == "add a style image to start"
+    st = s["styles"]
+    assert st["styles"] == ["great_wave.jpg", "starry_night.jpg"] and st["messageKind"] == "error" and st["hint"] == ""
+    lines = st["message"].split("\n")
+    assert lines[0] == "2 of the 4 files chosen were not added:" and len(lines) == 3, lines
+    assert re.fullmatch(r"notes\.jpg: not an image this browser can decode \(.*22 bytes\)", lines[1]), lines
+    assert lines[2] == "empty.png: empty file"
+    assert s["clicked"]["content"] == "great_wave.jpg" and s["clicked"]["messageKind"] == ""
     assert out["pageErrors"] == [] and out["consoleErrors"] == []
 
 

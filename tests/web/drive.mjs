@@ -7,13 +7,17 @@
 //   { upload: '#content-file', files: [PATH, ...] }   file inputs (wait: the page has decoded them;
 //                                                     images: false for other inputs, e.g. #model-folder)
 //   { set: { element id: value } }                    form fields (a change event each)
-//   { click: '#start' }
+//   { click: '#start', chooser: [PATH, ...] }         with chooser: the click must open a file chooser,
+//                                                     given those files (images: false as for upload)
+//   { tabTo: '#content-choose', max: 30 }             presses Tab until that element has the focus
+//                                                     (result.tabs[selector]: how many presses)
+//   { press: 'Enter', chooser: [PATH, ...] }           a key on the focused element (chooser: as click)
 //   { until: 'JS expression over window.nstApp (a)' } waits until it is true
 //   { snapshot: NAME }                                the page's state now, into result.snapshots[NAME]
 //   { screenshot: PATH, fullPage: bool }
 //   { download: DIR }                                 clicks Download, waits for the file in DIR
-// result: { state, message, messageKind, records, backend, model, heap, initDigest, resultSize,
-//           snapshots, pageErrors, consoleErrors, error? }
+// result: { state, message, messageKind, records, backend, model, heap, initDigest, resultSize, progress,
+//           hint, content, styles, badges, tabs, snapshots, pageErrors, consoleErrors, error? }
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
@@ -35,6 +39,8 @@ function snapshotIn(page) {
       state: a.state, message: a.message, messageKind: a.messageKind, records: a.records, backend: a.backend,
       model: a.model, heap: a.heap, initDigest: a.initDigest, resultSize: a.resultSize, hasImage: a.hasImage,
       progress: document.getElementById('progress-text')?.textContent,
+      hint: document.getElementById('start-hint')?.textContent, content: a.content?.name ?? null, styles: (a.styles || []).map((x) => x.name),
+      badges: { backend: document.getElementById('backend')?.textContent, model: document.getElementById('model')?.textContent },
     };
   });
 }
@@ -77,8 +83,40 @@ try {
       for (const [id, value] of Object.entries(step.set)) {
         await page.$eval(`#${id}`, (el, v) => { el.value = String(v); el.dispatchEvent(new Event('change', { bubbles: true })); }, value);
       }
+    } else if (step.chooser) {
+      // a click or a key that must open a file chooser: it gets the files, and the page decodes them.
+      // Interception is switched on (and awaited) on a session of our own before the key is sent:
+      // page.waitForFileChooser sends it alongside, and a key can beat it (a native chooser, cancelled
+      // at once in headless Chromium: seen 2 times in 3).
+      const before = await page.evaluate(() => window.nstApp.decoded);
+      const what = step.click ? `a click on ${step.click}` : `${step.press} on the focused element`;
+      const client = await page.createCDPSession();
+      await client.send('Page.enable');
+      await client.send('Page.setInterceptFileChooserDialog', { enabled: true });
+      const opened = new Promise((resolve, reject) => {
+        const t = setTimeout(() => reject(new Error(`${what} opened no file chooser`)), 10000);
+        client.once('Page.fileChooserOpened', (e) => { clearTimeout(t); resolve(e); });
+      });
+      opened.catch(() => {});
+      if (step.click) await page.click(step.click);
+      else await page.keyboard.press(step.press);
+      const { backendNodeId } = await opened;
+      await client.send('DOM.setFileInputFiles', { files: step.chooser, backendNodeId });
+      await client.send('Page.setInterceptFileChooserDialog', { enabled: false });
+      await client.detach();
+      if (step.images !== false) await until((n) => window.nstApp.decoded >= n, before + step.chooser.length);
     } else if (step.click) {
       await page.click(step.click);
+    } else if (step.tabTo) {
+      result.tabs = result.tabs || {};
+      let n = 0;
+      while (!(await page.evaluate((sel) => document.activeElement?.matches(sel), step.tabTo))) {
+        if (++n > (step.max || 30)) throw new Error(`${step.tabTo} never had the focus after ${step.max || 30} Tab presses`);
+        await page.keyboard.press('Tab');
+      }
+      result.tabs[step.tabTo] = n;
+    } else if (step.press) {
+      await page.keyboard.press(step.press);
     } else if (step.until) {
       await until(`(() => { const a = window.nstApp; return ${step.until}; })()`);
     } else if (step.snapshot) {

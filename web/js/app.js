@@ -2,7 +2,7 @@
 // runs in worker.js; this thread decodes images, checks the memory a run needs, and draws.
 // window.nstApp is the page's state (tests and the benchmark read it): state, records, message.
 import { ImageInputError, decodeImage } from './images.js';
-import { check as memoryCheck } from './memory.js';
+import { plan as memoryPlan } from './memory.js';
 
 const $ = (id) => document.getElementById(id);
 const app = {
@@ -37,7 +37,12 @@ function setState(state) {
   $('resume').disabled = !(app.hasRun && (state === 'stopped' || state === 'done'));
   $('download').disabled = !app.hasImage;
   $('model-folder').disabled = busy;
+  $('model-choose').disabled = busy;
   $('backend-pref').disabled = busy;
+  // why Start is greyed out, where the inputs are the reason (a refused model has its own message)
+  const missing = [!app.content && 'a content image', !app.styles.length && 'a style image'].filter(Boolean);
+  $('start-hint').textContent = state === 'loading' ? 'loading the model…'
+    : missing.length && !['model-error', 'error'].includes(state) ? `add ${missing.join(' and ')} to start` : '';
 }
 
 function fmt(x) {
@@ -58,6 +63,7 @@ function duration(s) {
 function startWorker() {
   if (worker) worker.terminate();
   app.model = null;
+  app.backend = null;
   worker = new Worker(new URL('./worker.js', import.meta.url), { type: 'module' });
   worker.onmessage = (ev) => onWorker(ev.data);
   worker.onerror = (ev) => {
@@ -81,14 +87,14 @@ function onWorker(msg) {
     case 'status':
       $('progress-text').textContent = msg.text + '…';
       break;
+    case 'backend':
+      showBackend(msg.backend);
+      break;
     case 'ready': {
       app.backend = msg.backend;
       app.model = msg.model;
       app.heap = msg.heap;
-      const b = $('backend');
-      b.textContent = `${msg.backend.label} · onnxruntime-web ${msg.backend.version || ''}`.trim();
-      b.className = 'badge ok';
-      b.title = msg.backend.ep === 'webgpu' ? 'the graphs run on the GPU through WebGPU' : 'this browser offers no WebGPU adapter (or wasm was chosen): the graphs run on the CPU in WebAssembly';
+      showBackend(msg.backend);
       const m = $('model');
       m.textContent = `model ${msg.model.backbone} (${msg.model.label}) · sha256 checked`;
       m.className = 'badge ok';
@@ -121,10 +127,12 @@ function onWorker(msg) {
       break;
     case 'stopped':
       setState('stopped');
+      showProgress();
       setMessage(`stopped after iteration ${msg.iteration}; Resume continues from here, Start begins anew`, 'info');
       break;
     case 'done': {
       setState('done');
+      showProgress();
       const secs = app.records.reduce((a, r) => a + r.seconds, 0);
       setMessage(`done: ${msg.iteration} iterations in ${duration(secs)}; raise the iterations and Resume to continue`, 'info');
       break;
@@ -137,23 +145,37 @@ function onWorker(msg) {
   }
 }
 
+function showBackend(backend) {
+  const b = $('backend');
+  b.textContent = `${backend.label} · onnxruntime-web ${backend.version || ''}`.trim();
+  b.className = 'badge ok';
+  b.title = backend.ep === 'webgpu' ? 'the graphs run on the GPU through WebGPU' : 'this browser offers no WebGPU adapter (or wasm was chosen): the graphs run on the CPU in WebAssembly';
+  app.backend = backend;
+}
+
 function onError(msg) {
-  setMessage(msg.message, 'error');
   if (!app.model) {
     const m = $('model');
     m.textContent = msg.kind === 'model' ? 'model rejected' : 'model not loaded';
     m.className = 'badge bad';
-    if (msg.kind !== 'model') {
+    m.title = msg.message;
+    // the backend badge is 'starting…' only if the backend itself never opened ('backend' message)
+    if (!app.backend || msg.kind !== 'model') {
       $('backend').textContent = 'no backend';
       $('backend').className = 'badge bad';
     }
+    const next = 'pick another model folder (model folder…), or reload the page for the one `nst-ort web` serves';
+    setMessage(`${msg.message}\n${msg.kind === 'model' ? 'No model is loaded: ' + next : 'Nothing can run: reload the page'}.`, 'error');
+    $('progress-text').textContent = msg.kind === 'model' ? 'no model loaded' : 'not started';
     setState('model-error');
     return;
   }
+  setMessage(msg.message, 'error');
   // After running out of memory (or a failed graph) onnxruntime's heap may be unusable: the next
   // Start gets a fresh worker.
   if (msg.kind === 'memory' || msg.kind === 'device' || msg.kind === 'internal') app.restart = true;
   setState('error');
+  showProgress();
 }
 
 // -- progress -----------------------------------------------------------------------------------
@@ -161,16 +183,27 @@ function onRecord(r) {
   app.records.push(r);
   const first = app.records[0];
   $('bar').style.width = `${(100 * r.iteration) / r.iterations}%`;
-  const recent = app.records.slice(-5);
-  const per = recent.reduce((a, x) => a + x.seconds, 0) / recent.length;
-  const left = (r.iterations - r.iteration) * per;
-  $('progress-text').textContent = `iteration ${r.iteration} / ${r.iterations} · ${r.width}x${r.height} · ${per.toFixed(2)} s per iteration`
-    + (r.iteration < r.iterations ? ` · about ${duration(left)} left` : '');
+  showProgress();
   for (const [k, key] of [['total', 'loss'], ['content', 'content'], ['style', 'style'], ['tv', 'tv']]) {
     $(`l0-${k}`).textContent = fmt(first[key]);
     $(`l-${k}`).textContent = fmt(r[key]);
   }
   drawChart();
+}
+
+// The line under the bar: where the run is; the time left only while it runs.
+function showProgress() {
+  const r = app.records[app.records.length - 1];
+  if (!r) {
+    if (app.state !== 'running' && app.state !== 'preparing') $('progress-text').innerHTML = '&nbsp;';
+    return;
+  }
+  const recent = app.records.slice(-5);
+  const per = recent.reduce((a, x) => a + x.seconds, 0) / recent.length;
+  const where = { stopped: 'stopped at', error: 'failed after', done: 'done:' }[app.state] || '';
+  let text = `${where ? where + ' ' : ''}iteration ${r.iteration} / ${r.iterations} · ${r.width}x${r.height}${r.tile ? ` in ${r.tile} px tiles` : ''} · ${per.toFixed(2)} s per iteration`;
+  if (app.state === 'running' && r.iteration < r.iterations) text += ` · about ${duration((r.iterations - r.iteration) * per)} left`;
+  $('progress-text').textContent = text;
 }
 
 function drawChart() {
@@ -232,7 +265,7 @@ function drawImage({ width, height, rgba }) {
 }
 
 // -- inputs -------------------------------------------------------------------------------------
-function thumb(name, file, extra) {
+function thumb(name, file, extra, size = '') {
   const div = document.createElement('div');
   div.className = 'thumb';
   const img = document.createElement('img');
@@ -243,24 +276,52 @@ function thumb(name, file, extra) {
   label.textContent = name;
   label.title = name;
   div.append(img, label);
+  if (size) {
+    const dims = document.createElement('span');
+    dims.className = 'size';
+    dims.textContent = size;
+    div.append(dims);
+  }
   if (extra) extra(div);
   return div;
 }
 
-async function setContent(file) {
+// Several files picked or dropped at once: each bad one is named with what is wrong with it (a good
+// one after it in the same pick must not hide that), and the message says how many were added.
+function reportFiles(problems, count) {
+  if (!problems.length) {
+    if (app.messageSource === 'input') setMessage('');
+    return;
+  }
+  const internal = problems.find((e) => !(e instanceof ImageInputError));
+  if (internal) {
+    setMessage(`internal error: ${internal.message} (please report it)`, 'error');
+    return;
+  }
+  const lines = problems.map((e) => e.message);
+  if (count > 1) lines.unshift(`${problems.length} of the ${count} files chosen ${problems.length === 1 ? 'was' : 'were'} not added:`);
+  setMessage(lines.join('\n'), 'error', 'input');
+}
+
+async function setContent(files) {
+  const [file, ...rest] = files;
+  const problems = [];
   try {
     const image = await decodeImage(file);
     app.content = { name: file.name, image };
-    $('content-thumb').replaceChildren(thumb(`${file.name} · ${image.width}x${image.height}`, file));
-    if (app.messageSource === 'input') setMessage('');
+    $('content-thumb').replaceChildren(thumb(file.name, file, null, `${image.width}x${image.height}`));
   } catch (e) {
-    report(e);
+    problems.push(e);
   }
-  app.decoded += 1;
+  // one content image: the others are named, not silently dropped
+  for (const f of rest) problems.push(new ImageInputError(`${f.name}: not used, the content is one image (${file.name}); style images go in the box below`));
+  app.decoded += files.length;
+  reportFiles(problems, files.length);
   setState(app.state);
 }
 
 async function addStyles(files) {
+  const problems = [];
   for (const file of files) {
     try {
       const image = await decodeImage(file);
@@ -268,33 +329,39 @@ async function addStyles(files) {
       app.styles.push(style);
       const el = thumb(file.name, file, (div) => {
         const w = document.createElement('input');
-        w.type = 'number'; w.min = '0'; w.step = 'any'; w.value = '1'; w.title = 'blend weight'; w.className = 'style-weight';
+        w.type = 'number'; w.min = '0'; w.step = 'any'; w.value = '1'; w.className = 'style-weight';
+        w.title = 'weight of this style in the blend';
+        w.setAttribute('aria-label', `weight of ${file.name} in the blend`);
         w.addEventListener('change', () => { style.weight = Math.max(0, Number(w.value) || 0); });
         const x = document.createElement('button');
-        x.className = 'remove'; x.textContent = '×'; x.title = 'remove';
+        x.type = 'button'; x.className = 'remove'; x.textContent = '×'; x.title = 'remove';
+        x.setAttribute('aria-label', `remove ${file.name}`);
         x.addEventListener('click', () => {
           app.styles = app.styles.filter((s) => s !== style);
           div.remove();
           setState(app.state);
+          $('style-choose').focus(); // the removed button had the focus
         });
         div.append(w, x);
-      });
+      }, `${image.width}x${image.height}`);
       $('style-thumbs').append(el);
-      if (app.messageSource === 'input') setMessage('');
     } catch (e) {
-      report(e);
+      problems.push(e);
     }
     app.decoded += 1;
   }
+  reportFiles(problems, files.length);
   setState(app.state);
 }
 
-function report(e) {
-  if (e instanceof ImageInputError) setMessage(e.message, 'error', 'input');
-  else setMessage(`internal error: ${e.message} (please report it)`, 'error');
-}
-
-function dropZone(zone, onFiles) {
+// A drop zone: files dropped on it, and a click on its empty part opens the same chooser as its
+// "choose…" button (the button is what the keyboard reaches: Tab, then Enter or Space).
+function dropZone(zone, input, button, onFiles) {
+  button.addEventListener('click', () => input.click());
+  zone.addEventListener('click', (e) => {
+    if (e.target.closest('button, input, .thumb')) return;
+    input.click();
+  });
   zone.addEventListener('dragover', (e) => { e.preventDefault(); zone.classList.add('over'); });
   zone.addEventListener('dragleave', () => zone.classList.remove('over'));
   zone.addEventListener('drop', (e) => {
@@ -312,6 +379,8 @@ function readSettings() {
     size: num('size'), iterations: num('iterations'), optimizer: $('optimizer').value, lr: num('lr'), history: num('history'),
     contentWeight: num('content-weight'), styleWeight: num('style-weight'), tvWeight: num('tv-weight'),
     color: $('color').value, init: $('init').value, seed: 0, styleScale: 1,
+    // ?tile=N: tiles of N px whatever the memory plan says (comparisons: the tiled parity test)
+    tile: Number(new URLSearchParams(location.search).get('tile')) || 0,
   };
   const bad = [];
   if (!Number.isInteger(s.size) || s.size < app.model.minSize) bad.push(`size: a whole number of pixels, at least ${app.model.minSize}`);
@@ -343,14 +412,20 @@ function start() {
     return;
   }
   const c = app.content.image;
-  const refusal = memoryCheck({
+  const fit = memoryPlan({
     layers: app.model.layers, gradient: app.model.gradient, optimizer: settings.optimizer, history: settings.history || 100,
-    ep: app.backend.ep, heapLimit: app.heap.limit, gpuLimits: app.backend.gpuLimits, minSize: app.model.minSize,
+    ep: app.backend.ep, heapLimit: app.heap.limit, gpuLimits: app.backend.gpuLimits, minSize: app.model.minSize, tiling: app.model.tiling,
   }, settings.size, c.width, c.height, app.styles.map((s) => [s.image.width, s.image.height]), settings.styleScale);
-  if (refusal) {
-    setMessage(`refused before starting: ${refusal}`, 'error');
+  if (fit.refusal) {
+    setMessage(`refused before starting: ${fit.refusal}`, 'error');
     return;
   }
+  // as the form says (Resume compares the form with it), before the plan lowers the history
+  app.runSettings = { ...settings, styles: app.styles.map((x) => `${x.name}:${x.weight}`).join(', '), content: app.content.name };
+  // tiles where the whole image does not fit (a ?tile=N in the URL overrides the size the plan chose)
+  if (!settings.tile) settings.tile = fit.tile;
+  if (fit.tile) settings.history = fit.history;
+  app.plan = fit;
   const payload = {
     type: 'start', settings,
     content: app.content.image,
@@ -363,6 +438,7 @@ function start() {
     return;
   }
   send(payload);
+  if (fit.note) setMessage(fit.note, 'info');
 }
 
 function resume() {
@@ -374,7 +450,22 @@ function resume() {
   }
   setState('running');
   setMessage('');
+  showProgress();
   worker.postMessage({ type: 'resume', iterations });
+  // Resume goes on with the run's own image, inputs and settings: say so where the form now differs
+  const changed = changedSince(app.runSettings);
+  if (changed.length) setMessage(`resumed with the settings the run started with; changed since, and used at the next Start: ${changed.join(', ')}`, 'info');
+}
+
+const SETTING_LABELS = {
+  size: 'size', optimizer: 'optimizer', lr: 'learning rate', history: 'history', contentWeight: 'content weight', styleWeight: 'style weight',
+  tvWeight: 'TV weight', color: 'color', init: 'start from', styles: 'style images or weights', content: 'content image',
+};
+
+function changedSince(run) {
+  if (!run || !app.model || !app.content) return [];
+  const now = { ...readSettings().settings, styles: app.styles.map((x) => `${x.name}:${x.weight}`).join(', '), content: app.content.name };
+  return Object.keys(SETTING_LABELS).filter((k) => now[k] !== run[k] && !(Number.isNaN(now[k]) && Number.isNaN(run[k]))).map((k) => SETTING_LABELS[k]);
 }
 
 function download() {
@@ -391,17 +482,23 @@ function download() {
 }
 
 function init() {
-  $('content-file').addEventListener('change', (e) => { if (e.target.files[0]) setContent(e.target.files[0]); e.target.value = ''; });
+  $('content-file').addEventListener('change', (e) => { if (e.target.files.length) setContent([...e.target.files]); e.target.value = ''; });
   $('style-files').addEventListener('change', (e) => { addStyles([...e.target.files]); e.target.value = ''; });
-  dropZone($('content-drop'), (files) => setContent(files[0]));
-  dropZone($('style-drop'), addStyles);
+  dropZone($('content-drop'), $('content-file'), $('content-choose'), setContent);
+  dropZone($('style-drop'), $('style-files'), $('style-choose'), addStyles);
+  $('model-choose').addEventListener('click', () => $('model-folder').click());
   // a file dropped next to the zones must not make the browser leave the page
   window.addEventListener('dragover', (e) => e.preventDefault());
   window.addEventListener('drop', (e) => e.preventDefault());
   $('model-folder').addEventListener('change', (e) => {
     const all = [...e.target.files];
     const own = all.filter((f) => (f.webkitRelativePath || '').split('/').length === 2);
-    if (!own.length) return;
+    if (!own.length) {
+      const folder = (all[0]?.webkitRelativePath || '').split('/')[0];
+      setMessage(`${folder ? folder + '/' : 'that folder'}: no files directly in it; pick the model folder itself (the one holding manifest.json)`, 'error');
+      e.target.value = '';
+      return;
+    }
     modelSpec = { modelFiles: own, modelLabel: own[0].webkitRelativePath.split('/')[0] };
     e.target.value = '';
     startWorker();

@@ -26,6 +26,7 @@ export const FACTORS = { manual: 6.0, autograd: 13.0 };
 export const EVAL_FACTOR = 4.0;
 export const FIXED = 420 * 2 ** 20; // onnxruntime-web, the sessions and their weights: the intercept above
 export const HEADROOM = 0.9; // a run that needs 90% of the heap's maximum is refused (fragmentation)
+const LOW_HISTORY = 20; // the shorter L-BFGS memory the refusal offers (L-BFGS usually does well with 5-20 pairs)
 
 export function perPixel(layers) {
   return layers.reduce((a, l) => a + l.channels / l.stride ** 2, 0);
@@ -35,54 +36,136 @@ function gib(n) {
   return n >= 2 ** 30 ? `${(n / 2 ** 30).toFixed(2)} GiB` : `${Math.round(n / 2 ** 20)} MiB`;
 }
 
-// Bytes of wasm heap a run at (w, h) needs; styleSizes: [w, h] of the style images at that size.
-export function heapNeed({ layers, gradient, optimizer, history, ep }, w, h, styleSizes = []) {
+// The wasm heap a run at (w, h) needs, by what takes it (bytes); styleSizes: [w, h] of the style
+// images at that size. total = fixed + graph + vectors.
+export function heapParts({ layers, gradient, optimizer, history, ep }, w, h, styleSizes = []) {
   const px = perPixel(layers) * FLOAT;
   let graph = (FACTORS[gradient] ?? FACTORS.autograd) * px * w * h;
-  for (const [sw, sh] of styleSizes) graph = Math.max(graph, EVAL_FACTOR * px * sw * sh);
+  let graphWhat = 'the training graph\'s activations';
+  for (const [sw, sh] of styleSizes) {
+    const evalBytes = EVAL_FACTOR * px * sw * sh;
+    if (evalBytes > graph) {
+      graph = evalBytes;
+      graphWhat = `the style targets' activations (a ${sw}x${sh} style image)`;
+    }
+  }
   if (ep === 'webgpu') graph = 0; // activations on the GPU
-  const n = 3 * w * h;
-  const vectors = optimizer === 'lbfgs' ? 2 * (history + 1) + 6 : 6;
-  return FIXED + graph + (ep === 'webgpu' ? 0 : vectors * n * FLOAT);
+  const copies = optimizer === 'lbfgs' ? 2 * (history + 1) + 6 : 6;
+  const vectors = ep === 'webgpu' ? 0 : copies * 3 * w * h * FLOAT;
+  return { fixed: FIXED, graph, graphWhat, vectors, copies, total: FIXED + graph + vectors };
 }
 
-// null if the run fits; otherwise a message naming the size that would.
+export function heapNeed(info, w, h, styleSizes = []) {
+  return heapParts(info, w, h, styleSizes).total;
+}
+
+// Tiled runs (docs/tiling.md; web/js/tiling.js): the heap holds one crop's activations (a tile and its
+// halo on each side, the training graph's bytes per pixel), the two tile graphs' sessions, and the
+// optimizer's copies of the whole image, which tiling does not shrink: at 2048 px an image copy is
+// 34 MB, so an L-BFGS history of 100 (208 copies) cannot fit and the plan lowers it.
+export const TILE_SESSIONS = 160 * 2 ** 20; // tile_grams_cpu + tile_train_cpu sessions: an estimate, not measured in the browser
+export const MIN_TILE = 128; // smaller tiles are mostly halo: (N + 128)^2 px read for N^2 owned
+const LOWERED_TILE = 256; // the tile a lowered history is sized for (crop 384 px: 2.3x the pixels owned)
+
+export function tiledHeapParts(info, w, h, tile, history) {
+  const px = perPixel(info.layers) * FLOAT;
+  const halo = info.tiling.halo;
+  const crop = Math.min(h, tile + 2 * halo) * Math.min(w, tile + 2 * halo);
+  const graph = (FACTORS[info.gradient] ?? FACTORS.autograd) * px * crop;
+  const copies = info.optimizer === 'lbfgs' ? 2 * (history + 1) + 6 : 6;
+  const vectors = copies * 3 * w * h * FLOAT;
+  return { fixed: FIXED + TILE_SESSIONS, graph, vectors, copies, total: FIXED + TILE_SESSIONS + graph + vectors };
+}
+
+// How a run at `size` uses the heap: { refusal (null if it runs), tile (0: untiled), history (maybe
+// lowered), note (what the page tells the user about tiling) }. Untiled where it fits; else, on wasm
+// with a model that has the tile graphs, the largest tile that fits at the history asked for (at least
+// MIN_TILE px), else the largest history that fits with LOWERED_TILE px tiles.
+export function plan(info, size, width, height, styles = [], styleScale = 1) {
+  const refusal = check(info, size, width, height, styles, styleScale);
+  if (!refusal) return { refusal: null, tile: 0, history: info.history, note: '' };
+  if (!info.tiling || info.ep !== 'wasm') return { refusal, tile: 0, history: info.history, note: '' };
+  const [w, h] = fitSize(width, height, size);
+  const usable = HEADROOM * info.heapLimit;
+  const align = info.tiling.align;
+  const fits = (tile, history) => tiledHeapParts(info, w, h, tile, history).total <= usable;
+  const largestTile = (history) => {
+    let best = 0;
+    for (let t = MIN_TILE; t <= Math.max(w, h) + align; t += align) if (fits(t, history)) best = t;
+    return best;
+  };
+  let history = info.history;
+  let tile = largestTile(history);
+  let lowered = false;
+  if (!tile && info.optimizer === 'lbfgs') {
+    for (let hst = info.history - 1; hst >= 1 && !tile; hst--) {
+      if (fits(LOWERED_TILE, hst)) {
+        history = hst;
+        tile = largestTile(hst);
+        lowered = true;
+      }
+    }
+  }
+  if (!tile) return { refusal: `${refusal} Tiled, it does not fit either: the optimizer's copies of the whole image alone need ${gib(tiledHeapParts(info, w, h, MIN_TILE, 1).vectors)}.`, tile: 0, history, note: '' };
+  const cols = Math.ceil(w / tile), rows = Math.ceil(h / tile);
+  const parts = tiledHeapParts(info, w, h, tile, history);
+  let note = `${w}x${h} does not fit the wasm heap whole: it runs in ${rows}x${cols} tiles of ${tile} px (each read with a ${info.tiling.halo} px halo, `
+    + `two graph runs per tile per iteration: slower, the same result), ${gib(parts.total)} of the heap`;
+  if (lowered) note += `; the L-BFGS history is lowered from ${info.history} to ${history} (its copies of the image: ${gib(parts.vectors)})`;
+  return { refusal: null, tile, history, note };
+}
+
+// null if the run fits; otherwise a message that says what takes the heap and names the size that
+// would fit.
 //   info: { layers, gradient, optimizer, history, ep, heapLimit, gpuLimits, minSize }
 //   size: the long side asked for; width, height: the content's; styles: [[w, h]] of the style images
 export function check(info, size, width, height, styles = [], styleScale = 1) {
-  const at = (long) => {
+  const at = (inf, long) => {
     const [w, h] = fitSize(width, height, long);
     const st = styles.map(([a, b]) => fitSize(a, b, Math.max(1, pyRound(Math.max(w, h) * styleScale))));
-    return { w, h, heap: heapNeed(info, w, h, st) };
+    return { w, h, parts: heapParts(inf, w, h, st) };
   };
-  const fits = (long) => {
-    const { w, h, heap } = at(long);
-    if (heap > HEADROOM * info.heapLimit) return false;
-    if (info.ep === 'webgpu' && info.gpuLimits && info.optimizer === 'lbfgs') {
-      const rows = (info.history + 1) * 3 * w * h * FLOAT;
-      if (rows > Math.min(info.gpuLimits.maxBufferSize, info.gpuLimits.maxStorageBufferBindingSize)) return false;
+  const bufferLimit = () => Math.min(info.gpuLimits.maxBufferSize, info.gpuLimits.maxStorageBufferBindingSize);
+  const fits = (inf, long) => {
+    const { w, h, parts } = at(inf, long);
+    if (parts.total > HEADROOM * inf.heapLimit) return false;
+    if (inf.ep === 'webgpu' && inf.gpuLimits && inf.optimizer === 'lbfgs') {
+      if ((inf.history + 1) * 3 * w * h * FLOAT > bufferLimit()) return false;
     }
     return true;
   };
-  if (fits(size)) return null;
-  const { w, h, heap } = at(size);
-  let lo = info.minSize, hi = size;
-  let best = null;
-  if (fits(lo)) {
+  // the largest long side that fits (below the size asked for: a multiple of 8 from 16 px), or null
+  const largest = (inf) => {
+    if (fits(inf, size)) return size;
+    let lo = inf.minSize, hi = size;
+    if (!fits(inf, lo)) return null;
     while (lo < hi) {
       const mid = Math.ceil((lo + hi) / 2);
-      if (fits(mid)) lo = mid;
+      if (fits(inf, mid)) lo = mid;
       else hi = mid - 1;
     }
-    best = lo >= 16 ? lo - (lo % 8) : lo;
-  }
-  let what;
-  if (info.ep === 'webgpu' && heap <= HEADROOM * info.heapLimit) {
-    what = `${w}x${h} with L-BFGS history ${info.history} needs one GPU buffer of ${gib((info.history + 1) * 3 * w * h * FLOAT)}, more than this GPU allows (${gib(Math.min(info.gpuLimits.maxBufferSize, info.gpuLimits.maxStorageBufferBindingSize))})`;
-  } else {
-    what = `${w}x${h} needs about ${gib(heap)} of WebAssembly memory; a page's wasm heap holds at most ${gib(info.heapLimit)}`;
-  }
+    return lo >= 16 ? lo - (lo % 8) : lo;
+  };
+  if (fits(info, size)) return null;
+  const { w, h, parts } = at(info, size);
+  const usable = HEADROOM * info.heapLimit;
+  const best = largest(info);
   let advice = best ? `the largest size that fits is about ${best} px` : 'not even the smallest size fits';
-  if (info.optimizer === 'lbfgs' && info.history > 10) advice += ` (or lower the L-BFGS history, now ${info.history}: it keeps 2 x history copies of the image)`;
-  return `${what}; ${advice}`;
+  if (info.optimizer === 'lbfgs' && info.history > LOW_HISTORY) {
+    const low = largest({ ...info, history: LOW_HISTORY });
+    const then = low === size ? `${size} px fits` : low && low !== best ? `about ${low} px fits` : '';
+    advice += then ? `; with an L-BFGS history of ${LOW_HISTORY} (now ${info.history}), ${then}` : ` (or lower the L-BFGS history, now ${info.history}: it keeps 2 x history copies of the image)`;
+  }
+  if (info.ep === 'webgpu' && parts.total <= usable) {
+    return `${w}x${h} with L-BFGS history ${info.history} needs one GPU buffer of ${gib((info.history + 1) * 3 * w * h * FLOAT)}, more than this GPU allows (${gib(bufferLimit())}); ${advice}.`;
+  }
+  // Why a need below the heap's maximum is refused: the heap also holds onnxruntime-web and the
+  // weights, and it only grows (freed blocks fragment it), so part of it is kept free.
+  const items = [`${gib(parts.fixed)} for onnxruntime-web's wasm module, its sessions and the model's weights`];
+  if (parts.graph) items.push(`${gib(parts.graph)} for ${parts.graphWhat}`);
+  const lbfgs = info.optimizer === 'lbfgs' ? ` (the L-BFGS history of ${info.history} keeps ${2 * (info.history + 1)})` : '';
+  items.push(`${gib(parts.vectors)} for ${parts.copies} copies of the image${lbfgs}`);
+  return `${w}x${h} needs about ${gib(parts.total)} of WebAssembly memory, more than the ${gib(usable)} a run may use; ${advice}.\n`
+    + `What takes it: ${items.join('; ')}. A page's wasm heap holds at most ${gib(info.heapLimit)}, and ${Math.round(100 * (1 - HEADROOM))}% of it `
+    + `(${gib(info.heapLimit - usable)}) is kept free because the heap only grows and fragments.`;
 }

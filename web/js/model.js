@@ -122,6 +122,10 @@ export class Model {
     m.trainRole = train;
     const needed = new Set([manifest.graphs.eval.file, manifest.graphs[train].file]);
     for (const kind of ['lbfgs', 'adam']) for (const f of Object.values(manifest.optimizers[kind])) needed.add(f);
+    // the tile graphs (manifest "tiling", docs/tiling.md) of the same variant as the training graph
+    const tiling = manifest.tiling?.format === 1 ? manifest.tiling : null;
+    const tileVariant = train === 'train_cpu' && tiling?.grams_cpu && tiling?.train_cpu ? '_cpu' : '';
+    if (tiling?.grams && tiling?.train) for (const role of ['grams', 'train']) needed.add(tiling[role + tileVariant].file);
     const weights = manifest.weights?.file || 'weights.bin';
     if (manifest.files[weights]) needed.add(weights);
     m.weightsFile = weights;
@@ -174,6 +178,7 @@ export class Model {
       backbone: m.backbone, label: this.source.label, trainGraph: m.graphs[this.trainRole].file,
       contentLayers: m.content_layers, styleLayers: m.style_layers, defaults: m.defaults, layers: m.layers,
       minSize: this.minSize, gradient: m.gradient || 'autograd',
+      tiling: m.tiling?.format === 1 && m.tiling.grams ? { align: m.tiling.align, halo: m.tiling.halo } : null,
     };
   }
 }

@@ -5,6 +5,7 @@ import { createSession } from './backend.js';
 import { luminance, matchHistogram, matchLuminance, recombine } from './color.js';
 import { fitSize, fromCHW, pyRound, resize, toCHW } from './images.js';
 import { Adam, LBFGS, defaultLr } from './optim.js';
+import { TileGraphs, TiledStep, tiledFeatures, tilingEntry } from './tiling.js';
 import { CpuVectors, GpuVectors } from './vectors.js';
 
 export class RunError extends Error {
@@ -122,6 +123,13 @@ export class Stylizer {
 
   async features(img) {
     const { ort } = this.s.backend;
+    if (this.tile) {
+      try {
+        return await tiledFeatures(ort, this.s.tiles, this.model, toCHW(img), img.height, img.width, this.tile, this.keepContent);
+      } catch (e) {
+        throw runError(e, `tile graph (features) at ${img.width}x${img.height}, ${this.tile} px tiles`);
+      }
+    }
     const image = new ort.Tensor('float32', toCHW(img), [1, 3, img.height, img.width]);
     try {
       return await this.s.eval.run({ image });
@@ -134,6 +142,23 @@ export class Stylizer {
   async prepare(progress = () => {}) {
     const { v, model } = this;
     const w = this.width, h = this.height;
+    // settings.tile: the tile size the memory plan chose (0: untiled); tiled runs are wasm only
+    this.tile = Number(this.settings.tile) || 0;
+    if (this.tile) {
+      if (v.kind === 'gpu') throw new RunError('usage', 'tiled runs need the wasm backend (the tiled loop keeps the image on the host)');
+      const entry = tilingEntry(model.manifest);
+      if (!entry) throw new RunError('usage', 'this model has no tiled graphs (manifest.json "tiling"); add them with python -m nst_ort_export.tiled MODEL');
+      if (!this.s.tiles) {
+        progress('preparing the tile graphs');
+        try {
+          this.s.tiles = await TileGraphs.create(this.s.backend, model, entry);
+        } catch (e) {
+          throw runError(e, 'loading the tile graphs into onnxruntime-web');
+        }
+      }
+      // content layers of weight 0 are not assembled (at 2048 px relu3_1 alone is 180 MB)
+      this.keepContent = new Set(model.contentLayers.filter((_, i) => this.weights.contentLayers[i] !== 0));
+    }
     progress('content targets');
     const content = this.contentAt();
     const feats = await this.features(content);
@@ -151,13 +176,20 @@ export class Stylizer {
         for (let i = 0; i < g.length; i++) acc.data[i] += Math.fround(wk * g[i]);
       }
     }
+    if (this.tile) {
+      const targets = { content: {}, style: {} };
+      for (const n of model.contentLayers) targets.content[n] = feats[`content.${n}`];
+      for (const n of model.styleLayers) targets.style[n] = blend[n].data;
+      this.tiled = new TiledStep(this.s.backend.ort, this.s.tiles, model, targets, this.weights, h, w, this.tile);
+    }
     const feeds = {};
     for (const n of model.contentLayers) {
+      if (this.tile) break; // the tiled step cuts the targets per crop
       const t = feats[`content.${n}`];
       feeds[`content_target.${n}`] = v.tensor(t.data, t.dims);
     }
-    for (const n of model.styleLayers) feeds[`style_target.${n}`] = v.tensor(blend[n].data, [1, ...blend[n].dims]);
-    feeds.style_masks = v.tensor(new Float32Array(w * h).fill(1), [1, 1, h, w]);
+    for (const n of model.styleLayers) if (!this.tile) feeds[`style_target.${n}`] = v.tensor(blend[n].data, [1, ...blend[n].dims]);
+    if (!this.tile) feeds.style_masks = v.tensor(new Float32Array(w * h).fill(1), [1, 1, h, w]);
     feeds.style_weights = v.tensor(Float32Array.of(1), [1]);
     feeds.content_layer_weights = v.tensor(this.weights.contentLayers, [this.weights.contentLayers.length]);
     feeds.style_layer_weights = v.tensor(this.weights.styleLayers, [this.weights.styleLayers.length]);
@@ -196,12 +228,19 @@ export class Stylizer {
     let out;
     try {
       const { ort } = this.s.backend;
-      const image = v.kind === 'gpu'
-        ? ort.Tensor.fromGpuBuffer(this.x.gpuBuffer, { dataType: 'float32', dims: [1, 3, h, w] })
-        : new ort.Tensor('float32', this.x.data, [1, 3, h, w]);
-      out = await this.s.train.run({ ...this.feeds, image });
+      if (this.tiled) {
+        const t = await this.tiled.run(this.x.data);
+        // the training graph's outputs, as the untiled path reads them
+        out = { loss: { data: [t.loss] }, content_losses: { data: t.closs }, style_losses: { data: t.sloss }, tv_loss: { data: [t.tv] },
+          image_grad: { data: t.grad } };
+      } else {
+        const image = v.kind === 'gpu'
+          ? ort.Tensor.fromGpuBuffer(this.x.gpuBuffer, { dataType: 'float32', dims: [1, 3, h, w] })
+          : new ort.Tensor('float32', this.x.data, [1, 3, h, w]);
+        out = await this.s.train.run({ ...this.feeds, image });
+      }
     } catch (e) {
-      throw runError(e, `training graph at ${w}x${h}`);
+      throw runError(e, this.tiled ? `tile graphs at ${w}x${h}, ${this.tile} px tiles` : `training graph at ${w}x${h}`);
     }
     const total = out.loss.data[0];
     const closs = Array.from(out.content_losses.data), sloss = Array.from(out.style_losses.data);
@@ -234,7 +273,7 @@ export class Stylizer {
     const tw = this.weights.terms;
     const sum = (a, b) => a.reduce((s, x, i) => s + x * b[i], 0);
     return {
-      step: this.iteration, scale: 0, iteration: this.iteration, iterations: this.iterations, width: w, height: h,
+      step: this.iteration, scale: 0, iteration: this.iteration, iterations: this.iterations, width: w, height: h, tile: this.tile || null,
       loss: total,
       content: tw[0] * sum(closs, this.weights.contentLayers),
       style: tw[1] * sum(sloss, this.weights.styleLayers),

@@ -1,7 +1,7 @@
 // The page's worker: loads onnxruntime-web and the model, runs the loop, and reports to the page.
 // Running here keeps the page responsive while a graph runs (wasm threads block the thread that calls
-// them). Messages in: init, start, stop, resume. Messages out: status, ready, record, image, stopped,
-// done, error ({ kind, message }: the page shows the message).
+// them). Messages in: init, start, stop, resume. Messages out: status, backend, ready, record, image,
+// stopped, done, error ({ kind, message }: the page shows the message).
 import { openBackend, wasmHeap } from './backend.js';
 import { toRGBA } from './images.js';
 import { Model, ModelError, ModelSource } from './model.js';
@@ -29,6 +29,8 @@ async function init({ backendPref, threads, graph, modelUrl, modelFiles, modelLa
     status('loading onnxruntime-web');
     backend = await openBackend(backendPref, threads);
   }
+  // the page shows where the graphs run even if the model is then refused
+  post('backend', { backend: { ep: backend.ep, label: backend.label, threads: backend.threads, isolated: backend.isolated, version: backend.version } });
   const source = modelFiles ? ModelSource.files(modelFiles, modelLabel) : ModelSource.url(modelUrl);
   // as Artifacts.train_graph_path: the CPU variant (Winograd convolutions) on a CPU, if the model has it
   const wantTrain = graph || (backend.ep === 'wasm' ? 'train_cpu' : 'train');
@@ -38,7 +40,10 @@ async function init({ backendPref, threads, graph, modelUrl, modelFiles, modelLa
   stylizer = null;
   model = m;
   sessions = s;
-  for (const k of Object.keys(m.files)) delete m.files[k]; // onnxruntime holds its own copies now
+  // onnxruntime holds its own copies now; the tile graphs and the weights stay (in JS memory, not the
+  // wasm heap) for the first tiled run, which makes their sessions
+  const keep = new Set(m.manifest.tiling?.format === 1 ? [m.weightsFile, ...['grams', 'train', 'grams_cpu', 'train_cpu'].map((r) => m.manifest.tiling[r]?.file)] : []);
+  for (const k of Object.keys(m.files)) if (!keep.has(k)) delete m.files[k];
   post('ready', {
     backend: { ep: backend.ep, label: backend.label, threads: backend.threads, isolated: backend.isolated, version: backend.version,
       gpuLimits: sessions.vectors.device ? { maxBufferSize: sessions.vectors.device.limits.maxBufferSize, maxStorageBufferBindingSize: sessions.vectors.device.limits.maxStorageBufferBindingSize } : null },
