@@ -182,17 +182,20 @@ class ManualGradient:
         self.fused_relu = {i for i, s in enumerate(steps) if s.kind == "relu" and s.name not in self.taps
                            and i + 1 < len(steps) and steps[i + 1].kind == "maxpool"}
 
+    def conv(self, P: dict, name: str, m: nn.Conv2d, h: torch.Tensor) -> torch.Tensor:
+        """One forward convolution (Winograd where the CPU graph takes it)."""
+        w, b = P[f"body.{name}.weight"], P[f"body.{name}.bias"]
+        if self.winograd and _wino_ok(m.in_channels, m.out_channels, m):
+            return conv3x3_winograd(h, w, b, False)
+        return F.conv2d(h, w, b, padding=tuple(m.padding))
+
     def forward(self, P: dict, h: torch.Tensor) -> tuple[dict, dict]:
         """The body on the preprocessed image: (tapped features, what the backward needs per step)."""
         saved: dict[int, tuple] = {}
         feats: dict[str, torch.Tensor] = {}
         for i, (name, kind, m) in enumerate(self.steps):
             if kind == "conv":
-                w, b = P[f"body.{name}.weight"], P[f"body.{name}.bias"]
-                if self.winograd and _wino_ok(m.in_channels, m.out_channels, m):
-                    h = conv3x3_winograd(h, w, b, False)
-                else:
-                    h = F.conv2d(h, w, b, padding=tuple(m.padding))
+                h = self.conv(P, name, m, h)
             elif kind == "relu":
                 h = torch.relu(h)
                 if i not in self.fused_relu:

@@ -37,11 +37,10 @@ from torch.export import Dim
 
 from . import manual_grad
 from .gradient import lower
-from .manual_grad import ManualGradient, Step, _wino_ok
+from .manual_grad import ManualGradient, Step
 from .manual_ops import maxpool2
 from .network import Backbone
 from .spec import GraphSpec, graph_tensors
-from .winograd import conv3x3_winograd
 
 FORMAT = 1
 FILES = {"grams": "tile_grams.onnx", "train": "tile_train.onnx",
@@ -80,11 +79,7 @@ class TiledGradient(ManualGradient):
         last = max(i for i, s in enumerate(self.steps) if s.name in self.taps)
         for name, kind, m in self.steps[:last + 1]:
             if kind == "conv":
-                w, b = P[f"body.{name}.weight"], P[f"body.{name}.bias"]
-                if self.winograd and _wino_ok(m.in_channels, m.out_channels, m):
-                    h = conv3x3_winograd(h, w, b, False)
-                else:
-                    h = F.conv2d(h, w, b, padding=tuple(m.padding))
+                h = self.conv(P, name, m, h)
             elif kind == "relu":
                 h = torch.relu(h)
             elif kind == "maxpool":
