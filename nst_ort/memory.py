@@ -44,6 +44,9 @@ ADDRESS_EXTRA = 256 << 20  # address space reserved but not touched (malloc aren
 # VmPeak +865 MB over the same run untiled. Without them a size named under ulimit -v did not fit.
 TILE_SESSIONS = 256 << 20
 TILE_SESSIONS_ADDRESS = 960 << 20
+# Pass 1's CPU arena (tile_grams: a forward that keeps nothing) stays beside pass 2's: bytes per tapped
+# float of the crop, measured 1.3 (1024x768, one crop, VGG16, 2 threads); 2 keeps headroom.
+TILE_PASS1_FACTOR = 2.0
 ADDRESS_FACTOR = 1.5  # the arena's reserved/touched ratio for the graph, measured
 FLOAT = 4
 SUGGEST_SHARE = 0.85  # the size we suggest fits in 85% of what is available now, so that it fits next time
@@ -375,11 +378,12 @@ TILED_IMAGE_VECTORS = 8
 
 
 def tiled_estimate(plan: Plan, size: tuple[int, int], tile: int, history: int) -> Need:
-    """Bytes a tiled scale at size (w, h) adds: one crop's activations (tile + 2 halo, clipped),
-    the image-sized host arrays, the kept targets and masks, the optimizer's vectors."""
+    """Bytes a tiled scale at size (w, h) adds: one crop's activations (tile + 2 halo, clipped) in
+    pass 2's arena and pass 1's, the image-sized host arrays, the kept targets and masks, the optimizer's vectors."""
     w, h = size
     cw, ch = min(w, tile + 2 * plan.halo), min(h, tile + 2 * plan.halo)
-    graph = plan.factor * _per_pixel(plan.layers) * FLOAT * cw * ch if plan.on_host else 0.0
+    factor = plan.factor + TILE_PASS1_FACTOR
+    graph = factor * _per_pixel(plan.layers) * FLOAT * cw * ch if plan.on_host else 0.0
     per_px = (TILED_IMAGE_VECTORS * 3 + plan.content_floats + 1.34 * plan.styles) * FLOAT
     vectors = 2 * history + 4 if plan.optimizer == "lbfgs" else 5
     host = per_px * w * h + vectors * FLOAT * 3 * w * h
