@@ -1,6 +1,6 @@
 """The tiled training step against the untiled one, and the memory plans of print sizes.
 
-    python benchmarks/tiling_bench.py --sizes 1024 2048 --tile 1024 --repeats 2     # timings (CPU)
+    python benchmarks/tiling_bench.py --sizes 1024 2048 --tiles 1232 1024 --repeats 2   # timings (CPU)
     python benchmarks/tiling_bench.py --plan-only                                    # memory plans only
 
 Timing: one process, the CPU provider, the default model, a 4:3 random image with a random content
@@ -14,6 +14,7 @@ Writes benchmarks/results/cpu_tiling.{md,json}.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -27,6 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.machine import cpu_info  # noqa: E402
 from nst_ort import contract, memory  # noqa: E402
 from nst_ort.artifacts import Artifacts  # noqa: E402
 from nst_ort.providers import choose  # noqa: E402
@@ -64,24 +66,65 @@ def median_time(fn, x, repeats: int) -> tuple[float, float]:
     return statistics.median(walls), statistics.median(cpus)
 
 
-def timings(sizes: list[int], tile: int, repeats: int, threads: int | None) -> list[dict]:
+def _rss_mib() -> tuple[int, int]:
+    """(VmRSS, VmHWM) of this process in MiB (Linux; (0, 0) elsewhere)."""
+    try:
+        fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+        return int(fields["VmRSS"].split()[0]) >> 10, int(fields["VmHWM"].split()[0]) >> 10
+    except (OSError, KeyError, ValueError):
+        return 0, 0
+
+
+def _reset_peak() -> None:
+    """Start a fresh VmHWM (Linux: writing 5 to clear_refs), so that each variant's peak is its own."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def _measure(make, x, repeats: int) -> dict:
+    """Sessions made, timed, and dropped again (each variant's arenas are freed before the next is
+    made: the three of them at 2048x1536 would not fit beside each other)."""
+    gc.collect()
+    _reset_peak()
+    base = _rss_mib()[0]
+    step = make()
+    wall, cpu = median_time(step, x, repeats)
+    peak = _rss_mib()[1] - base
+    del step
+    gc.collect()
+    return {"s": round(wall, 3), "cpu_s": round(cpu, 3), "peak_mib": peak}
+
+
+def timings(sizes: list[int], tiles: list[int], repeats: int, threads: int | None) -> list[dict]:
+    """Per size: the untiled step; per tile, the tiled step (tile_grams + tile_train: two forwards per
+    crop) and the tiled step keeping pass 1's activations for every tile (tile_grams_keep +
+    tile_train_kept: one forward)."""
     a = Artifacts(ROOT / "models" / "vgg16")
+    entry = a.manifest["tiling"]
     placement = choose("cpu", threads=threads)
-    graphs, tiled = Graphs(a, placement), TiledGraphs(a, placement)
     rows = []
     for side in sizes:
         W, H = side, side * 3 // 4
         rng = np.random.default_rng(side)
         feeds = feeds_for(a, H, W, rng)
         x = rng.random((1, 3, H, W), dtype=np.float32)
-        untiled, untiled_cpu = median_time(TrainStep(graphs, feeds, x.shape), x, repeats)
-        step = TiledTrainStep(tiled, feeds, x.shape, tile)
-        t, t_cpu = median_time(step, x, repeats)
-        rows.append({"width": W, "height": H, "tile": tile, "layout": step.layout.describe(),
-                     "untiled_s": round(untiled, 3), "tiled_s": round(t, 3), "ratio": round(t / untiled, 2),
-                     "untiled_cpu_s": round(untiled_cpu, 3), "tiled_cpu_s": round(t_cpu, 3),
-                     "cpu_ratio": round(t_cpu / untiled_cpu, 2)})
-        print(rows[-1], flush=True)
+        untiled = _measure(lambda: TrainStep(Graphs(a, placement), feeds, x.shape), x, repeats)
+        for tile in tiles:
+            layout = Layout.of(H, W, tile, entry["align"], entry["halo"])
+            crops = sum((t.crop[1] - t.crop[0]) * (t.crop[3] - t.crop[2]) for t in layout.tiles)
+            row = {"width": W, "height": H, "tile": tile, "layout": layout.describe(),
+                   "crops_area": round(crops / (W * H), 3), "untiled": untiled}
+            row["tiled"] = _measure(lambda: TiledTrainStep(TiledGraphs(a, placement, keep_graphs=False), feeds,
+                                                           x.shape, tile), x, repeats)
+            row["tiled_keep"] = _measure(lambda: TiledTrainStep(TiledGraphs(a, placement), feeds, x.shape, tile), x,
+                                         repeats)
+            for k in ("tiled", "tiled_keep"):
+                row[k]["ratio"] = round(row[k]["s"] / untiled["s"], 2)
+                row[k]["cpu_ratio"] = round(row[k]["cpu_s"] / untiled["cpu_s"], 2)
+            rows.append(row)
+            print(row, flush=True)
     return rows
 
 
@@ -127,22 +170,28 @@ def plans() -> dict:
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--sizes", type=int, nargs="*", default=[1024, 2048])
-    p.add_argument("--tile", type=int, default=1024)
+    # 1232: the tile that fits an 8 GB GPU at 2048x1536 (the plans below); 1024: a round one
+    p.add_argument("--tiles", type=int, nargs="*", default=[1232, 1024])
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--plan-only", action="store_true")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "cpu_tiling"))
     args = p.parse_args()
-    result = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                          "load_average": os.getloadavg()},
-              "plans": plans(), "timings": [] if args.plan_only else timings(args.sizes, args.tile, args.repeats,
+    info = cpu_info()
+    result = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "cpu": info["model"],
+                          "simd": info["simd"], "flags": " ".join(info["flags"]), "load_average": os.getloadavg()},
+              "plans": plans(), "timings": [] if args.plan_only else timings(args.sizes, args.tiles, args.repeats,
                                                                                args.threads)}
     result["machine"]["load_average_after"] = os.getloadavg()
     Path(args.out + ".json").write_text(json.dumps(result, indent=1) + "\n")
-    lines = ["| size | tile layout | untiled s (CPU s) | tiled s (CPU s) | tiled / untiled: wall (CPU) |",
-             "| --- | --- | --- | --- | --- |"]
-    lines += [f"| {r['width']}x{r['height']} | {r['layout']} | {r['untiled_s']} ({r['untiled_cpu_s']}) | "
-              f"{r['tiled_s']} ({r['tiled_cpu_s']}) | {r['ratio']} ({r['cpu_ratio']}) |" for r in result["timings"]]
+    lines = ["| size | tile layout | untiled s (CPU s) | tiled s (CPU s) | tiled, kept s (CPU s) | "
+             "tiled / untiled: wall (CPU) | kept / untiled: wall (CPU) | peak RSS MiB: untiled, tiled, kept |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in result["timings"]:
+        u, t, k = r["untiled"], r["tiled"], r["tiled_keep"]
+        lines.append(f"| {r['width']}x{r['height']} | {r['layout']} | {u['s']} ({u['cpu_s']}) | {t['s']} ({t['cpu_s']}) | "
+                     f"{k['s']} ({k['cpu_s']}) | {t['ratio']} ({t['cpu_ratio']}) | {k['ratio']} ({k['cpu_ratio']}) | "
+                     f"{u['peak_mib']}, {t['peak_mib']}, {k['peak_mib']} |")
     lines += ["", "| plan | tile | layout / notes |", "| --- | --- | --- |"]
     for k, v in result["plans"].items():
         extra = "; ".join(v.get("notes", [])) if "notes" in v else (

@@ -44,7 +44,9 @@ from .spec import GraphSpec, graph_tensors
 
 FORMAT = 1
 FILES = {"grams": "tile_grams.onnx", "train": "tile_train.onnx",
-         "grams_cpu": "tile_grams_cpu.onnx", "train_cpu": "tile_train_cpu.onnx"}
+         "grams_cpu": "tile_grams_cpu.onnx", "train_cpu": "tile_train_cpu.onnx",
+         "grams_keep": "tile_grams_keep.onnx", "train_kept": "tile_train_kept.onnx",
+         "grams_keep_cpu": "tile_grams_keep_cpu.onnx", "train_kept_cpu": "tile_train_kept_cpu.onnx"}
 
 
 def receptive_halo(steps: list[Step], taps: set[str]) -> tuple[int, int]:
@@ -96,26 +98,37 @@ class TiledGradient(ManualGradient):
         ns = len(spec.style)
         masks, params = rest[:ns], rest[ns:]
         feats = self._features(dict(zip(spec.param_names, params)), image)
+        return tuple(feats[n] for n in spec.content) + tuple(self._gram_parts(feats, masks))
+
+    def _gram_parts(self, feats, masks) -> list:
         parts = []
-        for name, mask in zip(spec.style, masks):
+        for name, mask in zip(self.spec.style, masks):
             f = feats[name]
             c, hh, ww = f.shape[1], f.shape[2], f.shape[3]
             fm = f.reshape(1, c, hh * ww) * mask.reshape(mask.shape[0], 1, hh * ww)  # [K, C, M]
             parts.append(torch.bmm(fm, fm.transpose(1, 2)))  # unnormalised: the host divides by the area
-        return tuple(feats[n] for n in spec.content) + tuple(parts)
+        return parts
 
     def train(self, image, *rest):
         """(image, *style_masks, *content_masks, *content_targets, *style_grads, content_weights,
         content_norms, *params) -> (content_losses [nc], image_grad)."""
         spec = self.spec
         nc, ns = len(spec.content), len(spec.style)
-        smasks, cmasks = rest[:ns], rest[ns:ns + nc]
-        ctargets, sgrads = rest[ns + nc:ns + 2 * nc], rest[ns + 2 * nc:2 * ns + 2 * nc]
-        cw, cn = rest[2 * ns + 2 * nc], rest[2 * ns + 2 * nc + 1]
         P = dict(zip(spec.param_names, rest[2 * ns + 2 * nc + 2:]))
-        scale = P["pre.scale"]
         x = image.flip(1) if self.flip else image
-        feats, saved = self.forward(P, x * scale + P["pre.shift"])
+        feats, saved = self.forward(P, x * P["pre.scale"] + P["pre.shift"])
+        return self._terms_backward(P, feats, saved, rest[:2 * ns + 2 * nc + 2])
+
+    def _terms_backward(self, P, feats, saved, terms):
+        """Pass 2 from the crop's features and what its backward needs: content losses and the image
+        gradient. terms: (*style_masks, *content_masks, *content_targets, *style_grads, content_weights,
+        content_norms)."""
+        spec = self.spec
+        nc, ns = len(spec.content), len(spec.style)
+        smasks, cmasks = terms[:ns], terms[ns:ns + nc]
+        ctargets, sgrads = terms[ns + nc:ns + 2 * nc], terms[ns + 2 * nc:2 * ns + 2 * nc]
+        cw, cn = terms[2 * ns + 2 * nc], terms[2 * ns + 2 * nc + 1]
+        scale = P["pre.scale"]
         grads: dict[str, torch.Tensor] = {}
         losses = []
         for j, (name, target, cm) in enumerate(zip(spec.content, ctargets, cmasks)):
@@ -137,15 +150,64 @@ class TiledGradient(ManualGradient):
             g = g.flip(1)
         return torch.stack(losses), g
 
+    # --- keeping pass 1's activations for pass 2 (where memory allows) ---------------------------
 
-def names(spec: GraphSpec) -> dict[str, tuple[list[str], list[str]]]:
-    """role -> (inputs, outputs) of the two graphs (weights not included)."""
+    def kept(self) -> list[tuple[int, int, str]]:
+        """(step, index in the step's saved tuple, output name) of what the backward needs from the
+        forward: ReLU masks, max-pool hit masks and 1/count. An average pool needs only its input's
+        size, taken from the ReLU mask before it (VGG: a pool always follows a ReLU)."""
+        out = []
+        for i, (name, kind, _m) in enumerate(self.steps):
+            if kind == "relu" and i not in self.fused_relu:
+                out.append((i, 0, f"kept.{name}.mask"))
+            elif kind == "maxpool":
+                out += [(i, 0, f"kept.{name}.hit"), (i, 1, f"kept.{name}.share")]
+            elif kind == "avgpool" and not (i > 0 and self.steps[i - 1].kind == "relu" and i - 1 not in self.fused_relu):
+                raise ValueError(f"{name}: an average pool after no kept ReLU mask (its input size is not kept)")
+        return out
+
+    def grams_keep(self, image, *rest):
+        """(image, *style_masks, *params) -> (*gram parts, *kept, *tapped features): pass 1 with what
+        pass 2's backward needs, so that pass 2 (train_kept) runs no forward."""
+        spec = self.spec
+        ns = len(spec.style)
+        masks, params = rest[:ns], rest[ns:]
+        P = dict(zip(spec.param_names, params))
+        x = image.flip(1) if self.flip else image
+        feats, saved = self.forward(P, x * P["pre.scale"] + P["pre.shift"])
+        parts = self._gram_parts(feats, masks)
+        return tuple(parts) + tuple(saved[i][j] for i, j, _ in self.kept()) + tuple(feats[n] for n in spec.taps)
+
+    def train_kept(self, *rest):
+        """(*kept, *tapped features, *style_masks, *content_masks, *content_targets, *style_grads,
+        content_weights, content_norms, *params) -> (content_losses [nc], image_grad): pass 2 given
+        grams_keep's outputs for the same crop."""
+        spec = self.spec
+        kept = self.kept()
+        nk, nt = len(kept), len(spec.taps)
+        nterms = 2 * len(spec.style) + 2 * len(spec.content) + 2
+        P = dict(zip(spec.param_names, rest[nk + nt + nterms:]))
+        saved: dict[int, tuple] = {}
+        for (i, _j, _n), t in zip(kept, rest[:nk]):
+            saved[i] = saved.get(i, ()) + (t,)
+        for i, (_name, kind, _m) in enumerate(self.steps):
+            if kind == "avgpool":
+                saved[i] = (saved[i - 1][0].shape[2:],)
+        feats = dict(zip(spec.taps, rest[nk:nk + nt]))
+        return self._terms_backward(P, feats, saved, rest[nk + nt:nk + nt + nterms])
+
+def names(spec: GraphSpec, kept: list[str]) -> dict[str, tuple[list[str], list[str]]]:
+    """role -> (inputs, outputs) of the graphs (weights not included); kept: TiledGradient.kept()'s names."""
     sm = [f"style_mask.{n}" for n in spec.style]
+    terms = [*sm, *(f"content_mask.{n}" for n in spec.content), *(f"content_target.{n}" for n in spec.content),
+             *(f"style_grad.{n}" for n in spec.style), "content_weights", "content_norms"]
+    parts = [f"gram_part.{n}" for n in spec.style]
+    features = [f"feature.{n}" for n in spec.taps]
     return {
-        "grams": (["image", *sm], [f"content.{n}" for n in spec.content] + [f"gram_part.{n}" for n in spec.style]),
-        "train": (["image", *sm, *(f"content_mask.{n}" for n in spec.content),
-                   *(f"content_target.{n}" for n in spec.content), *(f"style_grad.{n}" for n in spec.style),
-                   "content_weights", "content_norms"], ["content_losses", "image_grad"]),
+        "grams": (["image", *sm], [f"content.{n}" for n in spec.content] + parts),
+        "train": (["image", *terms], ["content_losses", "image_grad"]),
+        "grams_keep": (["image", *sm], parts + kept + features),
+        "train_kept": ([*kept, *features, *terms], ["content_losses", "image_grad"]),
     }
 
 
@@ -170,20 +232,42 @@ def export_tiled(backbone: Backbone, cpu_variant: bool = True) -> tuple[dict[str
     sgrads = [torch.rand(K, feats[n].shape[1], feats[n].shape[1], generator=gen) for n in spec.style]
     nc = len(spec.content)
     hw, khw = {2: Dim.AUTO, 3: Dim.AUTO}, {0: Dim.AUTO, 2: Dim.AUTO, 3: Dim.AUTO}
-    io = names(spec)
     out: dict[str, onnx.ModelProto] = {}
     for suffix, wino in (("", False), ("_cpu", True)) if cpu_variant else (("", False),):
         fn = TiledGradient(backbone, spec, steps, wino)
+        io = names(spec, [n for _i, _j, n in fn.kept()])
         g_args = (image, *smasks, *params)
         g_dyn = (hw,) + (khw,) * len(smasks) + (None,) * len(params)
-        t_args = (image, *smasks, *cmasks, *ctargets, *sgrads, torch.ones(nc), torch.ones(nc), *params)
-        t_dyn = ((hw,) + (khw,) * len(smasks) + (hw,) * (2 * nc) + ({0: Dim.AUTO},) * len(sgrads)
-                 + (None, None) + (None,) * len(params))
+        terms = (*smasks, *cmasks, *ctargets, *sgrads, torch.ones(nc), torch.ones(nc))
+        terms_dyn = ((khw,) * len(smasks) + (hw,) * (2 * nc) + ({0: Dim.AUTO},) * len(sgrads) + (None, None))
+        t_args = (image, *terms, *params)
+        t_dyn = (hw,) + terms_dyn + (None,) * len(params)
         out["grams" + suffix] = lower(fn.grams, g_args, g_dyn, io["grams"][0] + spec.param_names, io["grams"][1])
         out["train" + suffix] = lower(fn.train, t_args, t_dyn, io["train"][0] + spec.param_names, io["train"][1])
+        with torch.no_grad():
+            kept = fn.grams_keep(*g_args)[len(spec.style):]
+        k_args = (*kept, *terms, *params)
+        k_dyn = (hw,) * len(kept) + terms_dyn + (None,) * len(params)
+        out["grams_keep" + suffix] = lower(fn.grams_keep, g_args, g_dyn, io["grams_keep"][0] + spec.param_names,
+                                           io["grams_keep"][1])
+        out["train_kept" + suffix] = lower(fn.train_kept, k_args, k_dyn, io["train_kept"][0] + spec.param_names,
+                                           io["train_kept"][1])
     entry = {"format": FORMAT, "align": align, "halo": halo,
-             "strides": {n: strides[n] for n in spec.taps}}
+             "strides": {n: strides[n] for n in spec.taps},
+             "kept_bytes_per_pixel": kept_bytes_per_pixel(TiledGradient(backbone, spec, steps, False), params)}
     return out, entry
+
+
+def kept_bytes_per_pixel(fn: TiledGradient, params: list[torch.Tensor], side: int = 256) -> float:
+    """Bytes grams_keep keeps per crop pixel for pass 2 (masks, 1/counts, tapped features), measured on
+    a side x side crop (a multiple of the pool grid, as every crop but those at the image's end)."""
+    image = torch.rand(1, 3, side, side, generator=torch.Generator().manual_seed(0))
+    P = dict(zip(fn.spec.param_names, params))
+    with torch.no_grad():
+        feats = fn._features(P, image)
+        masks = [torch.ones(1, 1, *feats[n].shape[2:]) for n in fn.spec.style]
+        kept = fn.grams_keep(image, *masks, *params)[len(fn.spec.style):]
+    return round(sum(t.numel() * t.element_size() for t in kept) / side ** 2, 1)
 
 
 # --- in place: the folder's backbone rebuilt, the graphs bound to its weights.bin ---------------------

@@ -127,6 +127,8 @@ def print_plan(stylizer, cfg: Config, out: Path, targets: list[Target], plan, ar
     t = info["tiling"]
     for k, sc in enumerate(t["scales"]):
         text = sc["layout"] if sc["tile"] else "untiled"
+        if sc["tile"] and sc["kept"]:
+            text += f"; {sc['kept']} of {sc['crops']} crops keep pass 1's activations for pass 2"
         row("tiling" if k == 0 else "", f"{sc['width']}x{sc['height']}: {text}")
     for note in t["notes"]:
         row("", note)

@@ -47,6 +47,11 @@ TILE_SESSIONS_ADDRESS = 960 << 20
 # Pass 1's CPU arena (tile_grams: a forward that keeps nothing) stays beside pass 2's: bytes per tapped
 # float of the crop, measured 1.3 (1024x768, one crop, VGG16, 2 threads); 2 keeps headroom.
 TILE_PASS1_FACTOR = 2.0
+# The keep family (tile_grams_keep + tile_train_kept: pass 1 returns what the backward needs, pass 2 is
+# the backward alone): both arenas per tapped float of the largest crop, one crop's kept arrays
+# included (they live in pass 1's arena); measured 7.4 (1024x768 as one crop) and 9.6 (576x576 crops),
+# VGG16, 2 threads. Each further kept tile adds its crop's kept bytes (the manifest's kept_bytes_per_pixel).
+TILE_KEEP_FACTOR = 10.0
 ADDRESS_FACTOR = 1.5  # the arena's reserved/touched ratio for the graph, measured
 FLOAT = 4
 SUGGEST_SHARE = 0.85  # the size we suggest fits in 85% of what is available now, so that it fits next time
@@ -350,6 +355,9 @@ class Plan:
     tile: int | None = None
     content_floats: float = 0.0  # floats per pixel of the content targets a tiled run keeps
     styles: int = 1  # masks kept at each style layer's size (tiled)
+    # bytes per crop pixel pass 1 keeps for pass 2 (the manifest's tiling.kept_bytes_per_pixel where the
+    # run uses the keep family of tile graphs; 0: the family that runs the forward again)
+    kept_bytes: float = 0.0
     # iterations per scale (schedule order): L-BFGS fills one history row per iteration and its
     # buffers are zero pages until then, so a scale holds at most min(history, iterations) pairs
     iterations: tuple[int, ...] = ()
@@ -377,18 +385,26 @@ def _kept(plan: Plan) -> int:
 TILED_IMAGE_VECTORS = 8
 
 
-def tiled_estimate(plan: Plan, size: tuple[int, int], tile: int, history: int) -> Need:
+def tiled_estimate(plan: Plan, size: tuple[int, int], tile: int, history: int, kept: int = 1) -> Need:
     """Bytes a tiled scale at size (w, h) adds: one crop's activations (tile + 2 halo, clipped) in
-    pass 2's arena and pass 1's, the image-sized host arrays, the kept targets and masks, the optimizer's vectors."""
+    pass 2's arena and pass 1's, the kept arrays of `kept` crops (keep family: at least the one being
+    run), the image-sized host arrays, the kept targets and masks, the optimizer's vectors."""
     w, h = size
     cw, ch = min(w, tile + 2 * plan.halo), min(h, tile + 2 * plan.halo)
-    factor = plan.factor + TILE_PASS1_FACTOR
+    factor = TILE_KEEP_FACTOR if plan.kept_bytes else plan.factor + TILE_PASS1_FACTOR
     graph = factor * _per_pixel(plan.layers) * FLOAT * cw * ch if plan.on_host else 0.0
+    # kept arrays stay in host memory on every provider (a device's outputs come back to the host)
+    graph += plan.kept_bytes * cw * ch * max(0, kept - 1)
     per_px = (TILED_IMAGE_VECTORS * 3 + plan.content_floats + 1.34 * plan.styles) * FLOAT
     vectors = 2 * history + 4 if plan.optimizer == "lbfgs" else 5
     host = per_px * w * h + vectors * FLOAT * 3 * w * h
     return Need(int(FIXED + TILE_SESSIONS + graph + host),
                 int(FIXED + TILE_SESSIONS_ADDRESS + ADDRESS_EXTRA + ADDRESS_FACTOR * graph + host))
+
+
+def crops(size: tuple[int, int], tile: int) -> int:
+    """How many crops a layout of (w, h) in tiles of `tile` px has (tiling.Layout's count)."""
+    return -(-size[0] // tile) * -(-size[1] // tile)
 
 
 def _scaled(plan: Plan, side: int) -> tuple[int, int]:
@@ -405,13 +421,13 @@ def _pairs(plan: Plan, history: int, scale: int | None = None) -> int:
     return max(1, min(history, plan.iterations[i]))
 
 
-def _need_at(plan: Plan, side: int, tile: int | None = None, history: int | None = None) -> Need:
+def _need_at(plan: Plan, side: int, tile: int | None = None, history: int | None = None, kept: int = 1) -> Need:
     sw, sh = _scaled(plan, side)
     full = plan.history if history is None else history
 
     def run_with(pairs: int) -> Need:
         if tile:
-            return tiled_estimate(plan, (sw, sh), tile, pairs)
+            return tiled_estimate(plan, (sw, sh), tile, pairs, kept)
         style = (max(1, round(sw * plan.style_scale)), max(1, round(sh * plan.style_scale)))
         return estimate(plan.layers, (sw, sh), plan.optimizer, pairs, style, plan.on_host, plan.factor)
 
@@ -430,6 +446,12 @@ class Tiling:
     tiles: tuple[int | None, ...]  # per scale, in schedule order
     history: int
     notes: tuple[str, ...] = ()  # what was decided and why (printed as warnings, --dry-run)
+    # per scale: how many crops keep pass 1's activations for pass 2 (None: untiled; 0: the model has
+    # no keep graphs); () from callers that did not plan: one
+    kept: tuple[int | None, ...] = ()
+
+    def kept_at(self, scale: int) -> int:
+        return (self.kept[scale] or 0) if self.kept else 1
 
 
 def _largest_tile(plan: Plan, avail: Available, size: tuple[int, int], history: int) -> int | None:
@@ -448,14 +470,36 @@ def _scale_need(plan: Plan, size: tuple[int, int], history: int, i: int) -> Need
     return Need(run_with(_pairs(plan, history, i)).resident, run_with(history).address)
 
 
+def _kept_crops(plan: Plan, avail: Available | None, tiles: tuple[int | None, ...], history: int) -> tuple[int | None, ...]:
+    """Per tiled scale, how many crops keep pass 1's activations: as many as fit beside the rest of the
+    scale (at least one: the last crop of pass 1 runs first in pass 2, so its arrays are held anyway);
+    one where the memory is unknown or not checked."""
+    out = []
+    for size, tile in zip(plan.sizes, tiles):
+        if tile is None or not plan.kept_bytes:
+            out.append(None if tile is None else 0)
+            continue
+        n = crops(size, tile)
+        if avail is None or avail.resident is None and avail.address is None:
+            out.append(1)
+            continue
+        k = largest_fitting(lambda k: avail.fits(_need_at(plan, max(size), tile, history, k), SUGGEST_SHARE), 1, n)
+        out.append(k or 1)
+    return tuple(out)
+
+
 def plan_tiling(plan: Plan, avail: Available | None = None) -> Tiling:
     """--tile N: that tile at every scale. --tile auto: untiled where the whole image fits, else the
     largest tile that fits; where not even the smallest tile fits with --history, the largest
-    history that does (the L-BFGS vectors are image-sized: history 100 at 8192x6144 is 120 GB)."""
+    history that does (the L-BFGS vectors are image-sized: history 100 at 8192x6144 is 120 GB).
+    Then, per tiled scale, how many crops keep pass 1's activations (_kept_crops)."""
     n = len(plan.sizes)
+    checked = os.environ.get("NST_ORT_MEMORY_CHECK", "1") != "0"
     if plan.tile is not None:
-        return Tiling((plan.tile,) * n, plan.history)
-    if not plan.align or os.environ.get("NST_ORT_MEMORY_CHECK", "1") == "0":
+        tiles = (plan.tile,) * n
+        return Tiling(tiles, plan.history, (), _kept_crops(plan, (avail or available()) if checked else None, tiles,
+                                                     plan.history))
+    if not plan.align or not checked:
         return Tiling((None,) * n, plan.history)
     avail = avail or available()
     if avail.resident is None and avail.address is None:
@@ -485,7 +529,7 @@ def plan_tiling(plan: Plan, avail: Available | None = None) -> Tiling:
         tiles.append(tile)
         if tile is not None:
             notes.append(f"{size[0]}x{size[1]} tiled in {tile} px tiles (the whole image does not fit in memory)")
-    return Tiling(tuple(tiles), history, tuple(notes))
+    return Tiling(tuple(tiles), history, tuple(notes), _kept_crops(plan, avail, tuple(tiles), history))
 
 
 def _decode_need(plan: Plan) -> tuple[Need, ImageInput | None]:
@@ -505,8 +549,9 @@ def assess(plan: Plan, avail: Available | None = None, tiling: Tiling | None = N
     """The figures check() decides on (also what --dry-run prints); tiling: plan_tiling's decision."""
     avail = avail or available()
     w, h = max(plan.sizes, key=lambda s: s[0] * s[1])
-    tile, history = (tiling.tiles[_largest_index(plan)], tiling.history) if tiling else (None, None)
-    return Assessment(_need_at(plan, max(w, h), tile, history), _decode_need(plan)[0], avail, (w, h))
+    i = _largest_index(plan)
+    tile, history, kept = (tiling.tiles[i], tiling.history, tiling.kept_at(i)) if tiling else (None, None, 1)
+    return Assessment(_need_at(plan, max(w, h), tile, history, max(1, kept)), _decode_need(plan)[0], avail, (w, h))
 
 
 def check(plan: Plan, avail: Available | None = None, tiling: Tiling | None = None) -> None:
@@ -530,8 +575,9 @@ def check(plan: Plan, avail: Available | None = None, tiling: Tiling | None = No
     long_side = max(w, h)
     if tiling is None and plan.align:  # callers that did not plan (video, distributed): as Stylizer would
         tiling = plan_tiling(plan, avail)
-    tile, history = (tiling.tiles[_largest_index(plan)], tiling.history) if tiling else (None, plan.history)
-    need = _need_at(plan, long_side, tile, history)
+    i = _largest_index(plan)
+    tile, history, kept = (tiling.tiles[i], tiling.history, tiling.kept_at(i)) if tiling else (None, plan.history, 1)
+    need = _need_at(plan, long_side, tile, history, max(1, kept))
     if avail.fits(need):
         return
     needed, have, source = avail.binding(need)

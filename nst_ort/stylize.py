@@ -42,7 +42,8 @@ from .providers import choose
 from .session import Graphs
 from .targets import Targets, chw, hwc
 from .terms import Term
-from .tiling import Layout, TiledGraphs, TiledTrainStep, no_tiling_reason, tiled_features, tiling_entry
+from .tiling import (Layout, TiledGraphs, TiledTrainStep, graph_family, kept_bytes, no_tiling_reason, tiled_features,
+                     tiling_entry)
 from .weights import resolve_weights
 
 
@@ -278,7 +279,7 @@ class Stylizer:
         tile = self.tile_at(self.scale)
         train = None
         if tile is not None:
-            train = TiledTrainStep(self.tiled_graphs, feeds, x0.shape, tile)
+            train = TiledTrainStep(self.tiled_graphs, feeds, x0.shape, tile, self.plan_tiling().kept_at(self.scale))
         self.loop = make_loop(self.loop_kind, self.graphs, feeds, x0, self.config.optim, self._optimizer_state,
                               self.terms, train)
         self._x = self._optimizer_state = None
@@ -387,14 +388,20 @@ class Stylizer:
         t = self.plan_tiling()
         entry = tiling_entry(self.artifacts) or {}
         scales = []
-        for tile, (w, h) in zip(t.tiles, self.sizes()):
+        for i, (tile, (w, h)) in enumerate(zip(t.tiles, self.sizes())):
             layout = None if tile is None else Layout.of(h, w, tile, int(entry["align"]), int(entry["halo"]))
             scales.append({"width": w, "height": h, "tile": tile,
                            "layout": None if layout is None else layout.describe(),
-                           "crops": None if layout is None else len(layout.tiles)})
+                           "crops": None if layout is None else len(layout.tiles),
+                           # crops whose pass-1 activations are kept for pass 2 (their forward runs once)
+                           "kept": None if layout is None else t.kept_at(i)})
+        graphs = None
+        if any(t.tiles):
+            cpu, keeps = graph_family(entry, self.placement)
+            c = "_cpu" if cpu else ""
+            graphs = f"tile_grams_keep{c}.onnx, tile_train_kept{c}.onnx" if keeps else f"tile_grams{c}.onnx, tile_train{c}.onnx"
         return {"align": entry.get("align"), "halo": entry.get("halo"), "history": t.history,
-                "notes": list(t.notes), "scales": scales,
-                "graphs": None if not any(t.tiles) else "tile_*_cpu.onnx" if self.placement.train_variant == "cpu" else "tile_*.onnx"}
+                "notes": list(t.notes), "scales": scales, "graphs": graphs}
 
     def weights_used(self) -> dict:
         """The loss weights this run uses (the model's defaults where the config left them unset)."""
@@ -439,6 +446,7 @@ class Stylizer:
                    for n, w in zip(self.artifacts.content_layers, self.weights.content_layers) if w)
         return {"align": int(entry["align"]), "halo": int(entry["halo"]), "tile": self.config.tile,
                 "content_floats": kept, "styles": len(self.config.styles),
+                "kept_bytes": kept_bytes(self.artifacts, self.placement),
                 "iterations": tuple(n for _, n in self.schedule)}
 
     def state_dict(self) -> dict:

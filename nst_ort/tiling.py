@@ -113,32 +113,61 @@ def resize_bilinear(masks: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 class TiledGraphs:
-    """The model's two tile graphs on one placement, and what the manifest says about them."""
+    """The model's tile graphs on one placement, and what the manifest says about them.
 
-    def __init__(self, artifacts: Artifacts, placement: Placement):
+    Two families (docs/tiling.md): tile_grams + tile_train (pass 2 runs the forward again), and, where
+    the folder has them and keep_graphs is True, tile_grams_keep + tile_train_kept (pass 1 also
+    returns what the backward needs, pass 2 is the backward alone). Only one family's sessions are
+    made: each keeps a CPU arena, and two families would hold four arenas' peaks."""
+
+    def __init__(self, artifacts: Artifacts, placement: Placement, keep_graphs: bool = True):
         entry = tiling_entry(artifacts)
         if entry is None:
             raise UsageError(no_tiling_reason(artifacts))
         self.artifacts, self.placement = artifacts, placement
         self.align, self.halo = int(entry["align"]), int(entry["halo"])
         self.strides = {n: int(s) for n, s in entry["strides"].items()}
-        # As Artifacts.train_graph_path: the Winograd graphs on the CPU provider unless
-        # NST_ORT_TRAIN_GRAPH=train (comparisons); no fp16 tile graphs (--precision fp16 runs untiled).
-        cpu = (placement.train_variant == "cpu" and "train_cpu" in entry
-               and os.environ.get("NST_ORT_TRAIN_GRAPH") != "train")
+        cpu, self.keeps = graph_family(entry, placement, keep_graphs)
         self.variant = "cpu" if cpu else "plain"
+        suffix = "_cpu" if cpu else ""
+        first, second = ("grams_keep", "train_kept") if self.keeps else ("grams", "train")
         # CPU arenas on both: without one every run maps its activations afresh and the kernel zeroes
         # each page on first touch (measured at 1024x768, one tile: 2.07 M page faults and 3.8 s of
         # system time per step, the step 2.3x the arena's CPU time). The arenas keep both passes' peaks
         # for the session's life: memory.tiled_estimate counts pass 1's beside pass 2's.
-        self.grams = make_session(artifacts.path_of(entry["grams_cpu" if cpu else "grams"]["file"]), placement)
-        self.train = make_session(artifacts.path_of(entry["train_cpu" if cpu else "train"]["file"]), placement)
+        self.grams = make_session(artifacts.path_of(entry[first + suffix]["file"]), placement)
+        self.train = make_session(artifacts.path_of(entry[second + suffix]["file"]), placement)
+        self.kept_names = ([o.name for o in self.grams.get_outputs() if o.name.startswith("kept.")]
+                           + [o.name for o in self.grams.get_outputs() if o.name.startswith("feature.")])
+
+    def features_name(self, layer: str) -> str:
+        """Pass 1's output of a content layer's features in this family."""
+        return f"feature.{layer}" if self.keeps else contract.content_feature(layer)
 
     def run(self, sess: ort.InferenceSession, outputs, feeds: dict, what: str):
         try:
             return sess.run(outputs, feeds)
         except Exception as e:  # noqa: BLE001
             raise run_error(e, what) from None
+
+
+def graph_family(entry: dict, placement: Placement, keep_graphs: bool = True) -> tuple[bool, bool]:
+    """(Winograd graphs, keep graphs) a placement runs from a "tiling" entry. As
+    Artifacts.train_graph_path: the Winograd graphs on the CPU provider unless NST_ORT_TRAIN_GRAPH=train
+    (comparisons); no fp16 tile graphs (--precision fp16 runs the fp32 ones). The keep graphs where the
+    folder has them (older folders: pass 2 runs the forward again)."""
+    cpu = (placement.train_variant == "cpu" and "train_cpu" in entry
+           and os.environ.get("NST_ORT_TRAIN_GRAPH") != "train")
+    suffix = "_cpu" if cpu else ""
+    keeps = (keep_graphs and f"grams_keep{suffix}" in entry and f"train_kept{suffix}" in entry
+             and "kept_bytes_per_pixel" in entry)
+    return cpu, keeps
+
+
+def kept_bytes(artifacts: Artifacts, placement: Placement) -> float:
+    """Bytes per crop pixel pass 1 keeps for pass 2 on this placement (0: the keep graphs are not used)."""
+    entry = tiling_entry(artifacts)
+    return float(entry["kept_bytes_per_pixel"]) if entry and graph_family(entry, placement)[1] else 0.0
 
 
 def tiling_entry(artifacts: Artifacts) -> dict | None:
@@ -197,13 +226,20 @@ def _crop(full: np.ndarray, tile: Tile, stride: int, H: int, W: int) -> np.ndarr
 
 class TiledTrainStep:
     """TrainStep's interface (session.py) on the tile graphs: x [1, 3, H, W] -> (loss, content_losses,
-    style_losses, tv_loss, image_grad), from the untiled training graph's feeds."""
+    style_losses, tv_loss, image_grad), from the untiled training graph's feeds.
 
-    def __init__(self, tiled: TiledGraphs, feeds: dict[str, np.ndarray], shape: tuple[int, ...], tile: int):
+    keep: with the keep family (TiledGraphs.keeps), how many tiles keep pass 1's outputs for pass 2
+    (the last ones of pass 1, whose pass 2 runs first; None: all): the others run pass 1's graph
+    again in pass 2. The memory plan (memory.plan_tiling) says how many fit."""
+
+    def __init__(self, tiled: TiledGraphs, feeds: dict[str, np.ndarray], shape: tuple[int, ...], tile: int,
+                 keep: int | None = None):
         a = tiled.artifacts
         self.tiled, self.shape = tiled, tuple(shape)
         H, W = self.shape[2:]
         self.layout = Layout.of(H, W, tile, tiled.align, tiled.halo)
+        n = len(self.layout.tiles)
+        self.keep = 0 if not tiled.keeps else n if keep is None else max(0, min(n, keep))
         self.content, self.style = list(a.content_layers), list(a.style_layers)
         self.clw = np.asarray(feeds[contract.CONTENT_LAYER_WEIGHTS], np.float64)
         self.slw = np.asarray(feeds[contract.STYLE_LAYER_WEIGHTS], np.float64)
@@ -233,32 +269,54 @@ class TiledTrainStep:
             grads[n] = ((e + e.transpose(0, 2, 1)) / area).astype(np.float32)
         return np.array(losses), grads
 
+    def _terms(self, tile: Tile, sgrads: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Pass 2's feeds besides the crop (or what pass 1 kept of it)."""
+        H, W = self.shape[2:]
+        feeds = {**self._style_masks(tile), "content_weights": self.content_weights, "content_norms": self.content_norms}
+        for n in self.content:
+            s = self.tiled.strides[n]
+            feeds[f"content_mask.{n}"] = _crop_feed(self.cfull[n], tile, s, H, W)
+            feeds[contract.content_target(n)] = _crop(self.ctargets[n], tile, s, H, W)
+        for n in self.style:
+            feeds[f"style_grad.{n}"] = sgrads[n]
+        return feeds
+
     def __call__(self, x: np.ndarray) -> tuple:
         x = np.ascontiguousarray(x, dtype=np.float32)
-        H, W = self.shape[2:]
-        t = self.tiled
+        t, tiles = self.tiled, self.layout.tiles
+        first_kept = len(tiles) - self.keep
         parts = {n: 0.0 for n in self.style}
         names = [f"gram_part.{n}" for n in self.style]
-        for tile in self.layout.tiles:  # pass 1: the whole image's Grams, part by part
+        kept: dict[int, dict[str, np.ndarray]] = {}
+        for i, tile in enumerate(tiles):  # pass 1: the whole image's Grams, part by part
             r0, r1, c0, c1 = tile.crop
             feeds = {contract.IMAGE: np.ascontiguousarray(x[:, :, r0:r1, c0:c1]), **self._style_masks(tile)}
-            outs = t.run(t.grams, names, feeds, f"tile graph (Grams) at {c1 - c0}x{r1 - r0}")
+            want = names + t.kept_names if i >= first_kept else names
+            outs = t.run(t.grams, want, feeds, f"tile graph (Grams) at {c1 - c0}x{r1 - r0}")
             for n, p in zip(self.style, outs):
                 parts[n] = parts[n] + p.astype(np.float64)
+            if i >= first_kept:
+                kept[i] = dict(zip(t.kept_names, outs[len(names):]))
         sloss, sgrads = self._style_grads(parts)
         closs = np.zeros(len(self.content))
         grad = np.zeros_like(x)
-        for tile in self.layout.tiles:  # pass 2: content terms and the backward, given dL/dG
+        # pass 2: content terms and the backward, given dL/dG; the kept tiles first (the last of pass 1
+        # first), each tile's kept arrays freed after its run
+        for i in [*range(len(tiles) - 1, first_kept - 1, -1), *range(first_kept)]:
+            tile = tiles[i]
             r0, r1, c0, c1 = tile.crop
-            feeds = {contract.IMAGE: np.ascontiguousarray(x[:, :, r0:r1, c0:c1]), **self._style_masks(tile),
-                     "content_weights": self.content_weights, "content_norms": self.content_norms}
-            for n in self.content:
-                s = t.strides[n]
-                feeds[f"content_mask.{n}"] = _crop_feed(self.cfull[n], tile, s, H, W)
-                feeds[contract.content_target(n)] = _crop(self.ctargets[n], tile, s, H, W)
-            for n in self.style:
-                feeds[f"style_grad.{n}"] = sgrads[n]
+            feeds = self._terms(tile, sgrads)
+            crop = np.ascontiguousarray(x[:, :, r0:r1, c0:c1])
+            if not t.keeps:
+                feeds[contract.IMAGE] = crop
+            elif i in kept:
+                feeds.update(kept.pop(i))
+            else:  # not kept: pass 1's graph again for this crop
+                again = {contract.IMAGE: crop, **self._style_masks(tile)}
+                outs = t.run(t.grams, t.kept_names, again, f"tile graph (Grams) at {c1 - c0}x{r1 - r0}")
+                feeds.update(zip(t.kept_names, outs))
             cl, g = t.run(t.train, ["content_losses", "image_grad"], feeds, f"tile graph (training) at {c1 - c0}x{r1 - r0}")
+            del feeds
             closs += cl
             grad[:, :, r0:r1, c0:c1] += g  # halos overlap: each tile adds its positions' share
         tv, tv_grad = tv_term(x, float(self.tw[2]))
@@ -279,7 +337,7 @@ def tiled_features(tiled: TiledGraphs, image: np.ndarray, tile: int, keep: set[s
     content, style = list(a.content_layers), list(a.style_layers)
     out: dict[str, np.ndarray] = {}
     parts = {n: 0.0 for n in style}
-    names = [contract.content_feature(n) for n in content] + [f"gram_part.{n}" for n in style]
+    names = [tiled.features_name(n) for n in content] + [f"gram_part.{n}" for n in style]
     for tile in layout.tiles:
         r0, r1, c0, c1 = tile.crop
         feeds = {contract.IMAGE: np.ascontiguousarray(x[:, :, r0:r1, c0:c1])}
