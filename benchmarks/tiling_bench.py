@@ -5,11 +5,16 @@
 
 Timing: one process, the CPU provider, the default model, a 4:3 random image with a random content
 target and one style: per size the median of `repeats` evaluations (loss + gradient, no optimizer
-update) of train_cpu.onnx (TrainStep) and of the tiled step (TiledTrainStep, tile_*_cpu.onnx),
-after one warm-up run each, wall and CPU time (all threads). Plans: memory.plan_tiling for 8192x6144 against this machine's available
-memory, and for 2048 and 4096 px (4:3) on a 4 GB and an 8 GB GPU, where one crop's activations
-must fit the GPU's memory (the host keeps the image-sized vectors: the tiled step runs the host loop).
-Writes benchmarks/results/cpu_tiling.{md,json}.
+update), after one warm-up run each, wall and CPU time (all threads), of train_cpu.onnx (TrainStep),
+and per tile of the tiled step (TiledTrainStep) with tile_grams_cpu + tile_train_cpu (pass 2 runs
+the forward again) and with tile_grams_keep_cpu + tile_train_kept_cpu (pass 1's activations kept):
+the tiles given (every crop kept), and the tile memory.plan_tiling picks with --plan-gib GiB available
+(as many crops kept as it plans). Each variant's sessions are made, timed and dropped before the next,
+with its peak RSS over the RSS before it. Plans: memory.plan_tiling for 8192x6144 against this
+machine's available memory, and for 2048 and 4096 px (4:3) on a 4 GB and an 8 GB GPU, where one
+crop's activations must fit the GPU's memory (the host keeps the image-sized vectors: the tiled step
+runs the host loop). Writes benchmarks/results/cpu_tiling.{md,json} with the CPU's model, flags and
+the load average before and after.
 """
 from __future__ import annotations
 
@@ -97,10 +102,24 @@ def _measure(make, x, repeats: int) -> dict:
     return {"s": round(wall, 3), "cpu_s": round(cpu, 3), "peak_mib": peak}
 
 
-def timings(sizes: list[int], tiles: list[int], repeats: int, threads: int | None) -> list[dict]:
+def host_plan(a: Artifacts, size: tuple[int, int], gib: int) -> tuple[int | None, int]:
+    """(tile, kept crops) memory.plan_tiling picks for one scale of `size` with `gib` GiB available:
+    L-BFGS history 100, 10 iterations at that scale, the default content layers."""
+    entry = a.manifest["tiling"]
+    content = sum(a.layer_info[n]["channels"] / a.layer_info[n]["stride"] ** 2
+                  for n in a.content_layers if a.defaults["content_layer_weights"][n])
+    plan = memory.Plan("bench", a.manifest["layers"], [size], history=100, factor=memory.MANUAL_GRAPH_FACTOR,
+                       align=entry["align"], halo=entry["halo"], content_floats=content, iterations=(10,),
+                       kept_bytes=float(entry.get("kept_bytes_per_pixel", 0.0)))
+    t = memory.plan_tiling(plan, memory.Available(gib << 30, None))
+    return t.tiles[0], t.kept_at(0)
+
+
+def timings(sizes: list[int], tiles: list[int], repeats: int, threads: int | None, plan_gib: int) -> list[dict]:
     """Per size: the untiled step; per tile, the tiled step (tile_grams + tile_train: two forwards per
-    crop) and the tiled step keeping pass 1's activations for every tile (tile_grams_keep +
-    tile_train_kept: one forward)."""
+    crop) and the tiled step keeping pass 1's activations (tile_grams_keep + tile_train_kept: one
+    forward per kept crop), for every crop, or, for the tile the memory plan picks with `plan_gib` GiB
+    available, for as many crops as it keeps."""
     a = Artifacts(ROOT / "models" / "vgg16")
     entry = a.manifest["tiling"]
     placement = choose("cpu", threads=threads)
@@ -111,15 +130,20 @@ def timings(sizes: list[int], tiles: list[int], repeats: int, threads: int | Non
         feeds = feeds_for(a, H, W, rng)
         x = rng.random((1, 3, H, W), dtype=np.float32)
         untiled = _measure(lambda: TrainStep(Graphs(a, placement), feeds, x.shape), x, repeats)
-        for tile in tiles:
+        planned, planned_kept = host_plan(a, (W, H), plan_gib)
+        runs = ([(planned, planned_kept, f"the plan's for {plan_gib} GiB")] if planned else []) + [
+            (tile, None, "given") for tile in tiles]
+        for tile, keep, why in runs:
             layout = Layout.of(H, W, tile, entry["align"], entry["halo"])
-            crops = sum((t.crop[1] - t.crop[0]) * (t.crop[3] - t.crop[2]) for t in layout.tiles)
-            row = {"width": W, "height": H, "tile": tile, "layout": layout.describe(),
-                   "crops_area": round(crops / (W * H), 3), "untiled": untiled}
-            row["tiled"] = _measure(lambda: TiledTrainStep(TiledGraphs(a, placement, keep_graphs=False), feeds,
-                                                           x.shape, tile), x, repeats)
-            row["tiled_keep"] = _measure(lambda: TiledTrainStep(TiledGraphs(a, placement), feeds, x.shape, tile), x,
-                                         repeats)
+            step = lambda keep_graphs, k=keep, tile=tile: TiledTrainStep(  # noqa: E731
+                TiledGraphs(a, placement, keep_graphs=keep_graphs), feeds, x.shape, tile, k)
+            row = {"width": W, "height": H, "tile": tile, "tile_is": why, "layout": layout.describe(),
+                   "kept": len(layout.tiles) if keep is None else keep,
+                   "estimated_work": round(memory.tiled_work((W, H), tile, entry["halo"], len(layout.tiles)
+                                                             if keep is None else keep), 3),
+                   "untiled": untiled}
+            row["tiled"] = _measure(lambda: step(False), x, repeats)
+            row["tiled_keep"] = _measure(lambda: step(True), x, repeats)
             for k in ("tiled", "tiled_keep"):
                 row[k]["ratio"] = round(row[k]["s"] / untiled["s"], 2)
                 row[k]["cpu_ratio"] = round(row[k]["cpu_s"] / untiled["cpu_s"], 2)
@@ -174,6 +198,7 @@ def main() -> int:
     p.add_argument("--tiles", type=int, nargs="*", default=[1232, 1024])
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--plan-gib", type=int, default=8, help="also time the tile the memory plan picks with this much")
     p.add_argument("--plan-only", action="store_true")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "cpu_tiling"))
     args = p.parse_args()
@@ -181,15 +206,17 @@ def main() -> int:
     result = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "cpu": info["model"],
                           "simd": info["simd"], "flags": " ".join(info["flags"]), "load_average": os.getloadavg()},
               "plans": plans(), "timings": [] if args.plan_only else timings(args.sizes, args.tiles, args.repeats,
-                                                                               args.threads)}
+                                                                               args.threads, args.plan_gib)}
     result["machine"]["load_average_after"] = os.getloadavg()
     Path(args.out + ".json").write_text(json.dumps(result, indent=1) + "\n")
-    lines = ["| size | tile layout | untiled s (CPU s) | tiled s (CPU s) | tiled, kept s (CPU s) | "
-             "tiled / untiled: wall (CPU) | kept / untiled: wall (CPU) | peak RSS MiB: untiled, tiled, kept |",
+    lines = ["| size | tile layout (why this tile); crops kept | untiled s (CPU s) | tiled s (CPU s) | "
+             "tiled, kept s (CPU s) | tiled / untiled: wall (CPU) | kept / untiled: wall (CPU) | "
+             "peak RSS MiB: untiled, tiled, kept |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in result["timings"]:
         u, t, k = r["untiled"], r["tiled"], r["tiled_keep"]
-        lines.append(f"| {r['width']}x{r['height']} | {r['layout']} | {u['s']} ({u['cpu_s']}) | {t['s']} ({t['cpu_s']}) | "
+        lines.append(f"| {r['width']}x{r['height']} | {r['layout']} ({r['tile_is']}); {r['kept']} kept | "
+                     f"{u['s']} ({u['cpu_s']}) | {t['s']} ({t['cpu_s']}) | "
                      f"{k['s']} ({k['cpu_s']}) | {t['ratio']} ({t['cpu_ratio']}) | {k['ratio']} ({k['cpu_ratio']}) | "
                      f"{u['peak_mib']}, {t['peak_mib']}, {k['peak_mib']} |")
     lines += ["", "| plan | tile | layout / notes |", "| --- | --- | --- |"]

@@ -1,7 +1,9 @@
 """The tiled loss and gradient (nst_ort/tiling.py, export/tiled.py) against the untiled graphs, which
 tests/test_gradient.py and tests/test_providers.py check against float64 torch: equal within 1e-4
 relative L2 at sizes that are not multiples of 16, with masks and two styles, tiles smaller than the
-halo, tiles at every border and corner, on both training graphs (train.onnx and train_cpu.onnx)."""
+halo, tiles at every border and corner, on both training graphs (train.onnx and train_cpu.onnx), with
+both families of tile graphs (pass 2 running the forward again; pass 1 keeping its activations for all,
+one or some of the crops)."""
 from __future__ import annotations
 
 import numpy as np
@@ -29,17 +31,28 @@ def artifacts():
 
 
 @pytest.fixture(scope="module", params=["train_cpu", "train"])
-def graphs(request, artifacts):
-    """(untiled Graphs, TiledGraphs) on the same training graph variant."""
+def families(request, artifacts):
+    """(untiled Graphs, {family: TiledGraphs}) on the same training graph variant; families "again"
+    (tile_grams + tile_train: pass 2 runs the forward again) and "keep" (tile_grams_keep +
+    tile_train_kept)."""
     mp = pytest.MonkeyPatch()
     if request.param == "train":
         mp.setenv("NST_ORT_TRAIN_GRAPH", "train")
     placement = choose("cpu", threads=2)
-    pair = Graphs(artifacts, placement), TiledGraphs(artifacts, placement)
+    g = Graphs(artifacts, placement)
+    tiled = {"again": TiledGraphs(artifacts, placement, keep_graphs=False), "keep": TiledGraphs(artifacts, placement)}
     mp.undo()
-    assert pair[0].train_path.name == f"{request.param}.onnx"
-    assert pair[1].variant == ("cpu" if request.param == "train_cpu" else "plain")
-    return pair
+    assert g.train_path.name == f"{request.param}.onnx"
+    for family, tg in tiled.items():
+        assert tg.variant == ("cpu" if request.param == "train_cpu" else "plain")
+        assert tg.keeps is (family == "keep")
+    return g, tiled
+
+
+@pytest.fixture(scope="module")
+def graphs(families):
+    """(untiled Graphs, TiledGraphs of the keep family: what a run uses)."""
+    return families[0], families[1]["keep"]
 
 
 def _feeds(artifacts, g: Graphs, H: int, W: int, styles: int, rng) -> dict:
@@ -63,31 +76,76 @@ def _feeds(artifacts, g: Graphs, H: int, W: int, styles: int, rng) -> dict:
     return feeds
 
 
-@pytest.mark.parametrize("H, W, tile, styles", [
-    (83, 109, 48, 2),  # not multiples of 16; 2x3 tiles smaller than the 64 px halo; masks, two styles
-    (50, 70, 16, 1),  # the smallest tile: 4x5 tiles, crops clipped at every border and corner
-])
-def test_tiled_step_equals_untiled(artifacts, graphs, H, W, tile, styles):
-    g, tg = graphs
-    rng = np.random.default_rng(H)
-    feeds = _feeds(artifacts, g, H, W, styles, rng)
-    x = rng.uniform(0, 1, (1, 3, H, W)).astype(np.float32)
-    ref = TrainStep(g, feeds, x.shape)(x)
-    step = TiledTrainStep(tg, feeds, x.shape, tile)
-    assert len(step.layout.tiles) > 1
-    got = step(x)
+def _close(got, ref) -> None:
     assert abs(got[0] - ref[0]) <= TOL * abs(ref[0])
     for i in (1, 2, 4):  # content losses, style losses, image gradient
         assert rel(got[i], ref[i]) < TOL, (i, rel(got[i], ref[i]))
     assert abs(got[3] - ref[3]) <= TOL * abs(ref[3])
+
+
+@pytest.mark.parametrize("H, W, tile, styles", [
+    (83, 109, 48, 2),  # not multiples of 16; 2x3 tiles smaller than the 64 px halo; masks, two styles
+    (50, 70, 16, 1),  # the smallest tile: 4x5 tiles, crops clipped at every border and corner
+])
+@pytest.mark.parametrize("family, keep", [("again", None), ("keep", None), ("keep", 1), ("keep", 4)])
+def test_tiled_step_equals_untiled(artifacts, families, H, W, tile, styles, family, keep):
+    """keep: how many crops keep pass 1's activations (None: all); 1: only the last crop of pass 1
+    (the others run tile_grams_keep again in pass 2); 4: some, border crops among both kinds."""
+    g, tiled = families
+    tg = tiled[family]
+    rng = np.random.default_rng(H)
+    feeds = _feeds(artifacts, g, H, W, styles, rng)
+    x = rng.uniform(0, 1, (1, 3, H, W)).astype(np.float32)
+    ref = TrainStep(g, feeds, x.shape)(x)
+    step = TiledTrainStep(tg, feeds, x.shape, tile, keep)
+    n = len(step.layout.tiles)
+    assert n > 4 and step.keep == (0 if family == "again" else n if keep is None else keep)
+    _close(step(x), ref)
     if styles == 2:  # the check can fail: a halo of one grid step (not the receptive field) is off
-        bad = TiledTrainStep(tg, feeds, x.shape, tile)
+        bad = TiledTrainStep(tg, feeds, x.shape, tile, keep)
         bad.layout = Layout.of(H, W, tile, tg.align, tg.align)
         assert rel(bad(x)[4], ref[4]) > 10 * TOL
 
 
-def test_tiled_features_equal_eval(artifacts, graphs):
+class _Swapped:
+    """A pass-1 session whose kept array `name` of two crops of one size trades places (what a
+    bookkeeping slip would do)."""
+
+    def __init__(self, sess, name: str):
+        self.sess, self.name, self.held = sess, name, None
+
+    def run(self, outputs, feeds):
+        outs = self.sess.run(outputs, feeds)
+        if any(o.startswith("kept.") for o in outputs):
+            i = outputs.index(self.name) if self.name in outputs else None
+            if i is not None and self.held is not None and self.held.shape == outs[i].shape:
+                outs[i], self.held = self.held, outs[i]
+            elif i is not None:
+                self.held = outs[i]
+        return outs
+
+    def __getattr__(self, name):
+        return getattr(self.sess, name)
+
+
+@pytest.mark.parametrize("name", ["kept.relu1_1.mask", "feature.relu4_2"])
+def test_wrong_kept_arrays_are_caught(artifacts, graphs, monkeypatch, name):
+    """The comparison above fails when pass 2 gets another crop's kept arrays (those of two crops of
+    one size swapped: a ReLU mask, the content layer's features), so a kept path that fed the wrong
+    arrays could not pass it."""
     g, tg = graphs
+    H, W, tile = 40, 200, 32  # a strip: crops [0, 160) and [32, 192) have equal sizes, other pixels
+    rng = np.random.default_rng(7)
+    feeds = _feeds(artifacts, g, H, W, 1, rng)
+    x = rng.uniform(0, 1, (1, 3, H, W)).astype(np.float32)
+    ref = TrainStep(g, feeds, x.shape)(x)
+    monkeypatch.setattr(tg, "grams", _Swapped(tg.grams, name))
+    assert rel(TiledTrainStep(tg, feeds, x.shape, tile)(x)[4], ref[4]) > 10 * TOL
+
+
+@pytest.mark.parametrize("family", ["again", "keep"])
+def test_tiled_features_equal_eval(artifacts, families, family):
+    g, tg = families[0], families[1][family]
     image = np.random.default_rng(1).uniform(0, 1, (77, 101, 3)).astype(np.float32)
     ref, got = g.features(image), tiled_features(tg, image, 32)
     assert set(got) == set(ref)
@@ -223,3 +281,70 @@ def dataclasses_replace(obj, **kw):
     import dataclasses
 
     return dataclasses.replace(obj, **kw)
+
+
+def test_memory_plan_keeps_what_fits():
+    """With the keep graphs (kept_bytes): tiles and kept crops chosen for the least estimated work
+    among the plans that fit; each kept crop adds its kept arrays; unknown memory keeps one crop;
+    without the keep graphs, none (and the largest tile, as before)."""
+    from nst_ort import memory
+
+    layers = Artifacts(DEFAULT_MODEL).manifest["layers"]
+    kw = dict(history=100, factor=memory.MANUAL_GRAPH_FACTOR, align=16, halo=64, content_floats=8.0, iterations=(10,))
+    keep = memory.Plan("c.png", layers, [(2048, 1536)], kept_bytes=906.0, **kw)
+    again = memory.Plan("c.png", layers, [(2048, 1536)], **kw)
+    avail = memory.Available(8 << 30, None)
+    t_keep, t_again = memory.plan_tiling(keep, avail), memory.plan_tiling(again, avail)
+    assert t_again.kept == (0,) and t_again.tiles == (memory._largest_tile(again, avail, (2048, 1536), 100),)
+    tile, kept = t_keep.tiles[0], t_keep.kept[0]
+    n = memory.crops((2048, 1536), tile)
+    assert 1 <= kept <= n
+    assert memory.tiled_work((2048, 1536), tile, 64, kept) < memory.tiled_work((2048, 1536), t_again.tiles[0], 64, 0)
+    memory.check(keep, avail, t_keep)  # fits as planned, the kept crops included ...
+    need = [memory.tiled_estimate(keep, (2048, 1536), tile, 10, k).resident for k in (kept, kept + 1)]
+    assert need[1] - need[0] == pytest.approx(906.0 * (tile + 128) ** 2, rel=1e-6)  # ... one more crop's arrays
+    if kept < n:  # and one more kept crop would not fit
+        assert not avail.fits(memory._need_at(keep, 2048, tile, 10, kept + 1), memory.SUGGEST_SHARE)
+    # plenty of memory and an explicit tile: every crop keeps; unknown memory: one
+    explicit = memory.Plan("c.png", layers, [(2048, 1536)], kept_bytes=906.0, tile=512, **kw)
+    assert memory.plan_tiling(explicit, memory.Available(64 << 30, None)).kept == (12,)
+    assert memory.plan_tiling(explicit, memory.Available(None, None)).kept == (1,)
+
+
+def test_dry_run_and_report_say_what_is_kept(tmp_path, examples):
+    from nst_ort import Config, StyleInput, Stylizer
+
+    cfg = Config(content=examples / "chelsea_cat.jpg", styles=[StyleInput(examples / "starry_night.jpg")], size=80,
+                 tile=32)
+    tiling = Stylizer(cfg).plan()["tiling"]
+    assert tiling["scales"][0]["kept"] == tiling["scales"][0]["crops"] == 6  # a small run: every crop keeps
+    assert tiling["graphs"] in ("tile_grams_keep_cpu.onnx, tile_train_kept_cpu.onnx",
+                                "tile_grams_keep.onnx, tile_train_kept.onnx")
+    r = _cli(str(examples / "chelsea_cat.jpg"), str(examples / "starry_night.jpg"), "-o", str(tmp_path / "d.png"),
+             "--size", "80", "--tile", "32", "--dry-run")
+    assert r.returncode == 0 and "6 of 6 crops keep pass 1's activations" in r.stdout, r.stdout + r.stderr
+
+
+def test_folder_without_keep_graphs_runs_the_old_way(tmp_path, examples):
+    """A model folder exported before the keep graphs: tiled runs use tile_grams + tile_train, keep
+    nothing, and the memory plan counts no kept arrays."""
+    import json
+    import shutil
+
+    from nst_ort import Config, StyleInput, Stylizer
+
+    old = tmp_path / "old"
+    shutil.copytree(DEFAULT_MODEL, old, ignore=shutil.ignore_patterns("tile_*_keep*", "tile_*_kept*"))
+    manifest = json.loads((old / "manifest.json").read_text())
+    for role in ("grams_keep", "train_kept", "grams_keep_cpu", "train_kept_cpu", "kept_bytes_per_pixel"):
+        del manifest["tiling"][role]
+    manifest["files"] = {f: v for f, v in manifest["files"].items() if "_keep" not in f and "_kept" not in f}
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    cfg = Config(content=examples / "chelsea_cat.jpg", styles=[StyleInput(examples / "starry_night.jpg")], size=64,
+                 tile=32, model=old, threads=2, optim=__import__("nst_ort").config.OptimConfig(iterations=1))
+    st = Stylizer(cfg)
+    assert st.memory_plan().kept_bytes == 0.0
+    st.step()
+    tiling = st.runtime()["tiling"]
+    assert tiling["scales"][0]["kept"] == 0 and not st.tiled_graphs.keeps
+    assert tiling["graphs"] in ("tile_grams_cpu.onnx, tile_train_cpu.onnx", "tile_grams.onnx, tile_train.onnx")
