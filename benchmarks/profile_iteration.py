@@ -71,7 +71,10 @@ def instrument(timers: Timers) -> None:
     """Timers around every session run and the host loop's numpy work (benchmark only)."""
     import numpy as np
 
-    from nst_ort import device_loop, loop, optim, session
+    from nst_ort.engine import device_loop
+    from nst_ort.engine import loop
+    from nst_ort.engine import optim
+    from nst_ort.engine import session
 
     session.TrainingGraph.run = timers.wrap(lambda *a, **k: "training graph", session.TrainingGraph.run)
     labels = {"L-BFGS pair graph": "lbfgs_pair", "L-BFGS projection graph": "lbfgs_project",

@@ -15,11 +15,11 @@ def __getattr__(name: str):
     import importlib
 
     try:
-        module = importlib.import_module(f".{_EXPORTS[name]}", __name__)
+        module = importlib.import_module(f".engine.{_EXPORTS[name]}", __name__)
     except ModuleNotFoundError as e:
         if e.name != "onnxruntime":
             raise
-        from .entry import INSTALL
+        from .commands.entry import INSTALL
 
         raise ImportError(f"nst-ort needs an ONNX Runtime: {INSTALL}") from e
     value = getattr(module, name)
