@@ -28,8 +28,8 @@ for call in calls:
     os.chdir(call["cwd"] or home)
     os.environ.clear(); os.environ.update(env); os.environ.update(call["env"] or {})
     cli._said.clear()
-    if "nst_ort.commands.video" in sys.modules:
-        sys.modules["nst_ort.commands.video"]._said.clear()
+    if "nst_ort.commands.video_frames" in sys.modules:  # nst-ort video's warn-once memory
+        sys.modules["nst_ort.commands.video_frames"]._said.clear()
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:

@@ -1,6 +1,11 @@
 """Errors the CLI turns into one line on stderr and an exit code (docs/errors.md, "Errors")."""
 from __future__ import annotations
 
+import errno
+import os
+import sys
+import traceback
+
 
 class NstError(Exception):
     """Base: message is the whole user-facing line; exit_code is documented."""
@@ -73,12 +78,10 @@ class GuardedStdout:
 def too_many_files(e: BaseException) -> str | None:
     """The line for a process out of file descriptors (`ulimit -n`), which is a resource limit like
     memory (exit 6), not a damaged input or a bug; None for any other error."""
-    import errno
-
     if not isinstance(e, OSError) or e.errno not in (errno.EMFILE, errno.ENFILE):
         return None
     try:
-        import resource
+        import resource  # Unix only: the ImportError on Windows is caught below
 
         limit = f" (ulimit -n is {resource.getrlimit(resource.RLIMIT_NOFILE)[0]})"
     except (ImportError, OSError, ValueError):
@@ -91,9 +94,6 @@ def stdout_closed() -> int:
     EXIT_BROKEN_PIPE, as a Unix tool that SIGPIPE ends. The signal itself stays ignored (Python's
     default), so that a run is never killed while it writes a file. stdout is pointed at /dev/null,
     so that the interpreter's last flush of what is buffered cannot print a second error."""
-    import os
-    import sys
-
     try:
         fd = os.open(os.devnull, os.O_WRONLY)
         os.dup2(fd, sys.stdout.fileno())
@@ -106,11 +106,7 @@ def stdout_closed() -> int:
 def exit_for(e: BaseException, debug: bool, prog: str = "nst-ort") -> int:
     """One line on stderr and the documented exit code for an error that reached the top of a command
     (nst-ort, nst-ort video, nst-ort check); the traceback only with --debug."""
-    import sys
-
     if debug:
-        import traceback  # only here: out of file descriptors, importing it would fail too
-
         traceback.print_exc()
     if isinstance(e, MemoryError):  # numpy or Python itself; onnxruntime's failures are mapped in session.py
         print(f"{prog}: error: out of memory (MemoryError); try a smaller --size", file=sys.stderr)

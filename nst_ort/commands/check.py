@@ -28,7 +28,17 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from ..base.atomic import atomic_write
 from ..base.errors import EXIT_CHECK_FAILED, OutOfMemory, OutputError, UsageError, exit_for
+from ..engine import providers
+from ..engine.artifacts import Artifacts
+from ..engine.config import max_threads
+from ..engine.device_loop import DeviceLoop
+from ..engine.loop import HostLoop
+from ..engine.optim import make
+from ..engine.session import TrainStep, make_session
+from ..media.outputs import Source, Target, check_writes, file_arg
+from .flags import Parser, int_flag
 
 # Limits per precision, from measurements at 64x48 (docs/providers.md):
 # fp32 - OpenVINO's provider (CPU device; onnxruntime-openvino 1.18, 1.23, 1.24) against the CPU provider
@@ -57,9 +67,6 @@ WHAT = {
 }
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..engine.config import max_threads
-    from .flags import Parser, int_flag
-
     p = Parser(prog="nst-ort check", description="Conformance run: every graph of the model on the chosen provider "
                 "against onnxruntime's CPU provider, at a small size; a table and a verdict (exit 0 or 10).")
     p.add_argument("--model", help="artifact folder (default: the embedded VGG16)")
@@ -107,8 +114,6 @@ def _check_json(text: str, art) -> None:
     """--json as any written file (outputs.check_writes), before the check runs: not a model file,
     not a FIFO, device, folder or symlink (stat only: a FIFO is never opened), its folder present
     and writable."""
-    from ..media.outputs import Source, Target, check_writes, file_arg
-
     path = file_arg(text, "--json")
     sources = [Source(art.path / "manifest.json", "model file")]
     sources += [Source(art.path / name, "model file") for name in art.manifest["files"]]
@@ -215,8 +220,6 @@ class _Side:
         self.artifacts, self.placement, self._sessions = art, placement, {}
 
     def session(self, path):
-        from ..engine.session import make_session
-
         if str(path) not in self._sessions:
             self._sessions[str(path)] = make_session(path, self.placement)
         return self._sessions[str(path)]
@@ -237,15 +240,10 @@ class _Side:
 
     def step(self, train_path, feeds, x):
         """One evaluation through TrainStep (IOBinding, as the host loop runs it)."""
-        from ..engine.session import TrainStep
-
         return TrainStep(self.graphs(train_path), feeds, x.shape)(x)
 
 
 def run(args) -> tuple[Table, dict]:
-    from ..engine import providers
-    from ..engine.artifacts import Artifacts
-
     art = Artifacts(args.model)
     for flag, value in (("--size", args.size), ("--time-size", args.time_size)):
         if value:
@@ -368,8 +366,6 @@ def _run_plain(sess, inputs: dict) -> dict[str, np.ndarray]:
 
 
 def _loop(graphs, kind: str, feeds, x, steps: int) -> np.ndarray:
-    from ..engine.device_loop import DeviceLoop
-
     loop = DeviceLoop(graphs, feeds, x, kind, 1.0 if kind == "lbfgs" else 0.02, 10)
     for _ in range(steps):
         loop.step()  # a loss that is not finite raises NumericalError: a FAIL row
@@ -378,10 +374,6 @@ def _loop(graphs, kind: str, feeds, x, steps: int) -> np.ndarray:
 
 def _time(graphs, feeds, x, iterations: int) -> tuple[float, str]:
     """Median seconds per L-BFGS iteration after one warm-up, in the loop a run would use."""
-    from ..engine.device_loop import DeviceLoop
-    from ..engine.loop import HostLoop
-    from ..engine.optim import make
-
     if graphs.optimizer_sessions("lbfgs") is not None:
         loop, kind = DeviceLoop(graphs, feeds, x, "lbfgs", 1.0, 100), "device"
     else:
@@ -415,8 +407,6 @@ def main(argv: list[str] | None = None) -> int:
                f"FAIL: {len(failed)} of {len(compared)} comparisons outside their limits or not run")
     print(verdict)
     if args.json:
-        from ..base.atomic import atomic_write
-
         text = json.dumps({**meta, "rows": table.rows, "passed": table.passed, "verdict": verdict,
                            "limits": LIMITS[args.precision], "what": WHAT}, indent=1) + "\n"
         try:

@@ -2,20 +2,30 @@
 from __future__ import annotations
 
 import argparse
+import difflib
+import importlib
 import os
+import shlex
 import signal
 import sys
 from pathlib import Path
 
-from .. import __version__
-from . import describe
-from ..engine import memory
-from ..engine.config import Config, LossConfig, OptimConfig, StyleInput
+import onnxruntime
+
 from ..base.errors import (EXIT_BATCH_PARTIAL, EXIT_INTERRUPTED, Interrupted, NstError, NumericalError, OutOfMemory,
-                     OutputError, Terminated, UsageError, exit_for, on_sigterm, stdout_closed)
+                           OutputError, Terminated, UsageError, exit_for, on_sigterm, stdout_closed)
+from ..base.extras import require
+from ..base.version import __version__
+from ..engine import memory
+from ..engine.artifacts import Artifacts
+from ..engine.config import Config, LossConfig, OptimConfig, StyleInput
+from ..engine.providers import parse_options
+from ..media.outputs import (Snapshots, Source, Target, batch_files, batch_outputs, check_writes, file_arg, image_bytes,
+                             same_file)
+from . import describe
 from .flags import build_parser, check_modes
-from ..media.outputs import Snapshots, Source, Target, batch_files, batch_outputs, check_writes, file_arg, image_bytes, same_file
 from .presets import PRESETS
+from .sources import run_sources
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 
@@ -32,8 +42,6 @@ def _warn(msg: str) -> None:
 
 
 def _provider_options(args) -> dict | None:
-    from ..engine.providers import parse_options
-
     return parse_options(args.provider_option) or None
 
 
@@ -88,24 +96,6 @@ def checkpoint_bytes(cfg: Config, size: tuple[int, int]) -> int:
     return 4 * n * (vectors + 1) + 16 * pairs ** 2 + (64 << 10)
 
 
-def _sources(cfg: Config, artifacts, resume: Path | None) -> list[Source]:
-    out = []
-    if cfg.content is not None:
-        out.append(Source(cfg.content, "content image"))
-    for st in cfg.styles:
-        out.append(Source(st.path, "style image"))
-        if st.mask is not None:
-            out.append(Source(st.mask, "style mask"))
-    if cfg.init not in ("content", "noise"):
-        out.append(Source(Path(cfg.init), "--init image"))
-    if resume is not None:
-        out.append(Source(resume, "--resume checkpoint"))
-    model = artifacts.path
-    out.append(Source(model / "manifest.json", "model file"))
-    out += [Source(model / name, "model file") for name in artifacts.manifest["files"]]
-    return out
-
-
 def _targets(cfg: Config, out: Path, args, final: tuple[int, int], largest: tuple[int, int], total: int
              ) -> tuple[list[Target], Snapshots | None]:
     for flag, value in (("-o", args.output), ("--report", args.report), ("--checkpoint", args.checkpoint)):
@@ -132,14 +122,14 @@ def _settings(args, cfg: Config, weights: dict) -> dict:
                     scale_iterations=[n for _, n in cfg.schedule()], optimizer=cfg.optim.name,
                     lr=cfg.optim.learning_rate(), history=cfg.optim.history, seed=cfg.seed)
     settings["nst_ort"] = __version__
-    import onnxruntime
-
     settings["onnxruntime"] = onnxruntime.__version__
     return settings
 
 
 def stylize_one(cfg: Config, out: Path, args, artifacts, label: str = "") -> str:
     """Check everything, then run (or with --dry-run print the plan). Returns what was written."""
+    # Here, not at the top: the engine's run path is not loaded for --help, --version or a bad flag
+    # (start-up, measured in benchmarks/results/layout_startup.md).
     from ..engine import checkpoint
     from ..engine.stylize import Stylizer
 
@@ -149,7 +139,7 @@ def stylize_one(cfg: Config, out: Path, args, artifacts, label: str = "") -> str
     total = cfg.total_iterations()
     largest = max(sizes, key=lambda s: s[0] * s[1])
     targets, snaps = _targets(cfg, out, args, sizes[-1], largest, total)
-    check_writes(targets, _sources(cfg, artifacts, resume), snaps, resume)
+    check_writes(targets, run_sources(cfg, artifacts, resume), snaps, resume)
     plan = stylizer.memory_plan()
     tiling = stylizer.plan_tiling()  # --tile auto: untiled where it fits, else tiles (and the L-BFGS history)
     memory.check(plan, tiling=tiling)  # before any image is decoded: their headers give the sizes
@@ -168,7 +158,7 @@ def stylize_one(cfg: Config, out: Path, args, artifacts, label: str = "") -> str
 
 
 def _run(stylizer, cfg: Config, out: Path, args, fingerprint: str, snaps: Snapshots | None, label: str) -> str:
-    from ..engine import checkpoint
+    from ..engine import checkpoint  # start-up, as in stylize_one
     from ..media.images import save_image
     from .report import Progress, Report
 
@@ -254,8 +244,6 @@ def _interrupted_note(wrote: bool, out: Path, args) -> str:
 
 def resume_command(argv: list[str], checkpoint: str) -> str:
     """The command as typed, with --resume CHECKPOINT (replacing a --resume it had)."""
-    import shlex
-
     kept, skip = [], False
     for a in argv:
         if skip:
@@ -291,8 +279,6 @@ def subcommands_epilog() -> str:
 
 def near_subcommand(word: str) -> str | None:
     """The subcommand `word` is a typo of, when it names no file (a file is a content image)."""
-    import difflib
-
     if word.startswith("-") or Path(word).suffix or os.path.lexists(word):
         return None
     near = difflib.get_close_matches(word, list(SUBCOMMANDS), n=1, cutoff=0.6)
@@ -300,8 +286,6 @@ def near_subcommand(word: str) -> str | None:
 
 
 def _subcommand(argv: list[str]) -> int:
-    import importlib
-
     module, _, func = SUBCOMMANDS[argv[0]].partition(":")
     try:
         return getattr(importlib.import_module(module), func)(argv[1:])
@@ -338,15 +322,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args) -> int:
-    from ..engine.artifacts import Artifacts
-
     if args.info:
         return describe.info(Artifacts(args.model), args.json)
     check_modes(args)
     if not args.images:
         raise UsageError("no images: nst-ort CONTENT STYLE [STYLE ...] -o OUT (or --texture STYLE -o OUT)")
     artifacts = Artifacts(args.model)
-    from . import distributed
+
+    from . import distributed  # start-up, as in stylize_one (it loads the engine and the Ray driver)
 
     batch = not args.texture and _is_dir(Path(args.images[0]))
     if distributed.wanted(args):
@@ -360,7 +343,6 @@ def _main(args) -> int:
             return distributed.batch(args, artifacts, IMAGE_EXTS, build_config)
         # A dry run checks what the Ray batch would run, image by image, as the sequential batch
         # does; and that Ray is there.
-        from ..base.extras import require
 
         require("ray", "--workers / --ray-address")
     if batch:

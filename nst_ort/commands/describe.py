@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from ..engine import memory
 from ..engine.config import Config, OptimConfig
+from ..engine.providers import info as runtime_info
 from ..media.outputs import Target
 from .presets import PRESETS
 
@@ -32,8 +34,6 @@ def _layer_weight(v: float) -> str:
 def network_order(layers: list[dict]) -> list[dict]:
     """The manifest lists layers in no particular order: sort by depth (stride), then by name with
     its numbers as numbers (relu4_1 before relu4_2 before relu10_1)."""
-    import re
-
     def key(layer: dict):
         parts = re.split(r"(\d+)", layer["name"])
         return (int(layer["stride"]), [int(x) if x.isdigit() else x for x in parts])
@@ -41,8 +41,6 @@ def network_order(layers: list[dict]) -> list[dict]:
 
 
 def info(artifacts, as_json: bool) -> int:
-    from ..engine.providers import info as runtime_info
-
     m = artifacts.manifest
     runtime = runtime_info()  # onnxruntime's version, its providers, the package it came from
     layers = network_order(m["layers"])

@@ -34,6 +34,7 @@ import dataclasses
 import hashlib
 import math
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -41,8 +42,17 @@ from pathlib import Path
 
 import numpy as np
 
-from ..base.errors import EXIT_BATCH_PARTIAL, NstError, UsageError
+from ..base.atomic import atomic_write
+from ..base.errors import EXIT_BATCH_PARTIAL, NstError, OutputError, UsageError
+from ..engine import memory
+from ..engine.artifacts import Artifacts
+from ..engine.config import StyleInput
+from ..engine.stylize import Stylizer
+from ..media.images import load_image, save_image
+from ..media.outputs import Source, Target, batch_files, batch_outputs, check_writes, image_bytes
 from .ray_cluster import run_driver
+from .sources import run_sources
+from .video_frames import FrameStylizer
 
 RETRIES = 3  # a task whose worker dies is run again, up to this many times
 
@@ -53,18 +63,6 @@ def retries() -> int:
         return max(0, int(os.environ.get("NST_ORT_RAY_RETRIES", RETRIES)))
     except ValueError:
         return RETRIES
-
-
-# -- flags --------------------------------------------------------------------------------------------
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """--workers, --ray-address (nst-ort's batch and nst-ort video)."""
-    from .flags import int_flag
-
-    g = parser.add_argument_group("scale-out (Ray, the [ray] extra)")
-    g.add_argument("--workers", type=int_flag("workers"),
-                   help="run on N Ray workers; without --ray-address a local Ray is started")
-    g.add_argument("--ray-address", help="an existing Ray cluster (e.g. HOST:6379 or auto); --workers then caps "
-                   "the tasks in flight")
 
 
 def wanted(args) -> bool:
@@ -115,8 +113,6 @@ def _write_inputs(files: dict[str, bytes]) -> dict[str, Path]:
 
 def _remap(cfg, paths: dict[str, Path], model: Path):
     """The Config with every input path replaced by the worker's copy, and the worker's model."""
-    from ..engine.config import StyleInput
-
     def m(p):
         return paths[str(p)] if p is not None else None
 
@@ -135,10 +131,6 @@ def _user_message(message: str, copies: dict[str, Path], model: Path | None, use
 
 def stylize_image(sha256: str, model_box: list, cfg, files: dict[str, bytes]) -> dict:
     """One batch image on a worker: {"png": bytes} or {"error": message, "code": exit code}."""
-    from ..media.images import save_image
-    from ..engine.stylize import Stylizer
-    from ..engine import memory
-
     workdir = model = None
     paths: dict[str, Path] = {}
     try:
@@ -157,8 +149,6 @@ def stylize_image(sha256: str, model_box: list, cfg, files: dict[str, bytes]) ->
                 "code": e.exit_code}
     finally:
         if workdir is not None:
-            import shutil
-
             shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -166,11 +156,8 @@ def batch_items(folder: Path, out_dir: Path, exts) -> list[tuple[Path, Path]]:
     """(content file, output file) for each image of a batch folder, named as cli._batch names them
     (cat.jpg -> cat.png; cat.jpg and cat.png -> cat-jpg.png and cat-png.png); every entry that is not
     processed is named, as in the sequential batch."""
-    from ..base.errors import OutputError
-
     if not out_dir.is_dir():
         raise OutputError(f"{out_dir}: batch output must be an existing folder")
-    from ..media.outputs import batch_files, batch_outputs
 
     files = batch_files(folder, exts, _warn)
     return batch_outputs(files, out_dir)  # the sequential batch's names and its clash check
@@ -199,10 +186,6 @@ def _plan_batch(args, artifacts, items, build_config):
     before any work: every output against every file any image reads (the content images of the
     batch included) and each other, regular files only, folders writable with room (exit 8).
     A bad image is skipped with its line, as in the sequential batch. -> (jobs, skipped count)."""
-    from .cli import _sources
-    from ..media.outputs import Source, Target, check_writes, image_bytes
-    from ..engine.stylize import Stylizer
-
     jobs, skipped = [], 0
     sources = {(str(p), "content image"): Source(p, "content image") for p, _ in items}
     for content, out_path in items:
@@ -215,7 +198,7 @@ def _plan_batch(args, artifacts, items, build_config):
             skipped += 1
             print(f"nst-ort: error: {e} (skipped)", file=sys.stderr)
             continue
-        for s in _sources(cfg, artifacts, None):
+        for s in run_sources(cfg, artifacts, None):
             sources.setdefault((str(s.path), s.what), s)
         jobs.append((content, cfg, Target(Path(out), "-o", image_bytes(*final), image=True)))
     check_writes([t for _, _, t in jobs], sources.values())
@@ -227,8 +210,6 @@ def batch(args, artifacts, exts, build_config) -> int:
     build_config(namespace, artifacts) -> (Config, out) as the sequential batch uses it.
     Images whose task failed (a bad image, a worker killed more often than the retries) are named
     and the others written: exit 9; if the cluster itself goes, what did not finish is named (exit 9)."""
-    from ..base.atomic import atomic_write
-
     if not args.output:
         raise UsageError("batch: give -o OUTPUT_FOLDER")
     items = batch_items(Path(args.images[0]), Path(args.output), exts)
@@ -354,9 +335,6 @@ class _Progress:
 
 
 def _frame_stylizer(sha256, model_box, args, styles: dict[str, bytes], size):
-    from ..engine.artifacts import Artifacts
-    from .video import FrameStylizer
-
     model = materialize_model(sha256, model_box)
     paths = _write_inputs(styles)
     a = argparse.Namespace(**vars(args))
@@ -368,8 +346,6 @@ def _shard_task(work, name: str):
     """Run work(frames, workdir) -> list on a worker with its FrameStylizer; a worker's error names the
     user's files, not its copies."""
     def run(sha256, model_box, args, styles, size, *rest):
-        import shutil
-
         paths, model = {}, None
         try:
             frames, paths, model = _frame_stylizer(sha256, model_box, args, styles, size)
@@ -384,8 +360,6 @@ def _shard_task(work, name: str):
 
 
 def _save_as_written(path: Path):
-    from ..media.images import load_image, save_image
-
     return lambda img: (save_image(img, path), load_image(path))[1]
 
 
@@ -423,8 +397,6 @@ def _seam_frames(frames, workdir: Path, shard: Shard, start: int, previous: tupl
     (j + 1) / (n + 1) of the way from the previous shard's strokes to this shard's: n + 1 equal steps.
     (alpha (j + 1) / (n + 1) instead, measured at n = 2: steps of 1/3, 4/9 and 2/9 of the way, the
     middle one 2.8x the clip's median warping error.)"""
-    from ..media.images import load_image
-
     def image(png: bytes, name: str) -> np.ndarray:
         p = workdir / name
         p.write_bytes(png)

@@ -7,25 +7,11 @@ broken one is one line and exit 5 (docs/errors.md), not a traceback.
 """
 from __future__ import annotations
 
-import importlib.metadata
 import sys
 
 from ..base.errors import DeviceError, GuardedStdout, OutOfMemory, StdoutError, stdout_closed, too_many_files
-
-INSTALL = "pip install 'nst-ort[cpu]' (or [gpu] for CUDA, [openvino] for OpenVINO; in a checkout: pip install '.[cpu]')"
-# Distributions that provide the module `onnxruntime` (each overwrites the others' files).
-DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino", "onnxruntime-directml", "onnxruntime-qnn")
-
-
-def installed_runtimes() -> list[str]:
-    found = []
-    for name in DISTRIBUTIONS:
-        try:
-            importlib.metadata.distribution(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-        found.append(name)
-    return found
+from ..base.extras import INSTALL, installed_runtimes
+from ..engine.memory import address_limit, startup_problem
 
 
 def onnxruntime_problem() -> str | None:
@@ -49,8 +35,6 @@ def onnxruntime_problem() -> str | None:
 
 
 def _memory_limited() -> int | None:
-    from ..engine.memory import address_limit
-
     return address_limit()
 
 
@@ -62,8 +46,6 @@ def main(argv: list[str] | None = None) -> int:
         from .web import main as web_main
 
         return web_main(argv[1:])
-    from ..engine.memory import startup_problem
-
     problem = startup_problem()  # before numpy: OpenBLAS exits the process when its buffers do not fit
     if problem:
         print(f"nst-ort: error: {problem}", file=sys.stderr)

@@ -6,9 +6,9 @@ from __future__ import annotations
 import argparse
 from typing import Callable
 
-from .. import __version__
-from ..engine.config import Invalid, check_int, check_number, max_threads
 from ..base.errors import UsageError
+from ..base.version import __version__
+from ..engine.config import Invalid, check_int, check_number, max_threads
 from .presets import PRESETS
 
 
@@ -199,10 +199,17 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("-q", "--quiet", action="store_true", help="no progress line")
     out.add_argument("--debug", action="store_true", help="show tracebacks")
     p.add_argument("--version", action="version", version=f"nst-ort {__version__}")
-    from .distributed import add_arguments  # --workers, --ray-address (batch folders)
-
-    add_arguments(p)
+    add_scaleout_flags(p)  # --workers, --ray-address (batch folders)
     return p
+
+
+def add_scaleout_flags(parser: argparse.ArgumentParser) -> None:
+    """--workers, --ray-address (nst-ort's batch and nst-ort video; distributed.py runs them)."""
+    g = parser.add_argument_group("scale-out (Ray, the [ray] extra)")
+    g.add_argument("--workers", type=int_flag("workers"),
+                   help="run on N Ray workers; without --ray-address a local Ray is started")
+    g.add_argument("--ray-address", help="an existing Ray cluster (e.g. HOST:6379 or auto); --workers then caps "
+                   "the tasks in flight")
 
 
 def check_modes(args) -> None:

@@ -9,13 +9,23 @@
 """
 from __future__ import annotations
 
+import ctypes
+import logging
+import multiprocessing
 import os
+import select
+import shutil
+import signal
+import socket
+import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
-from ..base.errors import NstError, UsageError
+from ..base.errors import NstError, Terminated, UsageError, on_sigterm
+from ..base.extras import require
 
 CONNECT_SECONDS = 5  # an unreachable --ray-address fails after this, not after Ray's own minutes of retries
 # A HOST:PORT that accepts the connection but is no Ray (or one that does not answer): measured, Ray's
@@ -26,8 +36,6 @@ CONNECT_DEADLINE = 10
 def check_reachable(address: str, seconds: float = CONNECT_SECONDS) -> None:
     """HOST:PORT must accept a connection within `seconds`: Ray itself retries an unreachable GCS for
     minutes before it gives up. `auto` and ray:// addresses are left to Ray (with its timeouts cut)."""
-    import socket
-
     if address == "auto" or "://" in address:
         return
     host, _, port = address.rpartition(":")
@@ -49,8 +57,6 @@ class Cluster:
     does the same if nst-ort itself is killed (kill -9 included)."""
 
     def __init__(self, workers: int | None, address: str | None):
-        from ..base.extras import require
-
         self.ray = require("ray", "--workers / --ray-address")
         if workers is not None and workers < 1:
             raise UsageError(f"--workers must be at least 1, got {workers}")
@@ -64,7 +70,6 @@ class Cluster:
             check_reachable(address)
             for key in ("RAY_gcs_rpc_server_connect_timeout_s", "RAY_gcs_rpc_server_reconnect_timeout_s"):
                 os.environ.setdefault(key, str(CONNECT_SECONDS))
-        import logging
 
         # Ray's own notices (e.g. "Token authentication is enabled for this Ray cluster", a warning on
         # every local start since Ray 2.5x) go through the "ray" logger, which configure_logging=False
@@ -102,8 +107,6 @@ class Cluster:
         except Exception:  # noqa: BLE001 - a cluster already dead: nothing to stop in it
             pass
         if self.temp_dir is not None:
-            import shutil
-
             _kill_all(self.temp_dir)  # what ray.shutdown() left (measured: none so far; cheap to make sure)
             shutil.rmtree(self.temp_dir, ignore_errors=True)
             os.environ.pop(MARK, None)
@@ -155,8 +158,6 @@ def _kill_all(temp_dir: str, seen: dict[int, str] | None = None) -> None:
     """SIGKILL what is left of the local Ray: what _processes_of finds now, and `seen` (found while
     the raylet lived; its agents belong to init once it is gone) where the pid is still the same
     process (its start time)."""
-    import signal
-
     for _ in range(3):  # a dying raylet may still start a worker: look again
         table = _proc_table()
         pids = set(_processes_of(temp_dir, table))
@@ -178,8 +179,6 @@ def _start_watchdog(temp_dir: str):
     raylet but not the agents the raylet starts: measured, ray::DashboardAgent and ray::RuntimeEnvAgent
     stayed alive after a kill -9 of the driver. Its own session: a Ctrl-C to the terminal's process
     group does not end it before it has done its work."""
-    import subprocess
-
     r, w = os.pipe()
     env = {k: v for k, v in os.environ.items() if k != MARK}
     try:
@@ -193,9 +192,6 @@ def _start_watchdog(temp_dir: str):
 
 
 def _watchdog() -> None:
-    import select
-    import shutil
-
     temp_dir, seen = sys.argv[1], {}
     while True:
         if select.select([0], [], [], 1.0)[0] and not os.read(0, 1 << 12):
@@ -212,8 +208,6 @@ def run_driver(body, payload, workers: int | None, address: str | None, on_messa
     process with it, so nst-ort itself stays out of it: here it keeps what came back, names what did
     not, and exits as documented. Returns None when body returned, else why the child ended.
     An NstError raised in body is raised here (same message, same exit code)."""
-    import multiprocessing
-
     ctx = multiprocessing.get_context("spawn")  # no fork of a process that may hold onnxruntime's threads
     mine, theirs = ctx.Pipe(duplex=False)
     child = ctx.Process(target=_driver_main, args=(theirs, body, payload, workers, address, debug), name="nst-ort-ray")
@@ -255,10 +249,6 @@ def run_driver(body, payload, workers: int | None, address: str | None, on_messa
 
 
 def _driver_main(conn, body, payload, workers, address, debug: bool) -> None:
-    import signal
-
-    from ..base.errors import Terminated, on_sigterm
-
     _die_with_parent()
     if not debug:
         # Ray's banner and its C++ log lines (a lost raylet, a failed push) are not nst-ort's lines:
@@ -269,8 +259,6 @@ def _driver_main(conn, body, payload, workers, address, debug: bool) -> None:
     signal.signal(signal.SIGTERM, on_sigterm)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches nst-ort, which ends this with SIGTERM
     try:
-        from ..base.extras import require
-
         require("ray", "--workers / --ray-address")  # seconds under load: not part of the connect deadline
         conn.send(("connecting",))
         with Cluster(workers, address) as cluster:
@@ -283,19 +271,13 @@ def _driver_main(conn, body, payload, workers, address, debug: bool) -> None:
         pass
     except Exception as e:  # noqa: BLE001 - a bug: still one line in nst-ort (errors.exit_for)
         if debug:
-            import traceback
-
             traceback.print_exc()
         conn.send(("error", 1, f"internal error in the Ray driver: {type(e).__name__}: {e} (rerun with --debug)"))
 
 
 def _die_with_parent() -> None:
     """SIGTERM to this process when nst-ort dies (kill -9 included): prctl(PR_SET_PDEATHSIG)."""
-    import signal
-
     try:
-        import ctypes
-
         ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)  # 1: PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass  # not Linux: the watchdog still cleans the local Ray up when this process ends

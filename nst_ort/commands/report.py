@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -16,8 +18,6 @@ _warned: set[str] = set()
 def _seconds_from_env(text: str | None) -> float:
     """NST_ORT_PROGRESS_SECONDS: a display setting, so a bad value is one warning and the default
     (it used to end the run as an internal error)."""
-    import math
-
     if text is None:
         return PROGRESS_SECONDS
     try:
@@ -52,8 +52,6 @@ class Progress:
     def __init__(self, schedule: list[tuple[int, int, int]], stream=None, enabled: bool = True,
                  every: float | None = None, label: str = "", start: tuple[int, int] = (0, 0)):
         """schedule: (width, height, iterations) per scale; start: (scale, iteration) already done."""
-        import os
-
         self.stream = stream if stream is not None else sys.stderr
         self.enabled, self.label = enabled, label
         self.every = every if every is not None else _seconds_from_env(os.environ.get("NST_ORT_PROGRESS_SECONDS"))

@@ -17,21 +17,31 @@ and the warping error of Lai et al. 2018 against the previous output frame (flow
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
-from ..engine.config import Config, LossConfig, OptimConfig, StyleInput, max_threads
-from ..base.errors import EXIT_INTERRUPTED, Interrupted, Terminated, exit_for, on_sigterm, NstError, NumericalError, OutputError, UsageError
+from ..base.atomic import atomic_write
+from ..base.errors import (EXIT_INTERRUPTED, Interrupted, NstError, OutputError, Terminated, UsageError, exit_for,
+                           on_sigterm)
 from ..base.extras import require
-from .flags import HelpFormatter, Parser, int_flag, number_flag
+from ..engine.artifacts import Artifacts, sha256_file
+from ..engine.config import max_threads
+from ..engine.temporal import temporal_graph_path
+from ..media import flow as F
 from ..media.images import fit_size, load_image, resize, save_image
+from ..media.outputs import Source, Target, _resolved, check_writes, file_arg, image_bytes, special_kind
+from ..media.video_io import (CONTAINERS, check_video, container_for, frame_rate, frame_times, open_source,
+                              remove_stray_temporaries, video_duration, write_video)
+from .distributed import default_shard_frames, video_shards, wanted
+from .flags import HelpFormatter, Parser, add_scaleout_flags, int_flag, number_flag
+from .video_frames import FrameStylizer, warn_once
+from .video_job import STATE, Job, fingerprint, frame_name
 
 MODES = ("per-frame", "warm", "temporal")
 # lambda_t of --mode temporal in our normalization (weight * mean over 3*H*W of c (x - warp(prev))^2,
@@ -43,8 +53,6 @@ TEMPORAL_WEIGHT = 1e8
 
 
 def _fps(text: str):
-    from ..media.video_io import frame_rate
-
     try:
         return frame_rate(text)
     except ValueError as e:
@@ -92,9 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", help="write a JSON report: settings and every frame's losses, time and warping error")
     p.add_argument("--keep-frames", action="store_true", help="keep the frames folder (OUT.frames) after writing a video")
     p.add_argument("--restart", action="store_true", help="discard the frames of an earlier run of this output")
-    from .distributed import add_arguments
-
-    add_arguments(p)
+    add_scaleout_flags(p)
     p.add_argument("--shard-frames", type=int, help="with --workers: frames per shard (default: the frames "
                    "divided evenly among the workers)")
     p.add_argument("--overlap", type=int, default=2, help="with --workers: seam frames: the first N frames of each "
@@ -103,15 +109,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no line per frame")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
-
-
-_said: set[str] = set()
-
-
-def _warn(msg: str) -> None:
-    if msg not in _said:  # once: every frame reloads the same style images
-        _said.add(msg)
-        print(f"nst-ort: warning: {msg}".replace("\n", "\\n"), file=sys.stderr)  # one line, whatever the names
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,9 +141,6 @@ def _even_size(width: int, height: int, long_side: int) -> tuple[int, int]:
 def _plan_output(out: Path, inputs: list[Path], folder: bool = False) -> tuple[str, Path]:
     """('video', frames folder OUT.frames) or ('folder', OUT); refuses outputs that are inputs.
     folder: -o was typed with a trailing slash (`out.mp4/`), a folder of frames whatever its name."""
-    from ..media.outputs import special_kind
-    from ..media.video_io import container_for
-
     for p in inputs:
         if out.exists() and _same(out, p):
             raise OutputError(f"{out}: output path is also an input ({p}); refusing to overwrite it")
@@ -162,8 +156,6 @@ def _plan_output(out: Path, inputs: list[Path], folder: bool = False) -> tuple[s
             raise OutputError(f"{out}: output folder {out.parent} does not exist")
         return "video", out.with_name(out.name + ".frames")
     if out.suffix and not out.is_dir():
-        from ..media.video_io import CONTAINERS
-
         raise OutputError(f"{out}: unknown video extension {out.suffix!r} (use {', '.join(CONTAINERS)}, "
                           "or a folder for PNG frames)")
     return "folder", out
@@ -178,113 +170,6 @@ def _settings(args, size, styles, weights) -> dict:
     shards = {"shard_frames": args.shard_frames, "overlap": args.overlap, "seams": 2} if args.shard_frames else None
     return {**{k: getattr(args, k) for k in keys}, "size": list(size), "style_weights": weights,
             "styles": [str(s) for s in styles], "model": args.model, "shards": shards, "format": 1}
-
-
-class FrameStylizer:
-    """Stylizes frames in order, each from the one before (warm start, temporal term): one Stylizer whose
-    sessions and style targets are kept from frame to frame (restart on each new content frame).
-
-    The sequential run and each shard of a distributed run (distributed.py) go through `frame()`, so
-    that they write the same bytes."""
-
-    def __init__(self, args, artifacts, size: tuple[int, int], styles: list[Path], weights: list[float],
-                 content_path: Path):
-        self.args, self.artifacts, self.size = args, artifacts, size
-        self.styles, self.weights, self.content_path = styles, weights, content_path
-        self.stylizer = None
-        self.temporal = None
-
-    def _config(self, iterations: int) -> Config:
-        a = self.args
-        loss = LossConfig(content_weight=a.content_weight, style_weight=a.style_weight, tv_weight=a.tv_weight)
-        return Config(content=self.content_path, styles=[StyleInput(s, w) for s, w in zip(self.styles, self.weights)],
-                      size=max(self.size), seed=a.seed, loss=loss,
-                      optim=OptimConfig(name=a.optimizer, iterations=iterations, lr=a.lr),
-                      model=self.artifacts.path, device=a.device, provider=a.provider, threads=a.threads, loop=a.loop)
-
-    def _start(self, content: np.ndarray, iterations: int):
-        from ..engine import memory
-        from ..engine.stylize import Stylizer
-        from ..engine.temporal import TemporalTerm
-
-        if self.stylizer is None:
-            self.stylizer = Stylizer(self._config(iterations), artifacts=self.artifacts, warn=_warn, content=content)
-            memory.check(self.stylizer.memory_plan())
-            if self.args.mode == "temporal":
-                self.temporal = TemporalTerm(self.stylizer.graphs)
-        else:
-            self.stylizer.restart(content=content, iterations=iterations)
-        return self.stylizer
-
-    def frame(self, content: np.ndarray, previous: tuple[np.ndarray, np.ndarray] | None, iterations: int,
-              save, blend: tuple[np.ndarray, float] | None = None) -> tuple[dict, np.ndarray]:
-        """content: this frame [H, W, 3] at the output size; previous: (its content, its output as
-        written) or None for a chain's first frame; save(image) writes the result and returns it as read
-        back. Returns the frame's record and the written image.
-
-        blend: (another stylization of this same frame, alpha in (0, 1)): the seam pass of a sharded
-        video (distributed.py). The frame starts from (1 - alpha) warp(previous) + alpha other, and
-        in temporal mode its temporal term is split: weight (1 - alpha) lambda_t toward the warped
-        previous frame, alpha lambda_t toward the other stylization (all pixels: the same frame, no
-        flow). Seam frames with alpha rising from one to the next cross from one shard's strokes to
-        the next shard's in steps instead of one jump."""
-        from ..media import flow as F
-
-        t0 = time.perf_counter()
-        start = term = werr = None
-        if previous is not None:
-            prev_content, prev_out = previous
-            back = F.optical_flow(content, prev_content, self.args.flow)
-            fwd = F.optical_flow(prev_content, content, self.args.flow)
-            c = F.consistency(back, fwd)
-            warped, inside = F.warp(prev_out, back)
-            if self.args.mode in ("warm", "temporal"):
-                # Deviation: where the flow leaves the frame Ruder et al. start from the VGG mean
-                # pixel; here from the frame's own content (what per-frame mode starts from).
-                start = np.where(inside[..., None], warped, content).astype(np.float32)
-            if self.args.mode == "temporal":
-                term = (warped, c * inside, self.args.temporal_weight)
-        stylizer = self._start(content, iterations)
-        terms = []
-        if blend is not None and start is not None:
-            other, alpha = blend
-            start = ((1.0 - alpha) * start + alpha * other).astype(np.float32)
-            if term is not None:
-                toward = self.temporal.term(other, np.ones(content.shape[:2], np.float32), alpha * term[2])
-                terms.append(dataclasses.replace(toward, name="seam"))
-                term = (term[0], term[1], (1.0 - alpha) * term[2])
-        if start is not None:
-            stylizer.warm_start(start)
-        if term is not None:
-            stylizer.set_terms([self.temporal.term(*term), *terms])
-        record = first = stopped = None
-        try:
-            for record in stylizer.run():
-                first = first or record
-        except NumericalError as e:
-            # L-BFGS without line search can diverge on a frame; the video goes on rather than losing
-            # the run. The frame keeps its last finite image (as the still-image CLI does) unless that
-            # is worse than where it started (a diverging run's last finite loss can be 1e22): then
-            # its start image (its content, or the warped previous frame).
-            if record is None:
-                raise
-            stopped = str(e)
-        result = stylizer.result()
-        if stopped and record.loss > first.loss:
-            stopped += "; kept the frame's start image instead (the last finite one was worse)"
-            result = np.clip(start if start is not None else content, 0.0, 1.0)
-        written = save(result)
-        if previous is not None:
-            werr = F.warping_error(written, prev_out, back, c >= 0.5)
-        rec = {"loss": record.loss, "content": record.content, "style": record.style, "tv": record.tv,
-               "temporal": record.terms.get("temporal"), "iterations": record.step,
-               "seconds": round(time.perf_counter() - t0, 3), "warping_error": werr,
-               "init": "warped previous" if start is not None else "content"}
-        if blend is not None and record.terms.get("seam") is not None:
-            rec["seam_term"] = record.terms["seam"]
-        if stopped:
-            rec["stopped"] = stopped
-        return rec, written
 
 
 def _check_args(args) -> None:
@@ -304,16 +189,12 @@ def _check_args(args) -> None:
 def run(args) -> int:
     require("av", "nst-ort video")
     require("cv2", "nst-ort video")
-    from ..engine.artifacts import Artifacts, sha256_file
-    from ..media.video_io import open_source, remove_stray_temporaries
-    from .video_job import Job, fingerprint
 
     _check_args(args)
-    from .distributed import wanted
 
     if wanted(args):
         require("ray", "--workers / --ray-address")
-    src = open_source(Path(args.input), args.fps, warn=_warn)
+    src = open_source(Path(args.input), args.fps, warn=warn_once)
     styles = [Path(s) for s in args.styles]
     for s in styles:
         load_image(s)  # a bad style image fails now, not after the frames folder is made
@@ -336,14 +217,12 @@ def run(args) -> int:
             raise UsageError(f"{src.path}: no frames to stylize")
         args.shard_frames = args.shard_frames or _default_shard_frames(len(contents), args)
     if args.mode == "temporal":
-        from ..engine.temporal import temporal_graph_path
-
         temporal_graph_path(artifacts)  # a model without temporal.onnx: one line, exit 4, before any work
     settings = _settings(args, size, styles, weights)
     settings["model_manifest"] = sha256_file(artifacts.path / "manifest.json")
     fp = fingerprint([src.files if src.kind == "folder" else src.path, *styles], settings)
     job = Job(folder, fp, {"input": str(src.path), "fps": str(src.fps), "size": list(size), "settings": settings},
-              restart=args.restart, warn=_warn)
+              restart=args.restart, warn=warn_once)
     remove_stray_temporaries(folder)
     if job.done and not args.quiet:
         print(f"nst-ort: resuming {folder} after frame {job.done}", file=sys.stderr)
@@ -372,7 +251,7 @@ def run(args) -> int:
             if not args.quiet:
                 _say_frame(index, limit, size, rec)
             elif rec.get("stopped"):
-                _warn(f"frame {index}: {rec['stopped']}")
+                warn_once(f"frame {index}: {rec['stopped']}")
     except NstError:
         if job.done == 0 and job.created:
             job.remove()  # nothing done: leave no empty frames folder behind
@@ -395,9 +274,6 @@ def check_paths(args, src, styles: list[Path], artifacts, kind: str, out: Path, 
     symlinks refused; every folder written to present, writable, with room. The frames folder is the
     tool's: nothing the run reads may be in it, and --report may not be written into it; nothing is
     written into an input folder (its files are the frames, and the resume fingerprint)."""
-    from ..media.outputs import Source, Target, _resolved, check_writes, file_arg, image_bytes
-    from .video_job import STATE, frame_name
-
     sources = [Source(src.path, "input video")] if src.kind == "video" else [Source(p, "input frame")
                                                                              for p in src.files]
     sources += [Source(s, "style image") for s in styles]
@@ -442,17 +318,11 @@ def check_paths(args, src, styles: list[Path], artifacts, kind: str, out: Path, 
 
 
 def _default_shard_frames(count: int, args) -> int:
-    from .distributed import default_shard_frames
-
     return default_shard_frames(count, args.workers or 1)
 
 
 def _run_sharded(args, artifacts, job, contents, styles, weights, kind, out, folder, size, src, settings) -> int:
     """--workers / --ray-address: shards on Ray (distributed.py); frames are written here in order."""
-    from ..media import flow as F
-    from ..base.atomic import atomic_write
-    from .distributed import video_shards
-
     def on_frame(index: int, png: bytes, rec: dict) -> None:
         path = job.frame_path(index)
         atomic_write(path, lambda f: f.write(png))
@@ -467,7 +337,7 @@ def _run_sharded(args, artifacts, job, contents, styles, weights, kind, out, fol
         if not args.quiet:
             _say_frame(index, len(contents), size, rec)
         elif rec.get("stopped"):
-            _warn(f"frame {index}: {rec['stopped']}")
+            warn_once(f"frame {index}: {rec['stopped']}")
 
     try:
         video_shards(args, artifacts, job, contents, styles, weights, on_frame)
@@ -485,7 +355,7 @@ def _run_sharded(args, artifacts, job, contents, styles, weights, kind, out, fol
 
 def _say_frame(index: int, limit, size, rec: dict) -> None:
     if rec.get("stopped"):
-        _warn(f"frame {index}: {rec['stopped']}")
+        warn_once(f"frame {index}: {rec['stopped']}")
     total = f"/{limit}" if limit else ""
     werr = rec.get("warping_error")
     we = f", warping error {werr:.5f}" if werr is not None else ""
@@ -496,8 +366,6 @@ def _say_frame(index: int, limit, size, rec: dict) -> None:
 
 def _finish(args, job, count: int, kind: str, out: Path, size, src, settings) -> int:
     """Encode (a video output), check, report, tidy up."""
-    from ..media.video_io import check_video, frame_times, video_duration, write_video
-
     if count == 0:
         raise UsageError(f"{src.path}: no frames to stylize")
     job.state["total"] = count
@@ -529,8 +397,6 @@ def _finish(args, job, count: int, kind: str, out: Path, size, src, settings) ->
 def _read_rgb8(path: Path) -> np.ndarray:
     """A stored frame for the encoder. A damaged one is blamed on itself, not on the video being
     written (exit 8); the next run redoes it (video_job.Job checks every stored frame)."""
-    from PIL import Image
-
     try:
         with Image.open(path) as im:
             return np.asarray(im.convert("RGB"))
@@ -557,8 +423,6 @@ def summary(frames: list[dict]) -> dict:
 
 
 def _write_report(path: Path, job, settings: dict, out: Path, audio: str | None) -> None:
-    from ..base.atomic import atomic_write
-
     body = {"output": str(out), "input": job.state["input"], "fps": job.state["fps"], "size": job.state["size"],
             "settings": settings, "audio": audio}
     frames = [f for f in job.state["frames"] if f["frame"] <= job.state["total"]]

@@ -27,9 +27,11 @@ import os
 import re
 from pathlib import Path
 
-from ..engine.artifacts import sha256_file
+from PIL import Image
+
 from ..base.atomic import atomic_write
 from ..base.errors import OutputError, UsageError
+from ..engine.artifacts import sha256_file
 
 FRAME = re.compile(r"\d{6}\.png")
 
@@ -114,8 +116,6 @@ def read_state(path: Path) -> dict:
 
 def frame_ok(path: Path) -> str | None:
     """None if a stored frame decodes whole, else what is wrong with it."""
-    from PIL import Image
-
     try:
         if not path.is_file():
             return "missing"

@@ -36,10 +36,11 @@ from http.server import SimpleHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from . import ort_web
 from ..base.errors import EXIT_INTERRUPTED, ArtifactError, NstError, UsageError
-from .web_http import IO_TIMEOUT, MAX_CONNECTIONS, REQUEST_TIMEOUT, BoundedHTTPServer, DeadlineHandlerMixin, \
-    host_allowed, say
+from ..engine.artifacts import Artifacts, default_model_dir
+from . import ort_web
+from .web_http import (IO_TIMEOUT, MAX_CONNECTIONS, REQUEST_TIMEOUT, BoundedHTTPServer, DeadlineHandlerMixin,
+                       host_allowed, say)
 
 DEFAULT_PORT = 8765
 MODEL_PREFIX = "/model/"
@@ -97,8 +98,6 @@ def app_dir() -> Path:
 def model_files(model: Path) -> set[str]:
     """The names the server may hand out from the model folder: manifest.json and what it lists, each
     a regular file inside the folder (a symlink may point elsewhere in it, not out of it)."""
-    from ..engine.artifacts import Artifacts
-
     # before Artifacts reads it: a FIFO would hang the read, a link out would be read from elsewhere
     inside_model(Path(model), "manifest.json", missing_ok=True)
     art = Artifacts(model, verify=False)  # one-line errors for a missing folder or a broken manifest
@@ -383,7 +382,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not 0 <= args.port <= 65535:
             raise UsageError(f"--port {args.port}: must be 0..65535")
-        from ..engine.artifacts import default_model_dir
 
         model = args.model if args.model is not None else default_model_dir()
         server = make_server(model, args.host, args.port, quiet=not args.verbose, ort_web_dir=args.ort_web,

@@ -12,8 +12,8 @@
 """
 from __future__ import annotations
 
-import ipaddress
 import io
+import ipaddress
 import socket
 import sys
 import threading

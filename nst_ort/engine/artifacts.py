@@ -9,8 +9,8 @@ import stat
 from functools import cached_property
 from pathlib import Path
 
+from ..base.errors import ArtifactError, UsageError
 from .contract import IMAGE, OPTIMIZER_IO, OPTIMIZER_ROLES, TRAIN_OUTPUTS
-from ..base.errors import ArtifactError
 from .onnx_scan import ScanError, external_data, graph_io, graph_signature
 
 SCHEMA_VERSIONS = (1,)
@@ -368,8 +368,6 @@ class Artifacts:
         "fp16" the optional mixed-precision one (train_fp16.onnx: convolutions in fp16) and refuses a
         model without it; anything else train.onnx. NST_ORT_TRAIN_GRAPH=train forces train.onnx
         (comparisons)."""
-        from ..base.errors import UsageError
-
         if variant == "fp16":
             if "train_fp16" not in self.manifest["graphs"]:
                 raise UsageError(f"--precision fp16: {self.path} has no mixed-precision training graph "

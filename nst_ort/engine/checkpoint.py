@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .artifacts import sha256_file
 from ..base.atomic import atomic_write
-from .config import Config
 from ..base.errors import UsageError
+from .artifacts import sha256_file
+from .config import Config
 
 FORMAT = 1
 

@@ -29,12 +29,12 @@ from typing import Protocol
 
 import numpy as np
 
+from ..base.errors import NumericalError, UsageError
 from . import optim
 from .artifacts import Artifacts
 from .config import Config, OptimConfig
 from .contract import Losses
 from .device_loop import DeviceLoop
-from ..base.errors import NumericalError, UsageError
 from .session import Graphs, TrainStep
 from .terms import Term, bind
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..base.errors import UsageError
+
 CURVATURE_MIN = 1e-10  # a pair (s, y) is kept only if y.s exceeds this: torch.optim.LBFGS's test
 MAX_STEP = 0.01  # largest pixel change of a steepest-descent step, in [0, 1] units, times lr
 CURVATURE_SPREAD = 1e12  # a new pair's y.s this many times off the history's restarts the history
@@ -174,8 +176,6 @@ class Adam:
 def check_state(s: dict, n: int, name: str, history: int) -> None:
     """Refuse an optimizer state_dict (a checkpoint's) that does not fit an image of n floats and
     this optimizer, before a loop takes it: UsageError naming the field (never an IndexError later)."""
-    from ..base.errors import UsageError
-
     def bad(what: str) -> UsageError:
         return UsageError(f"checkpoint: optimizer state: {what}"[:300])
 

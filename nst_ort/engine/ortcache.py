@@ -47,6 +47,9 @@ from typing import Callable
 
 import onnxruntime as ort
 
+from ..base.errors import NstError, OutOfMemory
+from .onnx_scan import ScanError, external_data, graph_signature
+
 FORMAT = 1
 MODEL, WEIGHTS, META = "model.onnx", "weights.bin", "meta.json"
 META_MAX_BYTES = 1 << 20  # ours are ~1 KB: a bigger one is not ours, and is not parsed
@@ -182,7 +185,6 @@ def _check(entry: Path, fields: dict) -> None:
             raise Damaged(f"{name}: sha256 mismatch")
     # onnxruntime opens whatever external data a graph names: only the entry's own weights file
     # (a re-signed model.onnx could name a FIFO, a device or a file outside the entry).
-    from .onnx_scan import ScanError, external_data
 
     try:
         with _open_regular(entry / MODEL) as f:
@@ -214,8 +216,6 @@ def _valid(entry: Path, fields: dict) -> bool:
 def _declared_io(graph: Path) -> tuple[list, list] | None:
     """The source graph's inputs and outputs as (name, static dims) lists; None if it cannot be
     scanned (then a loaded entry is not compared: the model's own checks speak for the model)."""
-    from .onnx_scan import ScanError, graph_signature
-
     try:
         return graph_signature(graph.read_bytes())
     except (OSError, ScanError, RecursionError):
@@ -300,7 +300,6 @@ def session(graph: Path, graph_sha256: str, data_sha256: dict[str, str], options
     caller's). Whatever goes wrong with the cache itself, the session is made as without one."""
     if not enabled():
         return create(str(graph), options()), "off"
-    from ..base.errors import NstError, OutOfMemory
 
     so = options()
     fields = key_fields(graph_sha256, data_sha256, providers, so)

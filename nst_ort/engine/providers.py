@@ -4,12 +4,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import sys
+import tempfile
 from typing import Callable
 
 import onnxruntime as ort
 
 from ..base.errors import DeviceError, UsageError
+from ..base.extras import installed_runtimes
 from .threads import SPIN_STOP, default_threads
 
 ALIASES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
@@ -186,8 +189,6 @@ def check_options(provider: str, options: dict, shown: dict | None = None, flag:
 
 def _reason(text: str) -> str:
     """onnxruntime's message without its C++ location ("file.cc:123 signature(...) [ERROR] message")."""
-    import re
-
     m = re.match(r"^\S+\.(?:cc|cpp|h):\d+ ", text)
     if not m:
         return text
@@ -200,8 +201,6 @@ class _stderr_captured:
     """Collect what native code writes to file descriptor 2 (onnxruntime's default logger) meanwhile."""
 
     def __enter__(self):
-        import tempfile
-
         self._file = tempfile.TemporaryFile(mode="w+b")
         try:
             sys.stderr.flush()
@@ -220,7 +219,6 @@ class _stderr_captured:
     def lines(self) -> list[str]:
         self._file.seek(0)
         text = self._file.read().decode("utf-8", "replace")
-        import re
 
         return [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in text.splitlines()]
 
@@ -279,8 +277,6 @@ def _choose(device: str, provider: str | None, threads: int | None, warn) -> Pla
 
 def info() -> dict:
     """What this onnxruntime build offers (for --info and `nst-ort check`)."""
-    from ..commands.entry import installed_runtimes
-
     return {"onnxruntime": ort.__version__, "providers": ort.get_available_providers(),
             "package": ", ".join(installed_runtimes()) or None}
 

@@ -7,17 +7,18 @@ that stays on the device in the device loop) and the loss terms come to the host
 """
 from __future__ import annotations
 
+import ctypes
+import sys
 import warnings
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-from . import contract
-from . import ortcache
+from ..base.errors import ArtifactError, DeviceError, OutOfMemory
+from . import contract, ortcache
 from .artifacts import Artifacts
 from .contract import Losses
-from ..base.errors import ArtifactError, DeviceError, OutOfMemory
 from .providers import Placement
 
 
@@ -74,13 +75,9 @@ def _release_freed_memory() -> None:
     """Give the heap that session creation freed back to the OS (glibc only). Constant folding
     (fp16 -> fp32 weights, flipped kernels, Winograd transforms) leaves hundreds of MB freed but
     resident: measured 442 -> 219 MB (VGG19, train.onnx) and 1029 -> 514 MB (train_cpu.onnx)."""
-    import sys
-
     if not sys.platform.startswith("linux"):
         return
     try:
-        import ctypes
-
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass

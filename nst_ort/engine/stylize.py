@@ -31,12 +31,12 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from ..base.errors import ImageError, NumericalError, OutOfMemory, UsageError
 from ..media import color
+from ..media.images import fit_size, load_image, probe_image, resize
 from . import memory
 from .artifacts import Artifacts
 from .config import Config
-from ..base.errors import ImageError, NumericalError, OutOfMemory, UsageError
-from ..media.images import fit_size, load_image, probe_image, resize
 from .loop import Loop, choose_loop, make_loop
 from .optim import check_state
 from .providers import choose

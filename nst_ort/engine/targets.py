@@ -11,12 +11,12 @@ from typing import Callable
 
 import numpy as np
 
+from ..base.errors import ImageError, UsageError
 from ..media import color
+from ..media.images import fit_size, load_image, load_mask, resize
 from . import contract
 from .artifacts import Artifacts
 from .config import Config
-from ..base.errors import ImageError, UsageError
-from ..media.images import fit_size, load_image, load_mask, resize
 from .weights import Weights
 
 

@@ -22,8 +22,8 @@ import dataclasses
 import numpy as np
 import onnxruntime as ort
 
-from . import contract
 from ..base.errors import ArtifactError
+from . import contract
 from .session import run_error
 
 

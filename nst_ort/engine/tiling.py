@@ -18,9 +18,9 @@ import os
 import numpy as np
 import onnxruntime as ort
 
+from ..base.errors import UsageError
 from . import contract
 from .artifacts import Artifacts
-from ..base.errors import UsageError
 from .providers import Placement
 from .session import make_session, run_error
 

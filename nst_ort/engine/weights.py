@@ -9,11 +9,11 @@ import dataclasses
 
 import numpy as np
 
+from ..base.errors import UsageError
 from . import contract
 from .artifacts import Artifacts
 from .config import Config
 from .contract import Losses
-from ..base.errors import UsageError
 
 
 @dataclasses.dataclass

@@ -28,7 +28,6 @@ import tempfile
 from pathlib import Path
 from typing import Iterable
 
-
 from ..base.errors import ImageError, OutputError, UsageError
 
 PROBE_BYTES = 64 << 10  # written and removed in each folder a run writes to
@@ -194,7 +193,7 @@ def check_writes(targets: Iterable[Target], sources: Iterable[Source], snapshots
                 raise OutputError(f"{a.path}: {a.flag} and {b.flag} name the same file; give each its own")
     if snapshots is not None and snapshots.count():
         _check_snapshots(snapshots, targets, sources)
-    from PIL import Image
+    from PIL import Image  # start-up: outputs is loaded for --help, Pillow (~12 ms) only when checking
 
     for t in targets:
         if t.image and Image.registered_extensions().get(t.path.suffix.lower()) is None:

@@ -12,12 +12,18 @@ Used by tests/test_video_*.py and benchmarks/video_consistency.py; numpy only.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import sys
+from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 
+from ..base.errors import NstError
 from .flow import _bilinear, _gaussian
-from .images import resize
+from .images import load_image, resize, save_image, to_uint8
+from .video_io import container_for, write_video
 
 
 @dataclasses.dataclass
@@ -124,14 +130,6 @@ def camera_clip(still: np.ndarray, size: tuple[int, int], frames: int = 6, pan: 
 
 def main(argv: list[str] | None = None) -> int:
     """python -m nst_ort.media.video_synthetic STILL OUT: a demo clip with known motion (a video or a folder)."""
-    import argparse
-    import sys
-    from fractions import Fraction
-    from pathlib import Path
-
-    from ..base.errors import NstError
-    from .images import load_image, save_image, to_uint8
-
     p = argparse.ArgumentParser(prog="python -m nst_ort.media.video_synthetic",
                                 description="Make a clip with a known camera motion (pan and zoom) over a still image.")
     p.add_argument("still", help="the still image")
@@ -146,7 +144,6 @@ def main(argv: list[str] | None = None) -> int:
         obj = load_image(args.object) if args.object else None
         clip = camera_clip(load_image(args.still), (w, h), frames=args.frames, obj=obj, obj_size=w // 5)
         out = Path(args.output)
-        from .video_io import container_for, write_video
 
         if container_for(out) is not None:
             write_video(out, (to_uint8(f) for f in clip.frames), len(clip.frames), (w, h), Fraction(args.fps))
