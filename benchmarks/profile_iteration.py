@@ -99,7 +99,8 @@ def instrument(timers: Timers) -> None:
 
 
 def child(spec: dict) -> dict:
-    from nst_ort import Stylizer, checkpoint
+    from nst_ort import Stylizer
+    from nst_ort.engine import checkpoint
 
     timers = Timers()
     cfg = _config(spec)
@@ -133,7 +134,8 @@ def child(spec: dict) -> dict:
 def op_child(spec: dict) -> dict:
     """onnxruntime's profiler on every session for a few iterations: time per operator type (the
     training graph's kernels and the optimizer graphs'), ms per iteration."""
-    from nst_ort import Stylizer, checkpoint, providers
+    from nst_ort import Stylizer
+    from nst_ort.engine import checkpoint, providers
 
     folder = Path(spec["profile_dir"])
     plain = providers.Placement.session_options

@@ -27,7 +27,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from nst_ort import contract, memory  # noqa: E402
+from nst_ort.engine import contract, memory  # noqa: E402
 from nst_ort.engine.artifacts import Artifacts  # noqa: E402
 from nst_ort.engine.providers import choose  # noqa: E402
 from nst_ort.engine.session import Graphs, TrainStep  # noqa: E402

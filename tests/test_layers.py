@@ -44,6 +44,10 @@ ALLOWED = {
 }
 
 
+# "nst_ort.commands.check:main" (the subcommand table), "from nst_ort.x.y import z" / "import nst_ort.x.y" (-c code)
+STRING_IMPORT = re.compile(r"^nst_ort\.([a-z_.]+?)(?::\w+)?$|(?:from|import) nst_ort\.([a-z_]+(?:\.[a-z_]+)*)")
+
+
 @dataclass(frozen=True)
 class Edge:
     importer: str  # "engine.stylize"
@@ -100,9 +104,10 @@ def edges(root: Path) -> list[Edge]:
                             out.append(Edge(importer, _resolve(root, importer, is_package, child.level, child.module,
                                                                alias.name), child.lineno, fn))
                 elif isinstance(child, ast.Constant) and isinstance(child.value, str):
-                    # a module named in a string is imported later (importlib, a child's -c): lazily
-                    for m in re.finditer(r"\bnst_ort\.([a-z_]+(?:\.[a-z_]+)*)", child.value):
-                        name = m.group(1)
+                    # a module named in a string is imported later (importlib, a child's -c): lazily.
+                    # Prose naming a module (a docstring) is not an import.
+                    for m in STRING_IMPORT.finditer(child.value):
+                        name = m.group(1) or m.group(2)
                         if (root.joinpath(*name.split(".")).with_suffix(".py")).is_file():
                             out.append(Edge(importer, name, child.lineno, True))
                 visit(child, fn)

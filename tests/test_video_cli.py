@@ -205,7 +205,7 @@ def test_runtime_imports_without_the_video_extra():
         "import numpy as np\n"
         "import nst_ort, nst_ort.commands.cli, nst_ort.commands.video, nst_ort.media.video_io, nst_ort.commands.video_job, nst_ort.media.flow, "
         "nst_ort.engine.temporal, nst_ort.media.video_synthetic\n"
-        "from nst_ort import flow\n"
+        "from nst_ort.media import flow\n"
         "from nst_ort.base.errors import UsageError\n"
         "out, inside = flow.warp(np.ones((4, 5, 3)), np.zeros((4, 5, 2)))\n"
         "assert inside.all() and (out == 1).all()\n"

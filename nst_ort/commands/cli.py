@@ -183,42 +183,41 @@ def _run(stylizer, cfg: Config, out: Path, args, fingerprint: str, snaps: Snapsh
             report.runtime = stylizer.runtime()
             report.write(args.report, status)
 
+    def stopped(status: str, nothing: NstError, wrote: NstError) -> NstError:
+        """The error to raise: `nothing` without a finite image, else `wrote`, once the last is written."""
+        if stylizer.image() is None:
+            return nothing
+        finish(status)
+        return wrote
+
     try:
-        for record in stylizer.run():
-            progress(record)
-            report(record)
-            if args.save_every and record.step % args.save_every == 0:
-                image = stylizer.current()
-                save(image)
-                if snaps is not None:
-                    save_image(image, snaps.path(record.step))
+        try:
+            for record in stylizer.run():
+                progress(record)
+                report(record)
+                if args.save_every and record.step % args.save_every == 0:
+                    image = stylizer.current()
+                    save(image)
+                    if snaps is not None:
+                        save_image(image, snaps.path(record.step))
+        finally:
+            progress.close()
     except (KeyboardInterrupt, Terminated):
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the final save short
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        progress.close()
         finish("interrupted")
         raise Interrupted(f"{out}: interrupted at iteration {stylizer.steps}; "
                           f"{_interrupted_note(stylizer.image() is not None, out, args)}") from None
     # Despite the estimate (other processes, a GPU) memory can run out, and the loss can stop being
     # finite: the Stylizer then holds the last finite image, which is written.
     except OutOfMemory as e:
-        progress.close()
-        if stylizer.image() is None:
-            raise OutOfMemory(f"{cfg.content or 'texture'}: {e}") from None
-        finish("out of memory")
-        raise OutOfMemory(f"{out}: {e}; wrote the last image") from None
+        raise stopped("out of memory", OutOfMemory(f"{cfg.content or 'texture'}: {e}"),
+                      OutOfMemory(f"{out}: {e}; wrote the last image")) from None
     except NumericalError:
-        progress.close()
         what = f"{out}: the loss is not finite (NaN or Inf) at iteration {stylizer.steps + 1}; stopped"
         hint = "try a smaller --lr or smaller loss weights"
-        if stylizer.image() is None:
-            raise NumericalError(f"{what} before any finite image, nothing written; {hint}") from None
-        finish("nan")
-        raise NumericalError(f"{what} and wrote the last finite image; {hint}") from None
-    except BaseException:
-        progress.close()
-        raise
-    progress.close()
+        raise stopped("nan", NumericalError(f"{what} before any finite image, nothing written; {hint}"),
+                      NumericalError(f"{what} and wrote the last finite image; {hint}")) from None
     finish("done")
     if stylizer.steps == resumed_at:
         return (f"{out} (no iterations: the start image)" if resumed_at == 0 else

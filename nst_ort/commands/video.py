@@ -17,6 +17,7 @@ and the warping error of Lai et al. 2018 against the previous output frame (flow
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -35,7 +36,7 @@ from ..engine.config import max_threads
 from ..engine.temporal import temporal_graph_path
 from ..media import flow as F
 from ..media.images import fit_size, load_image, resize, save_image
-from ..media.outputs import Source, Target, _resolved, check_writes, file_arg, image_bytes, special_kind
+from ..media.outputs import Source, Target, check_writes, file_arg, image_bytes, resolved, special_kind
 from ..media.video_io import (CONTAINERS, check_video, container_for, frame_rate, frame_times, open_source,
                               remove_stray_temporaries, video_duration, write_video)
 from .distributed import default_shard_frames, video_shards, wanted
@@ -231,7 +232,7 @@ def run(args) -> int:
         return _run_sharded(args, artifacts, job, contents, styles, weights, kind, out, folder, size, src, settings)
     frames = FrameStylizer(args, artifacts, size, styles, weights, src.path)
     index = 0
-    try:
+    with _stops(job, out, folder, in_order=True):
         prev_content = None
         for frame in src.frames():
             if args.frames is not None and index >= args.frames:
@@ -248,19 +249,7 @@ def run(args) -> int:
             rec, _ = frames.frame(content, previous, iterations, lambda img, p=path: (save_image(img, p), load_image(p))[1])
             job.finish_frame(index, rec)
             prev_content = content
-            if not args.quiet:
-                _say_frame(index, limit, size, rec)
-            elif rec.get("stopped"):
-                warn_once(f"frame {index}: {rec['stopped']}")
-    except NstError:
-        if job.done == 0 and job.created:
-            job.remove()  # nothing done: leave no empty frames folder behind
-        raise
-    except (KeyboardInterrupt, Terminated):
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise Interrupted(f"{out}: interrupted at frame {job.done + 1}; {job.done} frame(s) done in {folder}; "
-                          "run the same command again to resume") from None
+            _say_frame(index, limit, size, rec, args.quiet)
     # A run resumed with a smaller --frames than before stops at it (the frames past it stay on disk).
     count = min(job.done, index)
     return _finish(args, job, count, kind, out, size, src, settings)
@@ -289,20 +278,20 @@ def check_paths(args, src, styles: list[Path], artifacts, kind: str, out: Path, 
     report = file_arg(args.report, "--report") if args.report else None
     if report is not None:
         targets.append(Target(report, "--report", (64 << 10) + 600 * count))
-    frames_dir = _resolved(folder)
+    frames_dir = resolved(folder)
     for s in sources:
-        r = _resolved(s.path)
+        r = resolved(s.path)
         if frames_dir == r or frames_dir in r.parents:
             raise OutputError(f"{s.path}: the {s.what} is inside the frames folder {folder}, which this run "
                               "writes; move it out or give another -o")
     if src.kind == "folder":
-        inside = _resolved(src.path)
+        inside = resolved(src.path)
         for t in [*targets, Target(folder, "-o")]:
-            r = _resolved(t.path)
+            r = resolved(t.path)
             if inside in r.parents or (r == inside and t.flag != "-o"):
                 raise OutputError(f"{t.path}: {t.flag} is inside the input folder {src.path}, whose files are "
                                   "the frames; write elsewhere")
-    if report is not None and frames_dir == _resolved(report).parent:
+    if report is not None and frames_dir == resolved(report).parent:
         raise OutputError(f"{report}: --report is inside the frames folder {folder}, which the run writes and "
                           "removes; write it elsewhere")
     if folder.is_dir():
@@ -334,28 +323,36 @@ def _run_sharded(args, artifacts, job, contents, styles, weights, kind, out, fol
             rec = {**rec, "warping_error": F.warping_error(load_image(path), load_image(job.frame_path(index - 1)),
                                                            back, F.consistency(back, fwd) >= 0.5)}
         job.finish_frame(index, rec)
-        if not args.quiet:
-            _say_frame(index, len(contents), size, rec)
-        elif rec.get("stopped"):
-            warn_once(f"frame {index}: {rec['stopped']}")
+        _say_frame(index, len(contents), size, rec, args.quiet)
 
-    try:
+    with _stops(job, out, folder, in_order=False):
         video_shards(args, artifacts, job, contents, styles, weights, on_frame)
+    return _finish(args, job, min(job.done, len(contents)), kind, out, size, src, settings)
+
+
+@contextlib.contextmanager
+def _stops(job, out: Path, folder: Path, in_order: bool):
+    """A run that stops: an error leaves no empty frames folder behind; Ctrl-C or SIGTERM is one line
+    saying what is kept and how to go on (in_order: frames were made one by one, not in shards)."""
+    try:
+        yield
     except NstError:
         if job.done == 0 and job.created:
-            job.remove()
+            job.remove()  # nothing done: leave no empty frames folder behind
         raise
     except (KeyboardInterrupt, Terminated):
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise Interrupted(f"{out}: interrupted; {job.done} frame(s) done in {folder}; "
+        at = f" at frame {job.done + 1}" if in_order else ""
+        raise Interrupted(f"{out}: interrupted{at}; {job.done} frame(s) done in {folder}; "
                           "run the same command again to resume") from None
-    return _finish(args, job, min(job.done, len(contents)), kind, out, size, src, settings)
 
 
-def _say_frame(index: int, limit, size, rec: dict) -> None:
+def _say_frame(index: int, limit, size, rec: dict, quiet: bool) -> None:
     if rec.get("stopped"):
         warn_once(f"frame {index}: {rec['stopped']}")
+    if quiet:
+        return
     total = f"/{limit}" if limit else ""
     werr = rec.get("warping_error")
     we = f", warping error {werr:.5f}" if werr is not None else ""

@@ -149,7 +149,7 @@ class Config:
     precision: str = "fp32"  # fp32 | tf32 (CUDA: TensorFloat-32 convolutions and matmuls) | fp16 (the model's train_fp16.onnx)
     provider_options: dict[str, str] | None = None  # options of the chosen provider (--provider-option KEY=VALUE)
     # --tile: a tile's own size in px (a multiple of the model's pool grid, manifest "tiling"), the
-    # exact tiled loss and gradient at every scale (nst_ort/tiling.py, docs/tiling.md); None: auto
+    # exact tiled loss and gradient at every scale (nst_ort/engine/tiling.py, docs/tiling.md); None: auto
     # (untiled where the memory estimate of the whole image fits, else the largest tile that fits).
     tile: int | None = None
 

@@ -8,7 +8,7 @@ time (export/optim_graphs.py, listed in manifest.json under "optimizers"); witho
 uses the host loop (loop.HostLoop: session.TrainStep + optim.py), which gives the same iterates up to
 rounding. DeviceLoop is the other implementation of loop.Loop.
 
-L-BFGS here is nst_ort.optim.LBFGS (torch.optim.LBFGS without line search, plus its documented
+L-BFGS here is nst_ort.engine.optim.LBFGS (torch.optim.LBFGS without line search, plus its documented
 steepest-descent deviation) in the compact form of Byrd, Nocedal & Schnabel (see optim_graphs.py):
 the k x k algebra in float64 on the host, every O(n) operation in the graphs. The state_dict format
 is optim.py's, so checkpoints move freely between the two loops.

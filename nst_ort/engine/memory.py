@@ -340,7 +340,7 @@ class Plan:
     on_host: bool = True  # activations in host memory (CPU provider)
     factor: float = GRAPH_FACTOR  # graph_factor(manifest)
     images: tuple[ImageInput, ...] = ()  # the input files, checked before they are decoded
-    # Tiling (nst_ort/tiling.py): align and halo from the manifest's "tiling" entry (align 0: the
+    # Tiling (nst_ort/engine/tiling.py): align and halo from the manifest's "tiling" entry (align 0: the
     # model has no tiled graphs); tile: --tile N, or None for auto.
     align: int = 0
     halo: int = 0

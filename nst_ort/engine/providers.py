@@ -76,7 +76,7 @@ class Placement:
             so.intra_op_num_threads = self.threads
             so.inter_op_num_threads = 1
         # Workers stop spinning when their session's run returns: the next session (the training and
-        # optimizer graphs take turns every iteration) gets the cores (nst_ort/threads.py).
+        # optimizer graphs take turns every iteration) gets the cores (nst_ort/engine/threads.py).
         so.add_session_config_entry(*SPIN_STOP)
         # Same inputs + thread count -> same bytes (issue: reproducible runs on the CPU provider).
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -229,7 +229,7 @@ def choose(device: str = "auto", provider: str | None = None, threads: int | Non
     precision: fp32 | tf32 (CUDA) | fp16 (the model's mixed-precision training graph, see
     Artifacts.train_graph_path). options: provider options for the chosen provider
     (--provider-option), checked here (check_options) when given.
-    threads: intra-op threads; None: the provider's default (nst_ort/threads.py, measured there)."""
+    threads: intra-op threads; None: the provider's default (nst_ort/engine/threads.py, measured there)."""
     if precision not in PRECISIONS:
         raise DeviceError(f"unknown precision {precision!r}: use {', '.join(PRECISIONS)}")
     placement = _choose(device, provider, threads, warn)

@@ -47,7 +47,7 @@ def optical_flow(a: np.ndarray, b: np.ndarray, method: str = "dis") -> np.ndarra
     return np.ascontiguousarray(flow, dtype=np.float32)
 
 
-def _bilinear(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+def sample_bilinear(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """image [H, W, C] sampled at float coordinates (clamped to the border), bilinear."""
     h, w = image.shape[:2]
     x = np.clip(x, 0.0, w - 1.0)
@@ -70,7 +70,7 @@ def warp(image: np.ndarray, flow: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     gx, gy = np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64))
     x, y = gx + flow[..., 0], gy + flow[..., 1]
     inside = (x >= 0) & (x <= w - 1) & (y >= 0) & (y <= h - 1)
-    out = _bilinear(img.astype(np.float64), x, y).astype(image.dtype if image.dtype.kind == "f" else np.float32)
+    out = sample_bilinear(img.astype(np.float64), x, y).astype(image.dtype if image.dtype.kind == "f" else np.float32)
     return (out[..., 0] if squeeze else out), inside
 
 
@@ -80,7 +80,7 @@ def _central_gradient(f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return 0.5 * (p[1:-1, 2:] - p[1:-1, :-2]), 0.5 * (p[2:, 1:-1] - p[:-2, 1:-1])
 
 
-def _gaussian(f: np.ndarray, sigma: float = 0.8, precision: float = 2.0) -> np.ndarray:
+def gaussian_blur(f: np.ndarray, sigma: float = 0.8, precision: float = 2.0) -> np.ndarray:
     """Separable Gaussian as consistencyChecker's CSmooth(0.8, 2): radius ceil(precision*sigma), normalized."""
     r = int(np.ceil(precision * sigma))
     k = np.exp(-np.arange(-r, r + 1) ** 2 / (2 * sigma * sigma))
@@ -110,7 +110,7 @@ def consistency(backward: np.ndarray, forward: np.ndarray, smooth: bool = True) 
     # Deviation: the checker asks floor(x) + 1 < W, which also drops every pixel that lands exactly on
     # the last column or row (zero flow included); here the landing point only has to be in the image.
     inside = (bx >= 0) & (bx <= w - 1) & (by >= 0) & (by <= h - 1)
-    f_at = _bilinear(forward.astype(np.float64), bx, by)  # w_f(p + w_b(p))
+    f_at = sample_bilinear(forward.astype(np.float64), bx, by)  # w_f(p + w_b(p))
     u, v = f_at[..., 0], f_at[..., 1]
     back = (bx + u - gx) ** 2 + (by + v - gy) ** 2
     mag = b[..., 0] ** 2 + b[..., 1] ** 2
@@ -123,7 +123,7 @@ def consistency(backward: np.ndarray, forward: np.ndarray, smooth: bool = True) 
     c[inside & occluded] = -1.0  # after the motion-boundary test: the checker `continue`s on occlusion first
     c[~inside] = 0.0
     if smooth:
-        c = _gaussian(c)
+        c = gaussian_blur(c)
     return np.clip(c, 0.0, 1.0).astype(np.float32)
 
 

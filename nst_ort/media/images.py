@@ -4,6 +4,7 @@ Images inside the runtime are float32 arrays [H, W, 3], RGB in [0, 1], sRGB.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import os
@@ -64,17 +65,13 @@ def _bomb_error(path: Path, e: Exception) -> ImageError:
     return ImageError(f"{path}: {count} is over the limit of {MAX_PIXELS:,} (possible image bomb); refused")
 
 
-def _open(path: Path) -> Image.Image:
-    """Decode the whole file (so that damage shows here); every decoder failure is an ImageError."""
+@contextlib.contextmanager
+def _pillow_errors(path: Path, decoding: bool):
+    """Pillow's failures while opening `path` as one-line errors naming it (docs/errors.md): while
+    decoding the pixels (load_image), or reading the header only (probe_image), where truncation
+    does not show yet."""
     try:
-        with Image.open(path) as im:
-            w, h = im.size
-            if w * h > MAX_PIXELS:
-                raise ImageError(f"{path}: {w}x{h} = {w * h:,} pixels is over the limit of {MAX_PIXELS:,} "
-                                 "(possible image bomb); refused")
-            im.load()
-            img = im.copy()
-            img.info = dict(im.info)
+        yield
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -82,16 +79,29 @@ def _open(path: Path) -> Image.Image:
     except UnidentifiedImageError:
         raise ImageError(f"{path}: not an image (no format Pillow reads recognizes it)") from None
     except MemoryError:
-        raise OutOfMemory(f"{path}: out of memory while decoding this image") from None
+        what = "decoding this image" if decoding else "reading this image's header"
+        raise OutOfMemory(f"{path}: out of memory while {what}") from None
     except PermissionError:
         raise ImageError(f"{path}: permission denied") from None
     except Exception as e:  # noqa: BLE001 - damaged files make decoders raise anything (struct.error, IndexError...)
         if too_many_files(e):  # ulimit -n reached (a decoder's module imported late): not the image's fault
             raise OutOfMemory(f"{path}: {too_many_files(e)}") from None
         msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-        if "truncated" in msg.lower() or isinstance(e, EOFError):
+        if decoding and ("truncated" in msg.lower() or isinstance(e, EOFError)):
             raise ImageError(f"{path}: truncated or damaged image ({msg})") from None
         raise ImageError(f"{path}: damaged or unsupported image ({msg})") from None
+
+
+def _open(path: Path) -> Image.Image:
+    """Decode the whole file (so that damage shows here); every decoder failure is an ImageError."""
+    with _pillow_errors(path, decoding=True), Image.open(path) as im:
+        w, h = im.size
+        if w * h > MAX_PIXELS:
+            raise ImageError(f"{path}: {w}x{h} = {w * h:,} pixels is over the limit of {MAX_PIXELS:,} "
+                             "(possible image bomb); refused")
+        im.load()
+        img = im.copy()
+        img.info = dict(im.info)
     if img.width < 1 or img.height < 1:
         raise ImageError(f"{path}: image has no pixels")
     return img
@@ -154,29 +164,15 @@ def probe_image(path: str | Path) -> Probe:
     missing, empty, not images or bombs; damage inside the pixel data shows only when decoding."""
     path = Path(path)
     _check_file(path)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                w, h, fmt = im.size[0], im.size[1], im.format or "?"
-                try:
-                    orientation = im.getexif().get(0x0112)
-                except Exception:  # noqa: BLE001 - damaged EXIF: load_image ignores it too
-                    orientation = None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise _bomb_error(path, e) from None
-    except UnidentifiedImageError:
-        raise ImageError(f"{path}: not an image (no format Pillow reads recognizes it)") from None
-    except PermissionError:
-        raise ImageError(f"{path}: permission denied") from None
-    except MemoryError:
-        raise OutOfMemory(f"{path}: out of memory while reading this image's header") from None
-    except Exception as e:  # noqa: BLE001 - a damaged header makes decoders raise anything
-        if too_many_files(e):
-            raise OutOfMemory(f"{path}: {too_many_files(e)}") from None
-        msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-        raise ImageError(f"{path}: damaged or unsupported image ({msg})") from None
+    with _pillow_errors(path, decoding=False), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(path) as im:
+            w, h, fmt = im.size[0], im.size[1], im.format or "?"
+            try:
+                orientation = im.getexif().get(0x0112)
+            except Exception:  # noqa: BLE001 - damaged EXIF: load_image ignores it too
+                orientation = None
     if w < 1 or h < 1:
         raise ImageError(f"{path}: image has no pixels")
     if w * h > MAX_PIXELS:

@@ -26,9 +26,9 @@ import re
 import stat
 import tempfile
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
-from ..base.errors import ImageError, OutputError, UsageError
+from ..base.errors import ImageError, NstError, OutputError, UsageError
 
 PROBE_BYTES = 64 << 10  # written and removed in each folder a run writes to
 
@@ -105,7 +105,9 @@ def _stat(path: Path, flag: str) -> os.stat_result | None:
         raise OutputError(f"{path}: {flag}: cannot check this path ({e.strerror or e})") from None
 
 
-def _resolved(path: Path) -> Path:
+def resolved(path: Path) -> Path:
+    """The path with its links resolved (what two names for one file compare by); made absolute
+    instead where it cannot be resolved (a link loop, a folder that cannot be read)."""
     try:
         return path.resolve()
     except (OSError, RuntimeError):
@@ -120,7 +122,7 @@ def same_file(a: Path, b: Path) -> bool:
         pass
     except ValueError:  # an embedded NUL
         return False
-    return _resolved(a) == _resolved(b)
+    return resolved(a) == resolved(b)
 
 
 def _folder(path: Path) -> Path:
@@ -205,7 +207,7 @@ def check_writes(targets: Iterable[Target], sources: Iterable[Source], snapshots
         if not folder.is_dir():
             where = "output folder" if t.flag == "-o" else f"{t.flag} folder"
             raise OutputError(f"{t.path}: {where} {folder} does not exist")
-        key = _resolved(folder)
+        key = resolved(folder)
         first, total = need.get(key, (t, 0))
         need[key] = (first, total + t.bytes)
     by_device: dict[int, list[tuple[Path, Target, int]]] = {}
@@ -254,23 +256,31 @@ def special_kind(path: Path) -> str | None:
     return None if kind == "folder" else kind
 
 
+def folder_entries(folder: Path, exts: Iterable[str], error: type[NstError]) -> Iterator[tuple[Path, str | None]]:
+    """Each entry of a folder of images, sorted by name, with why it is not taken: "folder",
+    "extension" (not one of exts) or "special" (not a regular file: a FIFO, a dangling link); None
+    when it is. A folder that cannot be listed is `error` naming it. Batches and frame folders."""
+    exts = set(exts)
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError as e:
+        raise error(f"{folder}: cannot list this folder ({e.strerror or e})") from None
+    for p in entries:
+        yield p, ("folder" if p.is_dir() else "extension" if p.suffix.lower() not in exts else
+                  "special" if not p.is_file() else None)
+
+
 def batch_files(folder: Path, exts: Iterable[str], warn) -> list[Path]:
     """The images of a batch folder, sorted; every entry that is not taken (a folder: batches do not
     descend; another extension; not a regular file) is named through warn. The sequential and the
     Ray batch both list their inputs here."""
     exts = sorted(exts)
-    try:
-        entries = sorted(folder.iterdir())
-    except OSError as e:
-        raise ImageError(f"{folder}: cannot list this folder ({e.strerror or e})") from None
+    why = {"folder": "a folder, skipped (a batch does not descend into folders)",
+           "extension": f"not an image file name ({', '.join(exts)}), skipped", "special": "not a regular file, skipped"}
     files = []
-    for p in entries:
-        if p.is_dir():
-            warn(f"{p}: a folder, skipped (a batch does not descend into folders)")
-        elif p.suffix.lower() not in exts:
-            warn(f"{p}: not an image file name ({', '.join(exts)}), skipped")
-        elif not p.is_file():
-            warn(f"{p}: not a regular file, skipped")
+    for p, skipped in folder_entries(folder, exts, ImageError):
+        if skipped:
+            warn(f"{p}: {why[skipped]}")
         else:
             files.append(p)
     if not files:
@@ -298,9 +308,9 @@ def batch_outputs(files: list[Path], out_dir: Path, suffix: str = ".png") -> lis
 
 def _check_snapshots(snap: Snapshots, targets: list[Target], sources: list[Source]) -> None:
     """Snapshots are many paths with one pattern: compare names in OUT's folder (and what is there)."""
-    folder = _resolved(_folder(snap.out))
+    folder = resolved(_folder(snap.out))
     for other in [*sources, *[t for t in targets if t.flag != "--snapshots"]]:
-        p = _resolved(other.path)
+        p = resolved(other.path)
         if p.parent == folder and snap.matches(p.name):
             what = getattr(other, "what", None) or getattr(other, "flag")
             raise OutputError(f"{other.path}: --snapshots would overwrite the {what} ({other.path}); "

@@ -6,7 +6,7 @@
     write_video(out, frame_paths, fps, audio_from=path)   # atomic; audio copied or re-encoded
     write_video(...) then check_video(out, count, fps)    # what was written is read back
 
-Frames inside the runtime are what images are (nst_ort/images.py). A bad input (missing, not a video,
+Frames inside the runtime are what images are (nst_ort/media/images.py). A bad input (missing, not a video,
 no video stream, no frames, a codec this FFmpeg cannot decode, damage mid-stream) is a VideoError
 (exit code 3, like an unreadable image) naming the file and, mid-stream, the frame.
 """
@@ -24,7 +24,7 @@ from ..base.atomic import atomic_write
 from ..base.errors import ImageError, OutOfMemory, OutputError
 from ..base.extras import require
 from .images import load_image
-from .outputs import special_kind
+from .outputs import folder_entries, special_kind
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 DEFAULT_FPS = Fraction(25)
@@ -160,23 +160,16 @@ def _image_files(folder: Path, warn=None) -> list[Path]:
     """The frames of a folder: its image files, sorted by name. Hidden files are not frames; every
     other entry that is not one (another extension, a subfolder, a FIFO, a dangling link) is named
     in a warning (`warn`), never dropped without a word."""
-    try:
-        entries = sorted(folder.iterdir())
-    except OSError as e:
-        raise VideoError(f"{folder}: cannot list this folder ({e.strerror or e})") from None
+    why = {"folder": "a folder", "extension": f"not a frame ({', '.join(sorted(IMAGE_EXTS))})",
+           "special": "not a regular file"}
     files = []
-    for p in entries:
+    for p, skipped in folder_entries(folder, IMAGE_EXTS, VideoError):
         if p.name.startswith("."):
             continue
-        if p.suffix.lower() not in IMAGE_EXTS:
-            why = "a folder" if p.is_dir() else f"not a frame ({', '.join(sorted(IMAGE_EXTS))})"
-        elif not p.is_file():
-            why = "not a regular file"
-        else:
+        if not skipped:
             files.append(p)
-            continue
-        if warn is not None:
-            warn(f"{p}: {why}, skipped (not one of the frames of {folder})")
+        elif warn is not None:
+            warn(f"{p}: {why[skipped]}, skipped (not one of the frames of {folder})")
     return files
 
 

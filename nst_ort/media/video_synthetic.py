@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..base.errors import NstError
-from .flow import _bilinear, _gaussian
+from .flow import gaussian_blur, sample_bilinear
 from .images import load_image, resize, save_image, to_uint8
 from .video_io import container_for, write_video
 
@@ -64,7 +64,7 @@ def camera_clip(still: np.ndarray, size: tuple[int, int], frames: int = 6, pan: 
     if blur > 0:
         # Band-limit the scene: bilinear resampling of detail at the Nyquist limit is not shift-invariant,
         # so even the true flow would leave a warping error of ~1e-3.
-        still = np.stack([_gaussian(still[..., c].astype(np.float64), blur) for c in range(3)], -1)
+        still = np.stack([gaussian_blur(still[..., c].astype(np.float64), blur) for c in range(3)], -1)
     hs, ws = still.shape[:2]
     cx, cy = (w - 1) / 2.0, (h - 1) / 2.0
     zooms = [s0 / zoom ** t for t in range(frames)]  # still px per frame px
@@ -93,15 +93,15 @@ def camera_clip(still: np.ndarray, size: tuple[int, int], frames: int = 6, pan: 
         side = min(obj.shape[:2])
         obj = resize(obj[:side, :side], (obj_size, obj_size))
         if blur > 0:
-            obj = np.stack([_gaussian(obj[..., c].astype(np.float64), blur) for c in range(3)], -1)
+            obj = np.stack([gaussian_blur(obj[..., c].astype(np.float64), blur) for c in range(3)], -1)
         scale = 1.0
     out = Clip([], [], [], [], [])
     for t in range(frames):
         qx, qy = to_still(t, gx, gy)
-        img = _bilinear(still64, qx, qy)
+        img = sample_bilinear(still64, qx, qy)
         covered = in_object(t, gx, gy)
         if obj is not None:
-            tex = _bilinear(obj.astype(np.float64), (gx - pos[t][0]) * scale, (gy - pos[t][1]) * scale)
+            tex = sample_bilinear(obj.astype(np.float64), (gx - pos[t][0]) * scale, (gy - pos[t][1]) * scale)
             img = np.where(covered[..., None], tex, img)
         out.frames.append(img.astype(np.float32))
         out.object_mask.append(covered)
