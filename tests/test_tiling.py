@@ -1,4 +1,4 @@
-"""The tiled loss and gradient (nst_ort/tiling.py, export/tiled.py) against the untiled graphs, which
+"""The tiled loss and gradient (nst_ort/engine/tiling.py, export/tiled.py) against the untiled graphs, which
 tests/test_gradient.py and tests/test_providers.py check against float64 torch: equal within 1e-4
 relative L2 at sizes that are not multiples of 16, with masks and two styles, tiles smaller than the
 halo, tiles at every border and corner, on both training graphs (train.onnx and train_cpu.onnx), with
@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from conftest import DEFAULT_MODEL, needs_torch
-from nst_ort import contract
-from nst_ort.artifacts import Artifacts
-from nst_ort.errors import UsageError
-from nst_ort.providers import choose
-from nst_ort.session import Graphs, TrainStep
-from nst_ort.tiling import Layout, TiledGraphs, TiledTrainStep, resize_bilinear, tiled_features
+from nst_ort.engine import contract
+from nst_ort.engine.artifacts import Artifacts
+from nst_ort.base.errors import UsageError
+from nst_ort.engine.providers import choose
+from nst_ort.engine.session import Graphs, TrainStep
+from nst_ort.engine.tiling import Layout, TiledGraphs, TiledTrainStep, resize_bilinear, tiled_features
 
 TOL = 1e-4
 
@@ -194,7 +194,7 @@ def _cli(*args):
 def test_tiled_run_follows_untiled(tmp_path, examples):
     """Three L-BFGS iterations tiled (16 px tiles, two masked styles; host and device loop) and
     untiled: the same images up to float32 rounding carried through the optimizer."""
-    from nst_ort import Config, StyleInput, Stylizer
+    from nst_ort import Config, OptimConfig, StyleInput, Stylizer
 
     mask = tmp_path / "mask.png"
     from PIL import Image
@@ -205,7 +205,7 @@ def test_tiled_run_follows_untiled(tmp_path, examples):
     for tile, loop in ((None, "host"), (16, "host"), ("16d", "device")):
         cfg = Config(content=examples / "chelsea_cat.jpg", styles=styles, size=72, loop=loop,
                      tile=tile if tile is None else 16,
-                     threads=2, optim=__import__("nst_ort").config.OptimConfig(iterations=3))
+                     threads=2, optim=OptimConfig(iterations=3))
         st = Stylizer(cfg)
         losses = [st.step().loss for _ in range(3)]
         out[tile] = (losses, st.result(), st.runtime()["tiling"])
@@ -260,7 +260,7 @@ def test_cli_report_records_tiling(tmp_path, examples):
 
 def test_memory_plan_tiles_print_sizes():
     """--tile auto at 8192x6144 in 24 GiB: tiled, with the history lowered to fit; 512 px untiled."""
-    from nst_ort import memory
+    from nst_ort.engine import memory
 
     layers = Artifacts(DEFAULT_MODEL).manifest["layers"]
     avail = memory.Available(24 << 30, None)
@@ -287,7 +287,7 @@ def test_memory_plan_keeps_what_fits():
     """With the keep graphs (kept_bytes): tiles and kept crops chosen for the least estimated work
     among the plans that fit; each kept crop adds its kept arrays; unknown memory keeps one crop;
     without the keep graphs, none (and the largest tile, as before)."""
-    from nst_ort import memory
+    from nst_ort.engine import memory
 
     layers = Artifacts(DEFAULT_MODEL).manifest["layers"]
     kw = dict(history=100, factor=memory.MANUAL_GRAPH_FACTOR, align=16, halo=64, content_floats=8.0, iterations=(10,))
@@ -331,7 +331,7 @@ def test_folder_without_keep_graphs_runs_the_old_way(tmp_path, examples):
     import json
     import shutil
 
-    from nst_ort import Config, StyleInput, Stylizer
+    from nst_ort import Config, OptimConfig, StyleInput, Stylizer
 
     old = tmp_path / "old"
     shutil.copytree(DEFAULT_MODEL, old, ignore=shutil.ignore_patterns("tile_*_keep*", "tile_*_kept*"))
@@ -341,7 +341,7 @@ def test_folder_without_keep_graphs_runs_the_old_way(tmp_path, examples):
     manifest["files"] = {f: v for f, v in manifest["files"].items() if "_keep" not in f and "_kept" not in f}
     (old / "manifest.json").write_text(json.dumps(manifest))
     cfg = Config(content=examples / "chelsea_cat.jpg", styles=[StyleInput(examples / "starry_night.jpg")], size=64,
-                 tile=32, model=old, threads=2, optim=__import__("nst_ort").config.OptimConfig(iterations=1))
+                 tile=32, model=old, threads=2, optim=OptimConfig(iterations=1))
     st = Stylizer(cfg)
     assert st.memory_plan().kept_bytes == 0.0
     st.step()
