@@ -11,6 +11,14 @@ computed tile by tile, exactly, in two passes (docs/tiling.md has the protocol a
                               -> content_losses [nc] (the crop's share of the means), image_grad [1,3,h,w]
                               (content + style; TV is done on the host, on the whole image)
 
+or, keeping pass 1's activations for pass 2 (where the runtime's memory allows):
+
+    pass 1, tile_grams_keep.onnx:  as tile_grams -> gram parts, kept.* (what manual_grad's backward
+                                   keeps from its forward: ReLU and max-pool masks, 1/counts) and
+                                   feature.<layer> for every tapped layer
+    pass 2, tile_train_kept.onnx:  kept.*, feature.*, and tile_train's inputs but the crop -> its outputs
+                                   (the backward alone: no second forward)
+
 A crop is the tile's own pixels [a, b) plus a halo, a and b on the pool grid (`align`: the product of
 the pools' strides), clipped at the image's border. Ownership is folded into the masks the runtime
 feeds (0 where the tile does not own the position), so each position's terms are counted once.
@@ -162,7 +170,8 @@ class TiledGradient(ManualGradient):
                 out.append((i, 0, f"kept.{name}.mask"))
             elif kind == "maxpool":
                 out += [(i, 0, f"kept.{name}.hit"), (i, 1, f"kept.{name}.share")]
-            elif kind == "avgpool" and not (i > 0 and self.steps[i - 1].kind == "relu" and i - 1 not in self.fused_relu):
+            elif kind == "avgpool" and not (i > 0 and self.steps[i - 1].kind == "relu"
+                                            and i - 1 not in self.fused_relu):
                 raise ValueError(f"{name}: an average pool after no kept ReLU mask (its input size is not kept)")
         return out
 
@@ -211,18 +220,13 @@ def names(spec: GraphSpec, kept: list[str]) -> dict[str, tuple[list[str], list[s
     }
 
 
-def export_tiled(backbone: Backbone, cpu_variant: bool = True) -> tuple[dict[str, onnx.ModelProto], dict]:
-    """role -> graph (weights still inputs), and the manifest's "tiling" entry less its files."""
-    spec = GraphSpec.of(backbone)
-    steps = manual_grad.plan(backbone)
-    if steps is None:
-        raise ValueError(f"{backbone.name}: tiled graphs need the hand-written backward (conv/ReLU/2x2-pool stacks)")
-    align, halo = receptive_halo(steps, set(spec.taps))
+def example_inputs(backbone: Backbone, spec: GraphSpec) -> tuple[torch.Tensor, list, tuple]:
+    """(image, style masks, pass 2's inputs besides the image or the kept arrays) at an odd size
+    (67x75: nothing specializes on even ones), two styles, random masks and dL/dG."""
     strides = {layer.name: layer.stride for layer in backbone.layers}
     gen = torch.Generator().manual_seed(0)
-    H, W, K = 67, 75, 2  # odd sizes: nothing specializes on even ones
+    H, W, K = 67, 75, 2
     image = torch.rand(1, 3, H, W, generator=gen)
-    params = list(graph_tensors(backbone).values())
     with torch.no_grad():
         feats = dict(zip(spec.taps, backbone.module(image)))
     size = {n: (H // strides[n], W // strides[n]) for n in spec.taps}
@@ -231,6 +235,20 @@ def export_tiled(backbone: Backbone, cpu_variant: bool = True) -> tuple[dict[str
     ctargets = [feats[n].clone() for n in spec.content]
     sgrads = [torch.rand(K, feats[n].shape[1], feats[n].shape[1], generator=gen) for n in spec.style]
     nc = len(spec.content)
+    return image, smasks, (*smasks, *cmasks, *ctargets, *sgrads, torch.ones(nc), torch.ones(nc))
+
+
+def export_tiled(backbone: Backbone, cpu_variant: bool = True) -> tuple[dict[str, onnx.ModelProto], dict]:
+    """role -> graph (weights still inputs), and the manifest's "tiling" entry less its files."""
+    spec = GraphSpec.of(backbone)
+    steps = manual_grad.plan(backbone)
+    if steps is None:
+        raise ValueError(f"{backbone.name}: tiled graphs need the hand-written backward (conv/ReLU/2x2-pool stacks)")
+    align, halo = receptive_halo(steps, set(spec.taps))
+    strides = {layer.name: layer.stride for layer in backbone.layers}
+    image, smasks, terms = example_inputs(backbone, spec)
+    params = list(graph_tensors(backbone).values())
+    nc = len(spec.content)
     hw, khw = {2: Dim.AUTO, 3: Dim.AUTO}, {0: Dim.AUTO, 2: Dim.AUTO, 3: Dim.AUTO}
     out: dict[str, onnx.ModelProto] = {}
     for suffix, wino in (("", False), ("_cpu", True)) if cpu_variant else (("", False),):
@@ -238,7 +256,6 @@ def export_tiled(backbone: Backbone, cpu_variant: bool = True) -> tuple[dict[str
         io = names(spec, [n for _i, _j, n in fn.kept()])
         g_args = (image, *smasks, *params)
         g_dyn = (hw,) + (khw,) * len(smasks) + (None,) * len(params)
-        terms = (*smasks, *cmasks, *ctargets, *sgrads, torch.ones(nc), torch.ones(nc))
         terms_dyn = ((khw,) * len(smasks) + (hw,) * (2 * nc) + ({0: Dim.AUTO},) * len(sgrads) + (None, None))
         t_args = (image, *terms, *params)
         t_dyn = (hw,) + terms_dyn + (None,) * len(params)

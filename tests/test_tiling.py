@@ -348,3 +348,34 @@ def test_folder_without_keep_graphs_runs_the_old_way(tmp_path, examples):
     tiling = st.runtime()["tiling"]
     assert tiling["scales"][0]["kept"] == 0 and not st.tiled_graphs.keeps
     assert tiling["graphs"] in ("tile_grams_cpu.onnx, tile_train_cpu.onnx", "tile_grams.onnx, tile_train.onnx")
+
+
+@needs_torch
+@pytest.mark.parametrize("pool", ["max", "avg"])
+def test_kept_pass_equals_full_pass_in_torch(pool):
+    """export/tiled.py's pass 2 from pass 1's kept arrays (train_kept) equals pass 2 from the image
+    (train), as torch functions, for max- and average-pool VGGs (the average pool takes its input's
+    size from the ReLU mask before it) and both convolution kinds. The default model's exported graphs
+    are compared with the untiled ones above; an average-pool folder's are not exported here."""
+    import torch
+
+    from nst_ort_export import manual_grad
+    from nst_ort_export.backbones import REGISTRY
+    from nst_ort_export.spec import GraphSpec, graph_tensors
+    from nst_ort_export.tiled import TiledGradient, example_inputs
+
+    backbone = REGISTRY["vgg16"](weights="random", pool=pool)
+    spec, steps = GraphSpec.of(backbone), manual_grad.plan(backbone)
+    params = list(graph_tensors(backbone).values())
+    image, smasks, terms = example_inputs(backbone, spec)
+    ns, nc = len(spec.style), len(spec.content)
+    terms = (*terms[:ns + nc], *(t * 0.5 for t in terms[ns + nc:ns + 2 * nc]), *terms[ns + 2 * nc:])  # content terms > 0
+    for winograd in (False, True):
+        fn = TiledGradient(backbone, spec, steps, winograd)
+        with torch.no_grad():
+            ref = fn.train(image, *terms, *params)
+            kept = fn.grams_keep(image, *smasks, *params)[len(spec.style):]
+            got = fn.train_kept(*kept, *terms, *params)
+        assert float(ref[0].min()) > 0
+        for r, g in zip(ref, got):  # content losses, image gradient
+            assert torch.allclose(g, r, rtol=1e-6, atol=1e-6 * float(r.abs().max()))

@@ -400,7 +400,8 @@ class Stylizer:
         if any(t.tiles):
             cpu, keeps = graph_family(entry, self.placement)
             c = "_cpu" if cpu else ""
-            graphs = f"tile_grams_keep{c}.onnx, tile_train_kept{c}.onnx" if keeps else f"tile_grams{c}.onnx, tile_train{c}.onnx"
+            graphs = (f"tile_grams_keep{c}.onnx, tile_train_kept{c}.onnx" if keeps
+                      else f"tile_grams{c}.onnx, tile_train{c}.onnx")
         return {"align": entry.get("align"), "halo": entry.get("halo"), "history": t.history,
                 "notes": list(t.notes), "scales": scales, "graphs": graphs}
 
