@@ -49,9 +49,10 @@ TILE_SESSIONS_ADDRESS = 960 << 20
 TILE_PASS1_FACTOR = 2.0
 # The keep family (tile_grams_keep + tile_train_kept: pass 1 returns what the backward needs, pass 2 is
 # the backward alone): both arenas per tapped float of the largest crop, one crop's kept arrays
-# included (they live in pass 1's arena); measured 7.4 (1024x768 as one crop) and 9.6 (576x576 crops),
-# VGG16, 2 threads. Each further kept tile adds its crop's kept bytes (the manifest's kept_bytes_per_pixel).
-TILE_KEEP_FACTOR = 10.0
+# included (they live in pass 1's arena); measured 6.8-7.4 (1024x768 as one crop), 9.1 (2048x1536 in
+# 896x832 crops) and 9.6 (576x576 crops), VGG16, 2 threads; 11 keeps ~15% headroom. Each further kept
+# crop adds its kept bytes (the manifest's kept_bytes_per_pixel).
+TILE_KEEP_FACTOR = 11.0
 ADDRESS_FACTOR = 1.5  # the arena's reserved/touched ratio for the graph, measured
 FLOAT = 4
 SUGGEST_SHARE = 0.85  # the size we suggest fits in 85% of what is available now, so that it fits next time
@@ -483,8 +484,8 @@ def _best_tile(plan: Plan, avail: Available, size: tuple[int, int], history: int
     """The tile with the least tiled_work among those whose run fits, each with as many kept crops as
     fit beside it (without the keep graphs: the largest tile, whose halos cost least). A smaller tile
     can win: kept arrays take ~1/6 of a crop's arenas per pixel, and each kept crop saves its second
-    forward (VGG16 at 2048x1536 in 8 GiB, 10 L-BFGS pairs: 768 px tiles with 3 of 6 crops kept, work
-    1.42, over 912 px with 1 of 6 kept, 1.56)."""
+    forward (VGG16 at 2048x1536 in 8 GiB, 10 L-BFGS pairs: 784 px tiles with 2 of 6 crops kept, work
+    1.49, over the largest that fits, 864 px with 1 of 6 kept, 1.56)."""
     largest = _largest_tile(plan, avail, size, history)
     if largest is None or not plan.kept_bytes:
         return largest
