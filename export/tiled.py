@@ -256,7 +256,7 @@ def export_tiled(backbone: Backbone, cpu_variant: bool = True) -> tuple[dict[str
         io = names(spec, [n for _i, _j, n in fn.kept()])
         g_args = (image, *smasks, *params)
         g_dyn = (hw,) + (khw,) * len(smasks) + (None,) * len(params)
-        terms_dyn = ((khw,) * len(smasks) + (hw,) * (2 * nc) + ({0: Dim.AUTO},) * len(sgrads) + (None, None))
+        terms_dyn = ((khw,) * len(smasks) + (hw,) * (2 * nc) + ({0: Dim.AUTO},) * len(spec.style) + (None, None))
         t_args = (image, *terms, *params)
         t_dyn = (hw,) + terms_dyn + (None,) * len(params)
         out["grams" + suffix] = lower(fn.grams, g_args, g_dyn, io["grams"][0] + spec.param_names, io["grams"][1])
@@ -361,4 +361,5 @@ if __name__ == "__main__":
 
     from .in_place import main
 
-    sys.exit(main("nst_ort_export.tiled", "the tiled graphs (tile_grams.onnx, tile_train.onnx)", add_to_folder))
+    sys.exit(main("nst_ort_export.tiled", "the tiled graphs (tile_grams.onnx, tile_train.onnx, tile_grams_keep.onnx, "
+                     "tile_train_kept.onnx)", add_to_folder))
