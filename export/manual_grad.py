@@ -115,6 +115,12 @@ def _pad_to(t: torch.Tensor, hw, value: float = 0.0) -> torch.Tensor:
     return F.pad(t, (0, hw[1] - t.shape[3], 0, hw[0] - t.shape[2]), value=value)
 
 
+def pool_share(hit: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """1 / the number of maxima in each 2x2 window (ties share the gradient), from the hit mask."""
+    count = F.avg_pool2d(hit.to(dtype), 2, 2) * 4.0
+    return 1.0 / torch.clamp_min(count, 1.0)
+
+
 def _add(grads: dict[str, torch.Tensor], name: str, g: torch.Tensor) -> None:
     grads[name] = g if name not in grads else grads[name] + g
 
@@ -206,8 +212,7 @@ class ManualGradient:
                 # that y == 0 never matches (the ReLU's own mask is then not needed).
                 ref = torch.clamp_min(p, _TINY) if (i - 1) in self.fused_relu else p
                 hit = h == _pad_to(up2(ref), h.shape[2:], float("nan"))  # [1, C, H, W], kept as 1-byte bool
-                count = F.avg_pool2d(hit.to(h.dtype), 2, 2) * 4.0  # maxima per window (ties share)
-                saved[i] = (hit, 1.0 / torch.clamp_min(count, 1.0))
+                saved[i] = (hit, pool_share(hit, h.dtype))
                 h = p
             else:  # avgpool
                 saved[i] = (h.shape[2:],)  # only the size: the backward needs no activation

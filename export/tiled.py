@@ -14,8 +14,9 @@ computed tile by tile, exactly, in two passes (docs/tiling.md has the protocol a
 or, keeping pass 1's activations for pass 2 (where the runtime's memory allows):
 
     pass 1, tile_grams_keep.onnx:  as tile_grams -> gram parts, kept.* (what manual_grad's backward
-                                   keeps from its forward: ReLU and max-pool masks, 1/counts) and
-                                   feature.<layer> for every tapped layer
+                                   keeps from its forward and the features do not give: the masks of
+                                   untapped ReLUs, the max pools' hit masks) and feature.<layer> for
+                                   every tapped layer
     pass 2, tile_train_kept.onnx:  kept.*, feature.*, and tile_train's inputs but the crop -> its outputs
                                    (the backward alone: no second forward)
 
@@ -160,19 +161,20 @@ class TiledGradient(ManualGradient):
 
     # --- keeping pass 1's activations for pass 2 (where memory allows) ---------------------------
 
-    def kept(self) -> list[tuple[int, int, str]]:
-        """(step, index in the step's saved tuple, output name) of what the backward needs from the
-        forward: ReLU masks, max-pool hit masks and 1/count. An average pool needs only its input's
-        size, taken from the ReLU mask before it (VGG: a pool always follows a ReLU)."""
+    def kept(self) -> list[tuple[int, str]]:
+        """(step, output name) of what the backward needs from the forward and cannot get from the
+        tapped features: the masks of ReLUs that are not tapped (a tapped one's is its feature > 0) and
+        the max pools' hit masks (1/count is recomputed from them). An average pool needs only its
+        input's size, taken from the ReLU before it (VGG: a pool always follows a ReLU)."""
         out = []
         for i, (name, kind, _m) in enumerate(self.steps):
-            if kind == "relu" and i not in self.fused_relu:
-                out.append((i, 0, f"kept.{name}.mask"))
+            if kind == "relu" and i not in self.fused_relu and name not in self.taps:
+                out.append((i, f"kept.{name}.mask"))
             elif kind == "maxpool":
-                out += [(i, 0, f"kept.{name}.hit"), (i, 1, f"kept.{name}.share")]
+                out.append((i, f"kept.{name}.hit"))
             elif kind == "avgpool" and not (i > 0 and self.steps[i - 1].kind == "relu"
                                             and i - 1 not in self.fused_relu):
-                raise ValueError(f"{name}: an average pool after no kept ReLU mask (its input size is not kept)")
+                raise ValueError(f"{name}: an average pool after no ReLU mask (its input size is not kept)")
         return out
 
     def grams_keep(self, image, *rest):
@@ -185,24 +187,27 @@ class TiledGradient(ManualGradient):
         x = image.flip(1) if self.flip else image
         feats, saved = self.forward(P, x * P["pre.scale"] + P["pre.shift"])
         parts = self._gram_parts(feats, masks)
-        return tuple(parts) + tuple(saved[i][j] for i, j, _ in self.kept()) + tuple(feats[n] for n in spec.taps)
+        return tuple(parts) + tuple(saved[i][0] for i, _ in self.kept()) + tuple(feats[n] for n in spec.taps)
 
     def train_kept(self, *rest):
         """(*kept, *tapped features, *style_masks, *content_masks, *content_targets, *style_grads,
         content_weights, content_norms, *params) -> (content_losses [nc], image_grad): pass 2 given
-        grams_keep's outputs for the same crop."""
+        grams_keep's outputs for the same crop; the backward's saved tuples rebuilt as forward makes them."""
         spec = self.spec
         kept = self.kept()
         nk, nt = len(kept), len(spec.taps)
         nterms = 2 * len(spec.style) + 2 * len(spec.content) + 2
         P = dict(zip(spec.param_names, rest[nk + nt + nterms:]))
-        saved: dict[int, tuple] = {}
-        for (i, _j, _n), t in zip(kept, rest[:nk]):
-            saved[i] = saved.get(i, ()) + (t,)
-        for i, (_name, kind, _m) in enumerate(self.steps):
-            if kind == "avgpool":
-                saved[i] = (saved[i - 1][0].shape[2:],)
+        given = {i: t for (i, _n), t in zip(kept, rest[:nk])}
         feats = dict(zip(spec.taps, rest[nk:nk + nt]))
+        saved: dict[int, tuple] = {}
+        for i, (name, kind, _m) in enumerate(self.steps):
+            if kind == "relu" and i not in self.fused_relu:
+                saved[i] = (feats[name] > 0,) if name in self.taps else (given[i],)
+            elif kind == "maxpool":
+                saved[i] = (given[i], manual_grad.pool_share(given[i], feats[spec.taps[0]].dtype))
+            elif kind == "avgpool":
+                saved[i] = (saved[i - 1][0].shape[2:],)
         return self._terms_backward(P, feats, saved, rest[nk + nt:nk + nt + nterms])
 
 def names(spec: GraphSpec, kept: list[str]) -> dict[str, tuple[list[str], list[str]]]:
@@ -253,7 +258,7 @@ def export_tiled(backbone: Backbone, cpu_variant: bool = True) -> tuple[dict[str
     out: dict[str, onnx.ModelProto] = {}
     for suffix, wino in (("", False), ("_cpu", True)) if cpu_variant else (("", False),):
         fn = TiledGradient(backbone, spec, steps, wino)
-        io = names(spec, [n for _i, _j, n in fn.kept()])
+        io = names(spec, [n for _i, n in fn.kept()])
         g_args = (image, *smasks, *params)
         g_dyn = (hw,) + (khw,) * len(smasks) + (None,) * len(params)
         terms_dyn = ((khw,) * len(smasks) + (hw,) * (2 * nc) + ({0: Dim.AUTO},) * len(spec.style) + (None, None))

@@ -128,10 +128,10 @@ class _Swapped:
         return getattr(self.sess, name)
 
 
-@pytest.mark.parametrize("name", ["kept.relu1_1.mask", "feature.relu4_2"])
+@pytest.mark.parametrize("name", ["kept.pool1.hit", "feature.relu4_2"])
 def test_wrong_kept_arrays_are_caught(artifacts, graphs, monkeypatch, name):
     """The comparison above fails when pass 2 gets another crop's kept arrays (those of two crops of
-    one size swapped: a ReLU mask, the content layer's features), so a kept path that fed the wrong
+    one size swapped: a max pool's hit mask, the content layer's features), so a kept path that fed the wrong
     arrays could not pass it."""
     g, tg = graphs
     H, W, tile = 40, 200, 32  # a strip: crops [0, 160) and [32, 192) have equal sizes, other pixels
@@ -369,7 +369,8 @@ def test_kept_pass_equals_full_pass_in_torch(pool):
     params = list(graph_tensors(backbone).values())
     image, smasks, terms = example_inputs(backbone, spec)
     ns, nc = len(spec.style), len(spec.content)
-    terms = (*terms[:ns + nc], *(t * 0.5 for t in terms[ns + nc:ns + 2 * nc]), *terms[ns + 2 * nc:])  # content terms > 0
+    # content targets halved: the content terms are not 0
+    terms = (*terms[:ns + nc], *(t * 0.5 for t in terms[ns + nc:ns + 2 * nc]), *terms[ns + 2 * nc:])
     for winograd in (False, True):
         fn = TiledGradient(backbone, spec, steps, winograd)
         with torch.no_grad():

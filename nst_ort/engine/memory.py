@@ -50,8 +50,9 @@ TILE_PASS1_FACTOR = 2.0
 # The keep family (tile_grams_keep + tile_train_kept: pass 1 returns what the backward needs, pass 2 is
 # the backward alone): both arenas per tapped float of the largest crop, one crop's kept arrays
 # included (they live in pass 1's arena); measured 6.8-7.4 (1024x768 as one crop), 9.1 (2048x1536 in
-# 896x832 crops) and 9.6 (576x576 crops), VGG16, 2 threads; 11 keeps ~15% headroom. Each further kept
-# crop adds its kept bytes (the manifest's kept_bytes_per_pixel).
+# 896x832 crops) and 9.6 (576x576 crops), VGG16, 2 threads, with 906 kept bytes per pixel (656 since:
+# pass 2 now remakes the tapped ReLUs' masks and the pools' 1/counts); 11 keeps ~15% headroom. Each
+# further kept crop adds its kept bytes (the manifest's kept_bytes_per_pixel).
 TILE_KEEP_FACTOR = 11.0
 ADDRESS_FACTOR = 1.5  # the arena's reserved/touched ratio for the graph, measured
 FLOAT = 4
@@ -483,9 +484,9 @@ def tiled_work(size: tuple[int, int], tile: int, halo: int, kept: int) -> float:
 def _best_tile(plan: Plan, avail: Available, size: tuple[int, int], history: int) -> int | None:
     """The tile with the least tiled_work among those whose run fits, each with as many kept crops as
     fit beside it (without the keep graphs: the largest tile, whose halos cost least). A smaller tile
-    can win: kept arrays take ~1/6 of a crop's arenas per pixel, and each kept crop saves its second
-    forward (VGG16 at 2048x1536 in 8 GiB, 10 L-BFGS pairs: 784 px tiles with 2 of 6 crops kept, work
-    1.49, over the largest that fits, 864 px with 1 of 6 kept, 1.56)."""
+    can win: kept arrays take ~1/9 of a crop's arenas per pixel, and each kept crop saves its second
+    forward (VGG16 at 2048x1536 in 8 GiB, 10 L-BFGS pairs: 528 px tiles with all 12 crops kept, work
+    1.39, over the largest that fits, 864 px with 1 of 6 kept, 1.56)."""
     largest = _largest_tile(plan, avail, size, history)
     if largest is None or not plan.kept_bytes:
         return largest
