@@ -30,7 +30,7 @@ import numpy as np
 from .config import Config, LossConfig, OptimConfig, StyleInput, max_threads
 from .errors import EXIT_INTERRUPTED, Interrupted, Terminated, exit_for, on_sigterm, NstError, NumericalError, OutputError, UsageError
 from .extras import require
-from .flags import HelpFormatter, Parser, int_flag, number_flag
+from .flags import HelpFormatter, Parser, int_flag, number_flag, tile_flag
 from .images import fit_size, load_image, resize, save_image
 
 MODES = ("per-frame", "warm", "temporal")
@@ -89,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="intra-op threads (at most the CPUs this process may use)")
     p.add_argument("--loop", choices=["auto", "device", "host"], default="auto",
                    help="device: image, gradient and optimizer state in device buffers; host: optimizer in numpy")
+    p.add_argument("--tile", type=tile_flag, default=None,
+                   help="N: each frame's loss and gradient exactly in tiles of N px (a multiple of the model's grid, "
+                   "16 for VGG16); auto (default): untiled where a frame fits in memory, else the largest tile that "
+                   "fits (docs/tiling.md)")
     p.add_argument("--report", help="write a JSON report: settings and every frame's losses, time and warping error")
     p.add_argument("--keep-frames", action="store_true", help="keep the frames folder (OUT.frames) after writing a video")
     p.add_argument("--restart", action="store_true", help="discard the frames of an earlier run of this output")
@@ -176,8 +180,13 @@ def _settings(args, size, styles, weights) -> dict:
             "tv_weight", "optimizer", "lr", "seed", "device", "provider", "loop")
     # "seams": how shards meet (2: the seam pass); a run of another version's shards is not resumed
     shards = {"shard_frames": args.shard_frames, "overlap": args.overlap, "seams": 2} if args.shard_frames else None
-    return {**{k: getattr(args, k) for k in keys}, "size": list(size), "style_weights": weights,
-            "styles": [str(s) for s in styles], "model": args.model, "shards": shards, "format": 1}
+    settings = {**{k: getattr(args, k) for k in keys}, "size": list(size), "style_weights": weights,
+                "styles": [str(s) for s in styles], "model": args.model, "shards": shards, "format": 1}
+    # --tile N changes the frames' float32 rounding (the sums run in another order), so a resume keeps
+    # it; auto is left out, so the fingerprints of runs made before --tile existed still resume.
+    if getattr(args, "tile", None) is not None:
+        settings["tile"] = args.tile
+    return settings
 
 
 class FrameStylizer:
@@ -200,7 +209,8 @@ class FrameStylizer:
         return Config(content=self.content_path, styles=[StyleInput(s, w) for s, w in zip(self.styles, self.weights)],
                       size=max(self.size), seed=a.seed, loss=loss,
                       optim=OptimConfig(name=a.optimizer, iterations=iterations, lr=a.lr),
-                      model=self.artifacts.path, device=a.device, provider=a.provider, threads=a.threads, loop=a.loop)
+                      model=self.artifacts.path, device=a.device, provider=a.provider, threads=a.threads, loop=a.loop,
+                      tile=getattr(a, "tile", None))
 
     def _start(self, content: np.ndarray, iterations: int):
         from . import memory
@@ -209,7 +219,9 @@ class FrameStylizer:
 
         if self.stylizer is None:
             self.stylizer = Stylizer(self._config(iterations), artifacts=self.artifacts, warn=_warn, content=content)
-            memory.check(self.stylizer.memory_plan())
+            # As the still-image CLI: --tile auto tiles a frame that does not fit whole (and may lower
+            # the L-BFGS history); the plan is made once, every frame has the same size.
+            memory.check(self.stylizer.memory_plan(), tiling=self.stylizer.plan_tiling())
             if self.args.mode == "temporal":
                 self.temporal = TemporalTerm(self.stylizer.graphs)
         else:
@@ -279,7 +291,7 @@ class FrameStylizer:
         rec = {"loss": record.loss, "content": record.content, "style": record.style, "tv": record.tv,
                "temporal": record.terms.get("temporal"), "iterations": record.step,
                "seconds": round(time.perf_counter() - t0, 3), "warping_error": werr,
-               "init": "warped previous" if start is not None else "content"}
+               "init": "warped previous" if start is not None else "content", "tile": stylizer.tile_at(0)}
         if blend is not None and record.terms.get("seam") is not None:
             rec["seam_term"] = record.terms["seam"]
         if stopped:
