@@ -115,7 +115,8 @@ def resize_bilinear(masks: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 class TiledGraphs:
     """The model's two tile graphs on one placement, and what the manifest says about them."""
 
-    def __init__(self, artifacts: Artifacts, placement: Placement):
+    def __init__(self, artifacts: Artifacts, placement: Placement, variant: str | None = None):
+        """variant: "cpu" (the Winograd graphs) or "plain"; None: as the training graph would be chosen."""
         entry = tiling_entry(artifacts)
         if entry is None:
             raise UsageError(no_tiling_reason(artifacts))
@@ -125,7 +126,7 @@ class TiledGraphs:
         # As Artifacts.train_graph_path: the Winograd graphs on the CPU provider unless
         # NST_ORT_TRAIN_GRAPH=train (comparisons); no fp16 tile graphs (--precision fp16 runs untiled).
         cpu = (placement.train_variant == "cpu" and "train_cpu" in entry
-               and os.environ.get("NST_ORT_TRAIN_GRAPH") != "train")
+               and os.environ.get("NST_ORT_TRAIN_GRAPH") != "train") if variant is None else variant == "cpu"
         self.variant = "cpu" if cpu else "plain"
         # No CPU arenas: pass 1 and pass 2 never run at once, so each returns its activations to the
         # OS and the peak is one crop's pass 2 (as the memory plan counts), not both arenas' peaks.
