@@ -8,8 +8,8 @@ when --repeats > 1, with the same thread count. Both sides run the same function
 builds the artifact's backbone with export/backbones.py and loads the artifact's own (stored) weights
 from its ONNX initializers, and uses export/loss.py. Both optimize with L-BFGS as neural-style runs it
 (no line search, history 100, one evaluation per iteration): torch.optim.LBFGS on the torch side,
-nst_ort.optim.LBFGS on ours (it deviates from torch only on steps without a curvature pair: see
-nst_ort/optim.py). An iteration is one loss-and-gradient evaluation plus its update.
+nst_ort.engine.optim.LBFGS on ours (it deviates from torch only on steps without a curvature pair: see
+nst_ort/engine/optim.py). An iteration is one loss-and-gradient evaluation plus its update.
 
 Reported per size: time per iteration (median over the iterations after --warmup; torch: intervals
 between closure calls), peak host RSS (VmHWM), device memory on CUDA, and the loss at each evaluation
@@ -254,10 +254,10 @@ def child_torch(spec: dict) -> dict:
 
 
 def prepare_arrays(args, size: int, tmp: Path) -> Path:
-    """Content, style and initial image exactly as the Stylizer makes them (nst_ort.images)."""
+    """Content, style and initial image exactly as the Stylizer makes them (nst_ort.media.images)."""
     import numpy as np
 
-    from nst_ort.images import fit_size, load_image, resize
+    from nst_ort.media.images import fit_size, load_image, resize
 
     content = load_image(args.content)
     style = load_image(args.style)
@@ -340,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
 
     sys.path.insert(0, str(ROOT))
     if args.threads is None:  # nst-ort's own default; the torch side gets the same count
-        from nst_ort.threads import default_threads
+        from nst_ort.engine.threads import default_threads
 
         args.threads = default_threads("CPUExecutionProvider") if args.device == "cpu" else 2
     sides = [s.strip() for s in args.sides.split(",") if s.strip()]

@@ -60,7 +60,7 @@ def nst_ort_command() -> list[str]:
 
 def default_threads() -> int | None:
     """The intra-op thread count nst-ort uses on the CPU provider without --threads."""
-    from nst_ort.threads import default_threads as nst_default
+    from nst_ort.engine.threads import default_threads as nst_default
 
     return nst_default("CPUExecutionProvider")
 

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from nst_ort import Artifacts, Config, LossConfig, OptimConfig, StyleInput, Stylizer  # noqa: E402
-from nst_ort.images import fit_size, load_image, resize  # noqa: E402
+from nst_ort.media.images import fit_size, load_image, resize  # noqa: E402
 
 
 def render(model: Path, args) -> tuple[np.ndarray, dict]:

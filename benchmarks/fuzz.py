@@ -42,7 +42,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from PIL import Image, ImageCms  # noqa: E402
 
-from nst_ort.errors import NstError  # noqa: E402
+from nst_ort.base.errors import NstError  # noqa: E402
 
 COUNTS: dict[str, int] = {}
 FAILURES: list[str] = []  # every failing call as first seen (before hypothesis shrinks or calls it flaky)
@@ -107,7 +107,7 @@ def mutated(seeds: list[bytes]):
 
 # -- targets --------------------------------------------------------------------------------------
 def fuzz_images(n: int, folder: Path) -> None:
-    from nst_ort.images import load_image
+    from nst_ort.media.images import load_image
 
     seeds = image_seeds()
     path = folder / "input"
@@ -163,9 +163,9 @@ def _paths(obj, prefix=()):
 
 
 def fuzz_manifest(n: int, folder: Path) -> None:
-    from nst_ort.artifacts import Artifacts
-    from nst_ort.config import Config, StyleInput
-    from nst_ort.stylize import resolve_weights
+    from nst_ort.engine.artifacts import Artifacts
+    from nst_ort.engine.config import Config, StyleInput
+    from nst_ort.engine.stylize import resolve_weights
 
     model, manifest = _model_folder(folder)
     paths = [p for p in _paths(manifest) if p]
@@ -205,7 +205,7 @@ def fuzz_manifest(n: int, folder: Path) -> None:
 
 
 def fuzz_onnx(n: int, folder: Path) -> None:
-    from nst_ort.onnx_scan import ScanError, external_data
+    from nst_ort.engine.onnx_scan import ScanError, external_data
 
     seed = (ROOT / "models" / "vgg16" / "eval.onnx").read_bytes()
 
@@ -227,7 +227,7 @@ def _cli_call(argv: list[str]) -> tuple[int | str, str]:
     """nst-ort's main(argv) in this process: (exit code, stderr). Anything escaping main is a bug."""
     import contextlib
 
-    from nst_ort import cli
+    from nst_ort.commands import cli
 
     import signal
 

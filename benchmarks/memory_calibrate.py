@@ -1,4 +1,4 @@
-"""Measure what a run adds to memory at a few sizes; the source of nst_ort/memory.py's factors.
+"""Measure what a run adds to memory at a few sizes; the source of nst_ort/engine/memory.py's factors.
 
     python benchmarks/memory_calibrate.py --sizes 256 384 512 768 1024 --model models/vgg16
 
@@ -23,8 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # Runs in the child: wrap Stylizer.run to read /proc/self/status before and after.
 CHILD = r"""
 import json, sys
-import nst_ort.stylize as S
-from nst_ort.cli import main
+import nst_ort.engine.stylize as S
+from nst_ort.commands.cli import main
 
 def status():
     out = {}
@@ -67,7 +67,7 @@ def main() -> None:
     p.add_argument("--out", default="/tmp")
     args = p.parse_args()
     sys.path.insert(0, str(ROOT))
-    from nst_ort.memory import FIXED, _per_pixel
+    from nst_ort.engine.memory import FIXED, _per_pixel
 
     layers = json.loads((Path(args.model) / "manifest.json").read_text())["layers"]
     floats = _per_pixel(layers)

@@ -71,7 +71,10 @@ def instrument(timers: Timers) -> None:
     """Timers around every session run and the host loop's numpy work (benchmark only)."""
     import numpy as np
 
-    from nst_ort import device_loop, loop, optim, session
+    from nst_ort.engine import device_loop
+    from nst_ort.engine import loop
+    from nst_ort.engine import optim
+    from nst_ort.engine import session
 
     session.TrainingGraph.run = timers.wrap(lambda *a, **k: "training graph", session.TrainingGraph.run)
     labels = {"L-BFGS pair graph": "lbfgs_pair", "L-BFGS projection graph": "lbfgs_project",
@@ -96,7 +99,8 @@ def instrument(timers: Timers) -> None:
 
 
 def child(spec: dict) -> dict:
-    from nst_ort import Stylizer, checkpoint
+    from nst_ort import Stylizer
+    from nst_ort.engine import checkpoint
 
     timers = Timers()
     cfg = _config(spec)
@@ -130,7 +134,8 @@ def child(spec: dict) -> dict:
 def op_child(spec: dict) -> dict:
     """onnxruntime's profiler on every session for a few iterations: time per operator type (the
     training graph's kernels and the optimizer graphs'), ms per iteration."""
-    from nst_ort import Stylizer, checkpoint, providers
+    from nst_ort import Stylizer
+    from nst_ort.engine import checkpoint, providers
 
     folder = Path(spec["profile_dir"])
     plain = providers.Placement.session_options

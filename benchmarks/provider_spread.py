@@ -37,16 +37,16 @@ import json, os, sys
 sys.path.insert(0, sys.argv[1])
 spec = json.loads(sys.argv[2])
 import numpy as np
-import nst_ort.config as config
-import nst_ort.device_loop as device_loop
-import nst_ort.optim as optim
+import nst_ort.engine.config as config
+import nst_ort.engine.device_loop as device_loop
+import nst_ort.engine.optim as optim
 # The CLI refuses more threads than this process's CPUs (issue #10); here the count only sets
 # onnxruntime's reduction order, which is what is measured, so a pinned run may still ask for 2.
 config.max_threads = lambda: 64
 if spec["uncapped"]:
     optim.MAX_QN_STEP = device_loop.MAX_QN_STEP = float("inf")
 if spec["noise"]:
-    import nst_ort.session as session
+    import nst_ort.engine.session as session
     rng = np.random.default_rng(spec["seed"])
     plain = session.TrainStep.__call__
     def noisy(self, x):
@@ -55,8 +55,8 @@ if spec["noise"]:
         return (*out[:-1], g.astype(np.float32))
     session.TrainStep.__call__ = noisy
 from pathlib import Path
-from nst_ort.config import Config, OptimConfig, StyleInput
-from nst_ort.stylize import Stylizer
+from nst_ort.engine.config import Config, OptimConfig, StyleInput
+from nst_ort.engine.stylize import Stylizer
 ov = spec["provider"].startswith("OpenVINO")
 cfg = Config(content=Path(spec["content"]), styles=[StyleInput(Path(spec["style"]))], size=spec["size"],
              provider=spec["provider"], threads=None if ov else spec["threads"], loop=spec["loop"],
@@ -74,10 +74,10 @@ sys.path.insert(0, sys.argv[1])
 spec = json.loads(sys.argv[2])
 import numpy as np
 from pathlib import Path
-from nst_ort.config import Config, OptimConfig, StyleInput
-from nst_ort.providers import choose
-from nst_ort.session import Graphs, TrainStep
-from nst_ort.stylize import Stylizer
+from nst_ort.engine.config import Config, OptimConfig, StyleInput
+from nst_ort.engine.providers import choose
+from nst_ort.engine.session import Graphs, TrainStep
+from nst_ort.engine.stylize import Stylizer
 cfg = Config(content=Path(spec["content"]), styles=[StyleInput(Path(spec["style"]))], size=spec["size"],
              provider="CPUExecutionProvider", threads=1, optim=OptimConfig(iterations=1))
 st = Stylizer(cfg)

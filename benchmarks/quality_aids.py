@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from nst_ort import Config, StyleInput, Stylizer
-from nst_ort.contract import Losses
-from nst_ort.session import TrainStep
+from nst_ort.engine.contract import Losses
+from nst_ort.engine.session import TrainStep
 
 HERE = Path(__file__).resolve().parent
 EX = HERE.parent / "examples"

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from nst_ort.images import to_uint8
+from nst_ort.media.images import to_uint8
 
 COLORS = [(90, 90, 90), (214, 39, 40), (31, 119, 180), (44, 160, 44)]
 

@@ -64,7 +64,7 @@ def speckle(output: np.ndarray, content: np.ndarray | None, style: np.ndarray) -
 
 def inputs_at(content_path: Path, style_path: Path, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Step 1: the content at the output's (width, height), the style at its long side."""
-    from nst_ort.images import fit_size, load_image, resize
+    from nst_ort.media.images import fit_size, load_image, resize
 
     content = resize(load_image(content_path), size)
     style = load_image(style_path)
@@ -75,7 +75,7 @@ def inputs_at(content_path: Path, style_path: Path, size: tuple[int, int]) -> tu
 def run_pair(content: str, style: str, size: int, iterations: int, threads: int, patch: dict | None = None,
              scales: list[int] | None = None, loss: dict | None = None) -> dict:
     """One run at the defaults but for `loss` (LossConfig fields, e.g. {"tv_weight": 1e5}) and
-    `patch` (module attributes set for this run only, e.g. {"nst_ort.optim.MAX_QN_STEP": 0.05});
+    `patch` (module attributes set for this run only, e.g. {"nst_ort.engine.optim.MAX_QN_STEP": 0.05});
     its output, speckle and final losses (the last iteration's record: weighted terms)."""
     import importlib
 
@@ -119,7 +119,7 @@ PAIRS = ("tuebingen_neckarfront.jpg:starry_night.jpg:500,chelsea_cat.jpg:turner_
 def _job(job: tuple) -> dict:
     variant, content, style, size, iterations, threads = job
     r = run_pair(content, style, size, iterations, threads, loss=BEFORE if variant == "before" else None)
-    from nst_ort.images import save_image
+    from nst_ort.media.images import save_image
 
     out = HERE / "results" / "speckle"
     save_image(r.pop("image"), out / f"{size}_{variant}_{Path(content).stem}_{Path(style).stem}.png")

@@ -1,5 +1,5 @@
 """Start-up: the time from a fresh process to the first iteration, with and without the cache of
-onnxruntime's optimized graphs (nst_ort/ortcache.py), phase by phase.
+onnxruntime's optimized graphs (nst_ort/engine/ortcache.py), phase by phase.
 
     python benchmarks/startup.py                          # 64 px, 3 repeats, table + benchmarks/results/startup.json
     python benchmarks/startup.py --size 256 --repeats 5 --threads 2 --json /tmp/startup.json
@@ -38,10 +38,10 @@ CHILD = r"""
 import json, sys, time
 t0 = time.perf_counter()
 sys.modules["torch"] = None
-import nst_ort.cli, onnxruntime
+import nst_ort.commands.cli, onnxruntime
 from pathlib import Path
 from nst_ort import Config, StyleInput, Stylizer
-from nst_ort.artifacts import Artifacts
+from nst_ort.engine.artifacts import Artifacts
 t1 = time.perf_counter()
 a = Artifacts()
 t2 = time.perf_counter()

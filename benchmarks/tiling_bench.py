@@ -27,11 +27,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from nst_ort import contract, memory  # noqa: E402
-from nst_ort.artifacts import Artifacts  # noqa: E402
-from nst_ort.providers import choose  # noqa: E402
-from nst_ort.session import Graphs, TrainStep  # noqa: E402
-from nst_ort.tiling import Layout, TiledGraphs, TiledTrainStep  # noqa: E402
+from nst_ort.engine import contract, memory  # noqa: E402
+from nst_ort.engine.artifacts import Artifacts  # noqa: E402
+from nst_ort.engine.providers import choose  # noqa: E402
+from nst_ort.engine.session import Graphs, TrainStep  # noqa: E402
+from nst_ort.engine.tiling import Layout, TiledGraphs, TiledTrainStep  # noqa: E402
 
 
 def feeds_for(a: Artifacts, H: int, W: int, rng) -> dict:

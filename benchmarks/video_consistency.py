@@ -4,9 +4,9 @@ and temporal mode (at one or more temporal weights).
     python benchmarks/video_consistency.py [--size 128] [--frames 6] [--iterations 80] [--threads 2]
         [--temporal-weights 1e7,3e7,1e8,3e8] [--model MODEL_WITH_TEMPORAL_ONNX]
 
-The clip is synthetic (nst_ort/video_synthetic.py: a pan and zoom over examples/tuebingen_neckarfront.jpg
+The clip is synthetic (nst_ort/media/video_synthetic.py: a pan and zoom over examples/tuebingen_neckarfront.jpg
 with a square cut from chelsea_cat.jpg sliding over it), so the true flow and the true visibility are
-known. Each mode runs through the CLI's pipeline (nst_ort.video.main) with the same iterations per
+known. Each mode runs through the CLI's pipeline (nst_ort.commands.video.main) with the same iterations per
 frame; then for every output frame:
 
 - the warping error of Lai et al. 2018 against the previous output frame, with the flow and mask the
@@ -31,11 +31,11 @@ from pathlib import Path
 import numpy as np
 
 from nst_ort import Config, StyleInput, Stylizer
-from nst_ort import flow as F
-from nst_ort.images import load_image, save_image
-from nst_ort.video import TEMPORAL_WEIGHT
-from nst_ort.video import main as video_main
-from nst_ort.video_synthetic import camera_clip
+from nst_ort.media import flow as F
+from nst_ort.media.images import load_image, save_image
+from nst_ort.commands.video import TEMPORAL_WEIGHT
+from nst_ort.commands.video import main as video_main
+from nst_ort.media.video_synthetic import camera_clip
 
 HERE = Path(__file__).resolve().parent
 EX = HERE.parent / "examples"
@@ -180,7 +180,7 @@ def _strip(path: Path, inputs, outs_by_mode, clip) -> None:
         rows.append(np.concatenate(maps, 1))
     from PIL import Image
 
-    from nst_ort.images import to_uint8
+    from nst_ort.media.images import to_uint8
 
     # a 256-colour palette: a third of the bytes, and the error maps are grey anyway
     Image.fromarray(to_uint8(np.concatenate(rows, 0))).quantize(256, dither=Image.Dither.NONE).save(path, optimize=True)

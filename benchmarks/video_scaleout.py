@@ -30,9 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from nst_ort import flow as F
-from nst_ort.images import load_image, save_image
-from nst_ort.video_synthetic import camera_clip
+from nst_ort.media import flow as F
+from nst_ort.media.images import load_image, save_image
+from nst_ort.media.video_synthetic import camera_clip
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent

@@ -58,7 +58,7 @@ def median_after_warmup(seconds: list[float]) -> float:
 
 def native(content: Path, style: Path, size: int, iterations: int, threads: int) -> dict:
     from nst_ort import Config, StyleInput, Stylizer
-    from nst_ort.config import OptimConfig
+    from nst_ort.engine.config import OptimConfig
 
     cfg = Config(content=content, styles=[StyleInput(style)], size=size, model=MODEL, device="cpu", threads=threads,
                  loop="device", optim=OptimConfig(name="lbfgs", iterations=iterations))

@@ -42,7 +42,7 @@ CASES = {  # name: content, its PNG's long side, style, its PNG's long side, siz
 
 def python_run(content: Path, style: Path, size: int, iterations: int, loop: str, graph: str) -> list:
     from nst_ort import Config, StyleInput, Stylizer
-    from nst_ort.config import OptimConfig
+    from nst_ort.engine.config import OptimConfig
 
     os.environ["NST_ORT_TRAIN_GRAPH"] = graph  # train: force train.onnx on the CPU (artifacts.py)
     try:

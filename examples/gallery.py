@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from nst_ort import Config, StyleInput, Stylizer
-from nst_ort.images import load_image, resize, save_image, fit_size
+from nst_ort.media.images import load_image, resize, save_image, fit_size
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE.parent / "docs" / "images"

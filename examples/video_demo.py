@@ -4,7 +4,7 @@
 
 runs, in a temporary folder:
 
-    python -m nst_ort.video_synthetic examples/tuebingen_neckarfront.jpg clip --size 192x144 --frames 8 --object examples/chelsea_cat.jpg
+    python -m nst_ort.media.video_synthetic examples/tuebingen_neckarfront.jpg clip --size 192x144 --frames 8 --object examples/chelsea_cat.jpg
     nst-ort video clip examples/starry_night.jpg -o per_frame --mode per-frame --size 192 --iterations 60 --first-iterations 120
     nst-ort video clip examples/starry_night.jpg -o temporal --mode temporal --size 192 --iterations 60 --first-iterations 120
 
@@ -59,7 +59,7 @@ def main() -> None:
     h = args.size * 3 // 4
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        subprocess.run([sys.executable, "-m", "nst_ort.video_synthetic", ROOT / "examples" / "tuebingen_neckarfront.jpg",
+        subprocess.run([sys.executable, "-m", "nst_ort.media.video_synthetic", ROOT / "examples" / "tuebingen_neckarfront.jpg",
                         tmp / "clip", "--size", f"{args.size}x{h}", "--frames", str(args.frames),
                         "--object", ROOT / "examples" / "chelsea_cat.jpg"], check=True, cwd=ROOT, capture_output=True,
                        env={**os.environ, "PYTHONPATH": str(ROOT)})

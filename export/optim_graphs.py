@@ -4,7 +4,7 @@ With them the runtime keeps the image, its gradient and the optimizer state in d
 iteration only scalars (and L-BFGS's 2 x history projection coefficients) cross to the host.
 Everything is on flat float32 vectors of dynamic length n = 3*H*W, so one export serves every size.
 
-Adam (`adam.onnx`): the update of nst_ort/optim.py's Adam, bias corrections passed as scalars.
+Adam (`adam.onnx`): the update of nst_ort/engine/optim.py's Adam, bias corrections passed as scalars.
 
 L-BFGS, in the compact form of Byrd, Nocedal & Schnabel (1994), so that a step is two matrix-vector
 passes over the history instead of 2*history dependent dot/axpy pairs (the two-loop recursion; the
@@ -13,7 +13,7 @@ same result in exact arithmetic):
     H g = gamma g + S p - gamma Y w,  w = R^-1 S^T g,  p = R^-T ((D + gamma Y^T Y) w - gamma Y^T g)
 
 with S, Y [k, n] the stored steps and gradient changes, R the upper triangle of S Y^T, D its diagonal.
-The k x k algebra is done on the host in float64 (nst_ort/device_loop.py); the graphs do the O(n) work:
+The k x k algebra is done on the host in float64 (nst_ort/engine/device_loop.py); the graphs do the O(n) work:
 
 - `lbfgs_pair.onnx`: g, g_prev, d, t -> s = t d, y = g - g_prev (written straight into a history slot),
   and the scalars y.s, y.y, g.g, |g|_1, max|g| (curvature test, scaling, first step, finiteness).

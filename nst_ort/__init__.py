@@ -1,27 +1,29 @@
 """nst-ort: Gatys neural style transfer whose loop runs on ONNX Runtime (no torch at run time)."""
-__version__ = "0.1.0"
+import importlib
+
+from .base.extras import INSTALL
+from .base.version import __version__
 
 # Loaded on first use (PEP 562): `import nst_ort` itself needs no onnxruntime, so the `nst-ort`
-# command can say in one line that none is installed (entry.py) instead of failing on an import.
+# command can say in one line that none is installed (commands/entry.py) instead of failing on an import.
+# Name -> the engine module that defines it; `checkpoint` is that module itself (save, load, fingerprint:
+# docs/architecture.md's Python caller).
 _EXPORTS = {"Artifacts": "artifacts", "Config": "config", "LossConfig": "config", "OptimConfig": "config",
-            "StyleInput": "config", "IterationRecord": "stylize", "Stylizer": "stylize"}
+            "StyleInput": "config", "IterationRecord": "stylize", "Stylizer": "stylize", "checkpoint": "checkpoint"}
 
-__all__ = ["Artifacts", "Config", "IterationRecord", "LossConfig", "OptimConfig", "StyleInput", "Stylizer", "__version__"]
+__all__ = ["Artifacts", "Config", "IterationRecord", "LossConfig", "OptimConfig", "StyleInput", "Stylizer", "checkpoint",
+           "__version__"]
 
 
 def __getattr__(name: str):
     if name not in _EXPORTS:
         raise AttributeError(f"module 'nst_ort' has no attribute {name!r}")
-    import importlib
-
     try:
-        module = importlib.import_module(f".{_EXPORTS[name]}", __name__)
+        module = importlib.import_module(f".engine.{_EXPORTS[name]}", __name__)
     except ModuleNotFoundError as e:
         if e.name != "onnxruntime":
             raise
-        from .entry import INSTALL
-
         raise ImportError(f"nst-ort needs an ONNX Runtime: {INSTALL}") from e
-    value = getattr(module, name)
+    value = module if name == _EXPORTS[name] else getattr(module, name)
     globals()[name] = value
     return value

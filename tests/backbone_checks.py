@@ -22,8 +22,8 @@ from conftest import EXAMPLES
 
 def feeds_for(art, rng, h: int, w: int) -> tuple[object, dict]:
     """Graphs on the CPU provider and training-graph feeds with targets from two random images."""
-    from nst_ort.providers import choose
-    from nst_ort.session import Graphs
+    from nst_ort.engine.providers import choose
+    from nst_ort.engine.session import Graphs
 
     graphs = Graphs(art, choose("cpu", threads=1))
     xc = rng.random((h, w, 3), dtype=np.float32)
@@ -98,7 +98,7 @@ def gradient_errors(backbone, path, sizes, seed: int = 0, float32: bool = False,
     import torch
 
     from nst_ort import Artifacts
-    from nst_ort.session import TrainStep
+    from nst_ort.engine.session import TrainStep
 
     accept = accept or (lambda r: r.grad <= 1e-4 and r.loss <= 1e-4)
     art = Artifacts(path)
@@ -137,7 +137,7 @@ def finite_difference(path, h: int = 67, w: int = 75, seed: int = 2, eps: float 
     (in any direction) still shows. With the backbone, the terms are weighted to equal gradient norms.
     """
     from nst_ort import Artifacts
-    from nst_ort.session import TrainStep
+    from nst_ort.engine.session import TrainStep
 
     art = Artifacts(path)
     rng = np.random.default_rng(seed)

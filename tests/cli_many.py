@@ -20,7 +20,7 @@ from conftest import cli_env
 CHILD = r"""
 import contextlib, io, json, os, signal, sys
 sys.modules["torch"] = None
-from nst_ort import cli
+from nst_ort.commands import cli
 calls = json.load(open(sys.argv[1]))
 results = []
 home, env = os.getcwd(), dict(os.environ)
@@ -28,8 +28,8 @@ for call in calls:
     os.chdir(call["cwd"] or home)
     os.environ.clear(); os.environ.update(env); os.environ.update(call["env"] or {})
     cli._said.clear()
-    if "nst_ort.video" in sys.modules:
-        sys.modules["nst_ort.video"]._said.clear()
+    if "nst_ort.commands.video_frames" in sys.modules:  # nst-ort video's warn-once memory
+        sys.modules["nst_ort.commands.video_frames"]._said.clear()
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:

@@ -59,7 +59,7 @@ def cli_command(args: list, block_torch: bool = True, prelude: str = "") -> list
     prelude: Python statements run before the CLI (tests use it to stand in for hardware).
     """
     start = "import sys; sys.modules['torch'] = None; " if block_torch else "import sys; "
-    code = start + prelude + "from nst_ort.cli import main; sys.exit(main(sys.argv[1:]))"
+    code = start + prelude + "from nst_ort.commands.cli import main; sys.exit(main(sys.argv[1:]))"
     return [sys.executable, "-c", code, *map(str, args)]
 
 

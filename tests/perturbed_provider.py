@@ -3,7 +3,7 @@
 install(provider) makes every float output of that provider's sessions (InferenceSession.run and the
 IOBinding runs of the training step and the device loop) come back scaled by 1 + 1e-2 u, u uniform
 in [-1, 1] from a fixed seed: errors of the size OpenVINO computing in bf16 gave (features 7.9e-3,
-gradient 6.2e-2: nst_ort/check.py's LIMITS comment), on a CPU that has no bf16. On the CPU provider
+gradient 6.2e-2: nst_ort/commands/check.py's LIMITS comment), on a CPU that has no bf16. On the CPU provider
 only the sessions with more than one intra-op thread are perturbed: `check --threads 2` then
 perturbs the provider checked and not its 1-thread reference.
 

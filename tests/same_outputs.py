@@ -114,7 +114,7 @@ def run_all(out: Path, code: Path, only: list[str] | None) -> None:
                 argv = [a.replace("{inputs}", str(inputs)) for a in args] + ["--loop", loop, *COMMON]
                 if "outs" in argv:
                     (d / "outs").mkdir(exist_ok=True)
-                cmd = [sys.executable, "-c", "import sys; sys.modules['torch'] = None; from nst_ort.cli import main; "
+                cmd = [sys.executable, "-c", "import sys; sys.modules['torch'] = None; from nst_ort.commands.cli import main; "
                        "sys.exit(main(sys.argv[1:]))", *argv]
                 r = subprocess.run(cmd, cwd=d, env=env, capture_output=True, text=True, timeout=600)
                 log.append({"argv": argv, "returncode": r.returncode, "stderr": r.stderr})

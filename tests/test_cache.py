@@ -1,4 +1,4 @@
-"""The cache of onnxruntime's optimized graphs (nst_ort/ortcache.py): the same bytes as without it,
+"""The cache of onnxruntime's optimized graphs (nst_ort/engine/ortcache.py): the same bytes as without it,
 every entry checked before use (a tampered, truncated or stale one is made again), and off when asked."""
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ SIZE = (67, 45)  # odd: no size the graphs were traced or exported at
 
 @pytest.fixture
 def cache(tmp_path, monkeypatch) -> Path:
-    from nst_ort import ortcache
+    from nst_ort.engine import ortcache
 
     d = tmp_path / "cache"
     monkeypatch.setenv("NST_ORT_CACHE_DIR", str(d))
@@ -29,9 +29,9 @@ def cache(tmp_path, monkeypatch) -> Path:
 
 
 def _graphs():
-    from nst_ort.artifacts import Artifacts
-    from nst_ort.providers import choose
-    from nst_ort.session import Graphs
+    from nst_ort.engine.artifacts import Artifacts
+    from nst_ort.engine.providers import choose
+    from nst_ort.engine.session import Graphs
 
     return Graphs(Artifacts(), choose("cpu", threads=2))
 
@@ -48,7 +48,7 @@ def _feeds(graphs):
 
 
 def _evaluate(graphs, feeds, x0) -> list[np.ndarray]:
-    from nst_ort.session import TrainStep
+    from nst_ort.engine.session import TrainStep
 
     step = TrainStep(graphs, feeds, x0.shape)
     out = step(x0 + np.float32(0.01) * np.sin(np.arange(x0.size, dtype=np.float32)).reshape(x0.shape))
@@ -92,9 +92,9 @@ def _flip(path: Path, at: int = 1000) -> None:
 
 @pytest.mark.parametrize("damage", ["flip-weights", "truncate-model", "other-onnxruntime", "meta-not-json"])
 def test_a_damaged_entry_is_made_again_never_loaded(cache, damage):
-    from nst_ort.artifacts import Artifacts
-    from nst_ort.providers import choose
-    from nst_ort.session import make_session
+    from nst_ort.engine.artifacts import Artifacts
+    from nst_ort.engine.providers import choose
+    from nst_ort.engine.session import make_session
 
     a, placement = Artifacts(), choose("cpu", threads=1)
     path = a.graph_path("eval")
@@ -138,9 +138,9 @@ def test_cli_the_same_bytes_with_and_without(cache, tmp_path):
 
 
 def test_an_unwritable_cache_is_no_error(tmp_path, monkeypatch):
-    from nst_ort.artifacts import Artifacts
-    from nst_ort.providers import choose
-    from nst_ort.session import make_session
+    from nst_ort.engine.artifacts import Artifacts
+    from nst_ort.engine.providers import choose
+    from nst_ort.engine.session import make_session
 
     blocked = tmp_path / "blocked"
     blocked.write_text("a file where the cache folder would be")
@@ -156,7 +156,7 @@ def test_an_unwritable_cache_is_no_error(tmp_path, monkeypatch):
 def test_the_key_names_what_the_optimized_graph_depends_on():
     import onnxruntime as ort
 
-    from nst_ort import ortcache
+    from nst_ort.engine import ortcache
 
     fields = ortcache.key_fields("g" * 64, {"weights.bin": "w" * 64}, ["CPUExecutionProvider"], ort.SessionOptions())
     assert {"graph_sha256", "data_sha256", "onnxruntime", "providers", "optimization_level", "cpu", "format"} <= set(fields)
@@ -172,7 +172,7 @@ def test_no_cache_below_the_onnxruntime_that_loads_its_graphs_right(monkeypatch)
     byte test fails there; 1.21.0 and later pass): the cache is off for them."""
     import onnxruntime as ort
 
-    from nst_ort import ortcache
+    from nst_ort.engine import ortcache
 
     monkeypatch.delenv("NST_ORT_CACHE", raising=False)
     for version, on in (("1.18.0", False), ("1.20.1", False), ("1.21.0", True), ("1.32.0", True), ("1.22.0.dev20250101", True)):
@@ -182,7 +182,7 @@ def test_no_cache_below_the_onnxruntime_that_loads_its_graphs_right(monkeypatch)
 
 # -- damaged entries: ignored, one warning, made again; never fatal, never a hang ----------------------
 def _eval_key():
-    from nst_ort.artifacts import Artifacts
+    from nst_ort.engine.artifacts import Artifacts
 
     a = Artifacts()
     files = a.manifest["files"]
@@ -302,8 +302,8 @@ def no_hang():
 
 @pytest.mark.parametrize("damage", DAMAGES)
 def test_a_hostile_entry_gives_one_warning_and_is_made_again(cache, damage, tmp_path, capsys, no_hang):
-    from nst_ort.providers import choose
-    from nst_ort.session import make_session
+    from nst_ort.engine.providers import choose
+    from nst_ort.engine.session import make_session
 
     a, key = _eval_key()
     placement = choose("cpu", threads=1)
@@ -329,8 +329,8 @@ def test_a_hostile_entry_gives_one_warning_and_is_made_again(cache, damage, tmp_
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
 @pytest.mark.parametrize("what", ["meta.json", "model.onnx", "."])
 def test_an_unreadable_entry_gives_one_warning_and_is_made_again(cache, what, capsys):
-    from nst_ort.providers import choose
-    from nst_ort.session import make_session
+    from nst_ort.engine.providers import choose
+    from nst_ort.engine.session import make_session
 
     a, key = _eval_key()
     placement = choose("cpu", threads=1)
@@ -361,7 +361,7 @@ def test_the_cli_runs_over_a_damaged_cache_with_one_warning(cache, tmp_path):
 
 def test_a_relative_xdg_cache_home_is_ignored(monkeypatch, tmp_path):
     """XDG base directories: a relative $XDG_CACHE_HOME is invalid and must be ignored."""
-    from nst_ort import ortcache
+    from nst_ort.engine import ortcache
 
     monkeypatch.delenv("NST_ORT_CACHE_DIR", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
@@ -373,9 +373,9 @@ def test_a_relative_xdg_cache_home_is_ignored(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("blocker", ["file", "fifo", "readonly"])
 def test_an_unwritable_cache_folder_gives_one_warning(tmp_path, monkeypatch, capsys, blocker):
-    from nst_ort import ortcache
-    from nst_ort.providers import choose
-    from nst_ort.session import make_session
+    from nst_ort.engine import ortcache
+    from nst_ort.engine.providers import choose
+    from nst_ort.engine.session import make_session
 
     if not ortcache.enabled():
         pytest.skip("no cache with this onnxruntime")

@@ -98,7 +98,7 @@ def _cgroup_v1(d: Path, limit: int, usage: int = 100 << 20) -> str:
     (root / "memory" / "memory.limit_in_bytes").write_text(f"{limit}\n")
     (root / "memory" / "memory.usage_in_bytes").write_text(f"{usage}\n")
     (root / "memory" / "memory.stat").write_text("cache 0\ntotal_inactive_file 0\n")
-    return (f"import nst_ort.memory as _m, pathlib; _m.CGROUP_ROOT = pathlib.Path({str(root)!r}); "
+    return (f"import nst_ort.engine.memory as _m, pathlib; _m.CGROUP_ROOT = pathlib.Path({str(root)!r}); "
             "_m._mem_available = lambda: 64 << 30; ")
 
 
@@ -108,7 +108,7 @@ def _cgroup_v2(d: Path, limit: int) -> str:
     (root / "memory.max").write_text(f"{limit}\n")
     (root / "memory.current").write_text(f"{100 << 20}\n")
     (root / "memory.stat").write_text("inactive_file 0\n")
-    return (f"import nst_ort.memory as _m, pathlib; _m.CGROUP_ROOT = pathlib.Path({str(root)!r}); "
+    return (f"import nst_ort.engine.memory as _m, pathlib; _m.CGROUP_ROOT = pathlib.Path({str(root)!r}); "
             "_m._mem_available = lambda: 64 << 30; ")
 
 
@@ -400,7 +400,7 @@ MEMORY = [  # declared sizes against memory before decoding; a damaged IDAT prov
 
 
 def _zero_iterations_is_the_content(d: Path, r) -> None:
-    from nst_ort.images import load_image, resize, to_uint8
+    from nst_ort.media.images import load_image, resize, to_uint8
 
     content = load_image(d / "content.jpg")
     expected = to_uint8(resize(content, (64, 43)))
@@ -541,7 +541,7 @@ def test_checkpoint_may_be_the_resume_file(folder: Path) -> None:
 
 # -- cgroup readers, on stand-in trees ------------------------------------------------------------------
 def test_cgroup_v1_and_v2_limits(tmp_path, monkeypatch):
-    from nst_ort import memory
+    from nst_ort.engine import memory
 
     monkeypatch.setattr(memory, "_own_cgroup", lambda controller: "/job")
     v1 = tmp_path / "v1"

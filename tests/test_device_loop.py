@@ -16,9 +16,9 @@ def optimizer_graphs(tmp_path_factory):
     if importlib.util.find_spec("onnx") is None:
         pytest.skip("needs onnx")
     from nst_ort_export.optim_graphs import MANIFEST, write_optimizer_graphs
-    from nst_ort.device_loop import Runner
-    from nst_ort.providers import choose
-    from nst_ort.session import make_session
+    from nst_ort.engine.device_loop import Runner
+    from nst_ort.engine.providers import choose
+    from nst_ort.engine.session import make_session
 
     folder = tmp_path_factory.mktemp("optim")
     write_optimizer_graphs(folder)
@@ -40,8 +40,8 @@ def _quadratic(n=300, seed=0):
 def test_device_lbfgs_matches_host_lbfgs(optimizer_graphs, history):
     """Compact-form L-BFGS on the device == optim.LBFGS's two-loop recursion, with the ring buffer
     wrapping (history 5) and without (50)."""
-    from nst_ort.device_loop import DeviceLBFGS, Buffer
-    from nst_ort.optim import LBFGS
+    from nst_ort.engine.device_loop import DeviceLBFGS, Buffer
+    from nst_ort.engine.optim import LBFGS
 
     h, b = _quadratic()
     n = len(b)
@@ -79,8 +79,8 @@ def test_device_lbfgs_matches_host_lbfgs(optimizer_graphs, history):
 @needs_onnx
 def test_device_lbfgs_steepest_descent_and_nonfinite(optimizer_graphs):
     """No curvature pair (a concave function): the same steepest-descent steps as optim.LBFGS."""
-    from nst_ort.device_loop import DeviceLBFGS, Buffer
-    from nst_ort.optim import LBFGS
+    from nst_ort.engine.device_loop import DeviceLBFGS, Buffer
+    from nst_ort.engine.optim import LBFGS
 
     n = 50
     rng = np.random.default_rng(3)
@@ -102,8 +102,8 @@ def test_device_lbfgs_steepest_descent_and_nonfinite(optimizer_graphs):
 
 @needs_onnx
 def test_device_adam_matches_host_adam(optimizer_graphs):
-    from nst_ort.device_loop import DeviceAdam, Buffer
-    from nst_ort.optim import Adam
+    from nst_ort.engine.device_loop import DeviceAdam, Buffer
+    from nst_ort.engine.optim import Adam
 
     h, b = _quadratic(n=100, seed=2)
     n = len(b)
@@ -164,7 +164,7 @@ def test_cpu_training_graph_matches_train_graph(vgg16_random, monkeypatch):
     from backbone_checks import feeds_for as _feeds
 
     from nst_ort import Artifacts
-    from nst_ort.session import TrainStep
+    from nst_ort.engine.session import TrainStep
 
     _, path = vgg16_random
     art = Artifacts(path)

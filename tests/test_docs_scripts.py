@@ -35,7 +35,7 @@ COMMANDS = _commands()
 def test_the_docs_show_these_commands():
     shown = {" ".join(argv[:2]) if argv[0] == "nst-ort-export" else " ".join(argv[:3] if argv[1] == "-m" else argv[:2])
              for _, argv in COMMANDS}
-    assert {"python benchmarks/cli_bench.py", "python -m nst_ort.video_synthetic", "nst-ort-export --list",
+    assert {"python benchmarks/cli_bench.py", "python -m nst_ort.media.video_synthetic", "nst-ort-export --list",
             "python examples/video_demo.py"} <= shown, shown
 
 

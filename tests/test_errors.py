@@ -1,6 +1,6 @@
 """Bad input and faults, through the real CLI in a subprocess (torch blocked there).
 
-Each case: the exit code (nst_ort/errors.py, docs/errors.md), one line on stderr that names the
+Each case: the exit code (nst_ort/base/errors.py, docs/errors.md), one line on stderr that names the
 file and the problem, no traceback, and every file that was in the folder before is still there,
 unchanged (only the declared output may change; no temporary files are left behind).
 """
@@ -302,7 +302,7 @@ def _finite_then_nan_written(d: Path, r) -> None:
 # Stand-ins for hardware this machine lacks: an NVIDIA driver without a CUDA build of onnxruntime,
 # and onnxruntime-gpu whose CUDA provider is listed but cannot be used (no driver or cuDNN): the CPU
 # build then places the sessions on the CPU, as the GPU build does when its provider fails.
-FAKE_GPU = "import nst_ort.providers as _p; _p._gpu_present = lambda: True; "
+FAKE_GPU = "import nst_ort.engine.providers as _p; _p._gpu_present = lambda: True; "
 FAKE_CUDA = ("import onnxruntime as _o; "
              "_o.get_available_providers = lambda: ['CUDAExecutionProvider', 'CPUExecutionProvider']; ")
 
@@ -510,7 +510,7 @@ def test_kill_while_saving_leaves_a_whole_image(folder: Path) -> None:
 
 # -- the loader itself --------------------------------------------------------------------------
 def test_icc_profile_is_converted_not_just_dropped(tmp_path: Path) -> None:
-    from nst_ort.images import load_image
+    from nst_ort.media.images import load_image
 
     Image.new("RGB", (4, 4), (255, 0, 0)).save(tmp_path / "red.png", icc_profile=_swapped_profile())
     notes: list[str] = []
@@ -520,7 +520,7 @@ def test_icc_profile_is_converted_not_just_dropped(tmp_path: Path) -> None:
 
 
 def test_dark_16_bit_image_keeps_its_range(tmp_path: Path) -> None:
-    from nst_ort.images import load_image
+    from nst_ort.media.images import load_image
 
     Image.fromarray(np.full((8, 8), 200, np.uint16)).save(tmp_path / "dark.png")  # 200 / 65535: nearly black
     assert load_image(tmp_path / "dark.png").max() == pytest.approx(200 / 65535, rel=1e-3)

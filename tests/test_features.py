@@ -11,8 +11,8 @@ from PIL import Image
 
 from conftest import run_cli
 from nst_ort import Config, StyleInput, Stylizer
-from nst_ort.color import match_histogram, rgb_to_yiq
-from nst_ort.images import load_image
+from nst_ort.media.color import match_histogram, rgb_to_yiq
+from nst_ort.media.images import load_image
 
 FAST = ["--device", "cpu", "--threads", "2", "-q"]
 
@@ -73,7 +73,7 @@ def test_luminance_keeps_content_colors(examples):
         pass
     out = s.result()
     content = load_image(examples / "chelsea_cat.jpg")
-    from nst_ort.images import resize
+    from nst_ort.media.images import resize
 
     content = resize(content, (out.shape[1], out.shape[0]))
     chroma_out, chroma_content = rgb_to_yiq(out)[..., 1:], rgb_to_yiq(content)[..., 1:]
@@ -154,9 +154,9 @@ def test_two_style_blend_is_between(examples):
 def test_masks_confine_each_style_to_its_region(tmp_path, examples):
     """Left half one style, right half another: each half's Gram is closer to its own style's."""
     from nst_ort import Artifacts
-    from nst_ort.images import save_image
-    from nst_ort.providers import choose
-    from nst_ort.session import Graphs
+    from nst_ort.media.images import save_image
+    from nst_ort.engine.providers import choose
+    from nst_ort.engine.session import Graphs
 
     w, h = 128, 96
     left = np.zeros((h, w, 3), np.float32)

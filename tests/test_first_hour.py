@@ -45,7 +45,7 @@ def test_style_weights_and_masks_name_the_flag_at_fault(tmp_path):
 
 
 def test_help_lists_every_subcommand():
-    from nst_ort.cli import SUBCOMMANDS
+    from nst_ort.commands.cli import SUBCOMMANDS
 
     r = run_cli(["--help"])
     assert r.returncode == 0, r.stderr
@@ -105,7 +105,7 @@ def test_ctrl_c_names_the_checkpoint_and_the_command_that_resumes(tmp_path):
 
 
 def test_ctrl_c_without_a_checkpoint_says_a_rerun_starts_over(tmp_path):
-    from nst_ort.cli import _interrupted_note
+    from nst_ort.commands.cli import _interrupted_note
 
     class Args:
         checkpoint = None
@@ -113,7 +113,7 @@ def test_ctrl_c_without_a_checkpoint_says_a_rerun_starts_over(tmp_path):
 
 
 def test_the_resume_command_replaces_an_earlier_resume():
-    from nst_ort.cli import resume_command
+    from nst_ort.commands.cli import resume_command
 
     assert resume_command(["a b.jpg", "s.jpg", "-o", "o.png", "--resume", "old.npz", "--checkpoint", "new.npz"],
                           "new.npz") == "nst-ort 'a b.jpg' s.jpg -o o.png --checkpoint new.npz --resume new.npz"
@@ -161,7 +161,7 @@ def test_a_ray_batch_prints_only_its_own_lines(tmp_path):
 def test_docs_name_the_default_video_mode_the_code_has():
     import re
 
-    from nst_ort.video import build_parser
+    from nst_ort.commands.video import build_parser
 
     default = build_parser().get_default("mode")
     text = (ROOT / "docs" / "video.md").read_text()

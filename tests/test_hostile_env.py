@@ -159,7 +159,7 @@ def test_a_re_signed_graph_of_the_same_function_is_accepted(pristine, tmp_path):
     model = tmp_path / "model"
     shutil.copytree(pristine, model)
     _swap("train.onnx", "train_cpu.onnx")(model)
-    from nst_ort.artifacts import Artifacts
+    from nst_ort.engine.artifacts import Artifacts
 
     assert Artifacts(model).verified
 
@@ -213,7 +213,7 @@ def test_check_under_a_tiny_address_space_is_out_of_memory_not_a_failed_check():
 
 
 def test_the_start_up_floor_follows_openblas_threads(monkeypatch):
-    from nst_ort import memory
+    from nst_ort.engine import memory
 
     monkeypatch.setattr(memory, "address_limit", lambda: 230 << 20)
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
@@ -229,7 +229,7 @@ def test_the_start_up_floor_follows_openblas_threads(monkeypatch):
 @pytest.mark.parametrize("value", ["abc", "nan", "-1", "inf"])
 def test_a_bad_progress_interval_is_one_warning_and_the_default(value, capsys, monkeypatch):
     """NST_ORT_PROGRESS_SECONDS=abc used to end the run as an internal error."""
-    from nst_ort import report
+    from nst_ort.commands import report
 
     report._warned.clear()
     monkeypatch.setenv("NST_ORT_PROGRESS_SECONDS", value)

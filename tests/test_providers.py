@@ -32,13 +32,13 @@ needs_openvino = pytest.mark.skipif(OPENVINO not in PROVIDERS, reason="needs onn
 
 
 def _placement(provider: str):
-    from nst_ort.providers import choose
+    from nst_ort.engine.providers import choose
 
     return choose("cpu") if provider == CPU else choose(provider=provider)
 
 
 def _evaluate(sess, device: str, feeds: dict, x: np.ndarray):
-    from nst_ort.session import TrainStep
+    from nst_ort.engine.session import TrainStep
 
     return TrainStep(SimpleNamespace(train=sess, placement=SimpleNamespace(device=device)), feeds, x.shape)(x)
 
@@ -79,7 +79,7 @@ def test_each_term_matches_the_float64_reference(provider, graph, reference):
     1e-4, gradient within 1e-4 of its largest entry (measured: at most 2.4e-5 and 4.7e-6, CPU provider
     1.32 and 1.18, OpenVINO 1.18 to 1.24). The targets come from eval.onnx on the same provider."""
     from nst_ort import Artifacts
-    from nst_ort.session import Graphs, make_session as _session
+    from nst_ort.engine.session import Graphs, make_session as _session
 
     art = Artifacts(DEFAULT_MODEL)
     placement = _placement(provider)
@@ -121,7 +121,7 @@ def test_check_fails_with_exit_10_and_says_where(tmp_path):
     they), the verdict says FAIL, the exit code is 10. (A provider fault: the perturbed-provider and
     OpenVINO bf16 tests below.)"""
     r = run_cli(["check", "--device", "cpu", "--time-size", "0"],
-                prelude="import nst_ort.check as _c; _c.LIMITS['fp32']['loss'] = -1.0; ")
+                prelude="import nst_ort.commands.check as _c; _c.LIMITS['fp32']['loss'] = -1.0; ")
     assert r.returncode == 10, r.stdout + r.stderr
     rows = [line for line in r.stdout.splitlines() if line.rstrip().endswith(" FAIL")]
     assert rows and all("loss and each term" in line for line in rows), r.stdout
@@ -178,7 +178,7 @@ def test_openvino_runs_the_whole_loop_in_fp32(tmp_path):
     losses against the CPU provider's: Adam, a stable optimizer, within 1e-3 after 10 iterations;
     L-BFGS's first two iterations within 1e-5 (later its trajectory amplifies rounding: README)."""
     from nst_ort import Config, OptimConfig, StyleInput, Stylizer
-    from nst_ort.providers import choose
+    from nst_ort.engine.providers import choose
 
     opts = dict(choose(provider=OPENVINO).options)
     assert "f32" in opts.get("load_config", "") or opts.get("precision") == "FP32", opts
@@ -264,7 +264,7 @@ def test_precision_fp16_without_the_graph_is_refused(tmp_path):
 def test_probe_model_is_the_onnx_it_claims():
     import onnx
 
-    from nst_ort.providers import PROBE_MODEL
+    from nst_ort.engine.providers import PROBE_MODEL
 
     m = onnx.load_from_string(PROBE_MODEL)
     onnx.checker.check_model(m)
@@ -314,8 +314,8 @@ def test_mixed_graph_against_fp32_and_float64(fp16_models, reference):
     max-pool decisions within fp16's 5e-4 of a tie flip); no overflow with every weight 1e8x (the
     per-call scale), where a plain fp16 cast of the gradient overflows."""
     from nst_ort import Artifacts
-    from nst_ort.providers import choose
-    from nst_ort.session import Graphs, make_session as _session
+    from nst_ort.engine.providers import choose
+    from nst_ort.engine.session import Graphs, make_session as _session
 
     art = Artifacts(fp16_models["emulated"])
     cpu = choose("cpu")

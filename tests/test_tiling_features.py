@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from nst_ort import Config, StyleInput, Stylizer
-from nst_ort import checkpoint
-from nst_ort.config import OptimConfig
-from nst_ort.images import load_image
+from nst_ort import Config, OptimConfig, StyleInput, Stylizer
+from nst_ort.engine import checkpoint
+from nst_ort.media.images import load_image
 
 FAST = ["--device", "cpu", "--threads", "2", "-q"]
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import EXAMPLES, ROOT, cli_command, cli_env, run_cli, without_tile_graphs
-from nst_ort.images import load_image
+from nst_ort.media.images import load_image
 from video_clips import NTSC, frames, needs, read_video, temporal_model, write_clip, write_folder  # noqa: F401
 
 needs("av")
@@ -204,10 +204,10 @@ def test_runtime_imports_without_the_video_extra():
     code = (
         "import sys; sys.modules['av'] = None; sys.modules['cv2'] = None; sys.modules['torch'] = None\n"
         "import numpy as np\n"
-        "import nst_ort, nst_ort.cli, nst_ort.video, nst_ort.video_io, nst_ort.video_job, nst_ort.flow, "
-        "nst_ort.temporal, nst_ort.video_synthetic\n"
-        "from nst_ort import flow\n"
-        "from nst_ort.errors import UsageError\n"
+        "import nst_ort, nst_ort.commands.cli, nst_ort.commands.video, nst_ort.media.video_io, nst_ort.commands.video_job, nst_ort.media.flow, "
+        "nst_ort.engine.temporal, nst_ort.media.video_synthetic\n"
+        "from nst_ort.media import flow\n"
+        "from nst_ort.base.errors import UsageError\n"
         "out, inside = flow.warp(np.ones((4, 5, 3)), np.zeros((4, 5, 2)))\n"
         "assert inside.all() and (out == 1).all()\n"
         "try:\n"
@@ -232,7 +232,7 @@ def test_docs_commands_run_as_written(tmp_path):
 
     doc = (ROOT / "docs" / "video.md").read_text()
     commands = [line.strip() for line in doc.splitlines()
-                if line.startswith(("    nst-ort ", "    python -m nst_ort.video_synthetic "))]
+                if line.startswith(("    nst-ort ", "    python -m nst_ort.media.video_synthetic "))]
     assert len(commands) == 4, commands
     (tmp_path / "examples").symlink_to(EXAMPLES)
     (tmp_path / "photos").mkdir()
@@ -259,7 +259,7 @@ def test_readme_video_commands_are_the_demo_s():
     the docs test above runs the same modes smaller.)"""
     import shlex
 
-    from nst_ort.video import build_parser
+    from nst_ort.commands.video import build_parser
 
     usage = (ROOT / "docs" / "usage.md").read_text()
     demo = (ROOT / "examples" / "video_demo.py").read_text()

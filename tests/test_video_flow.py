@@ -1,15 +1,15 @@
 """Optical flow, warping, Ruder et al.'s consistency mask and Lai et al.'s warping error against
 ground truth: a clip made from a still image with a known camera motion (pan and zoom) and a square
-object sliding over it (nst_ort/video_synthetic.py), so that the true flow and the pixels that were
+object sliding over it (nst_ort/media/video_synthetic.py), so that the true flow and the pixels that were
 visible in the previous frame are known analytically."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from nst_ort import flow as F
-from nst_ort.images import load_image
-from nst_ort.video_synthetic import camera_clip
+from nst_ort.media import flow as F
+from nst_ort.media.images import load_image
+from nst_ort.media.video_synthetic import camera_clip
 from video_clips import needs
 
 cv2 = needs("cv2")

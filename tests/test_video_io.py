@@ -1,4 +1,4 @@
-"""Video in and out (nst_ort/video_io.py): probing, decoding, encoding with the frame rate kept and the
+"""Video in and out (nst_ort/media/video_io.py): probing, decoding, encoding with the frame rate kept and the
 audio carried over (copied or re-encoded), checked by reading the written files back with PyAV."""
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from nst_ort.errors import OutputError
-from nst_ort.images import to_uint8
-from nst_ort.video_io import VideoError, check_video, open_source, write_video
+from nst_ort.base.errors import OutputError
+from nst_ort.media.images import to_uint8
+from nst_ort.media.video_io import VideoError, check_video, open_source, write_video
 from video_clips import NTSC, frames, needs, read_video, write_clip, write_folder
 
 needs("av")
@@ -114,7 +114,7 @@ def test_unsupported_codec(tmp_path, clip_frames):
 
 
 def test_mixed_frame_sizes_in_a_folder(tmp_path, clip_frames):
-    from nst_ort.images import save_image
+    from nst_ort.media.images import save_image
 
     folder = write_folder(tmp_path / "seq", clip_frames[:2])
     save_image(np.zeros((30, 40, 3), np.float32), folder / "frame_009.png")

@@ -296,7 +296,7 @@ def _vfr_clip(path: Path, imgs, times_ms: list[int], audio_seconds: float) -> Pa
     """An mp4 whose frames are at times_ms (not evenly spaced), with an AAC tone as long as it."""
     import av
 
-    from nst_ort.images import to_uint8
+    from nst_ort.media.images import to_uint8
 
     tb = Fraction(1, 1000)
     out = av.open(str(path), "w")
@@ -386,8 +386,8 @@ def test_damaged_stored_frame_is_redone_and_other_files_are_named(tmp_path, mate
 
 
 def test_a_stored_frame_damaged_before_encoding_is_blamed_not_the_output(tmp_path):
-    from nst_ort.errors import OutputError
-    from nst_ort.video import _read_rgb8
+    from nst_ort.base.errors import OutputError
+    from nst_ort.commands.video import _read_rgb8
 
     bad = tmp_path / "000002.png"
     from PIL import Image
@@ -399,8 +399,8 @@ def test_a_stored_frame_damaged_before_encoding_is_blamed_not_the_output(tmp_pat
 
 
 def test_batch_outputs_refuses_two_inputs_to_one_name(tmp_path):
-    from nst_ort.errors import OutputError
-    from nst_ort.outputs import batch_outputs
+    from nst_ort.base.errors import OutputError
+    from nst_ort.media.outputs import batch_outputs
 
     files = [tmp_path / n for n in ("x-jpg.png", "x.jpg", "x.png", "y.webp")]
     with pytest.raises(OutputError, match=r"x-jpg\.png: both .*x-jpg\.png and .*x\.jpg would be written here"):
@@ -414,8 +414,8 @@ def test_memory_error_from_ffmpeg_is_not_damage(tmp_path, monkeypatch, material)
     and says so, not "damaged at frame N" (exit 3)."""
     import av
 
-    from nst_ort import video_io
-    from nst_ort.errors import OutOfMemory
+    from nst_ort.media import video_io
+    from nst_ort.base.errors import OutOfMemory
 
     class Broken:
         def __init__(self, real):
@@ -438,7 +438,7 @@ def test_job_clean_up_and_restart_touch_only_the_tools_files(tmp_path):
     """remove(): the frames, the state and our own temporaries go; a user's files (hidden or not, a
     look-alike name) stay with the folder, and the warning names them. --restart does not read a
     damaged state (that is what it is for) and clears only the tool's files."""
-    from nst_ort.video_job import STATE, Job, StateError
+    from nst_ort.commands.video_job import STATE, Job, StateError
 
     said = []
     folder = tmp_path / "out.mp4.frames"

@@ -162,9 +162,9 @@ def test_video_seam_no_worse_than_twice_the_median(tmp_path, temporal_model):
     Without the seam pass (--overlap 0) this setting gave 10x (the report's warping error, estimated
     flow), and the benchmark 4.7x at 20 iterations (docs/video.md): not repeated here, to keep the
     test near a minute."""
-    from nst_ort import flow as F
-    from nst_ort.images import load_image
-    from nst_ort.video_synthetic import camera_clip
+    from nst_ort.media import flow as F
+    from nst_ort.media.images import load_image
+    from nst_ort.media.video_synthetic import camera_clip
 
     clip = camera_clip(load_image(EXAMPLES / "tuebingen_neckarfront.jpg"), (64, 48), frames=8, pan=(2.0, 1.0),
                        zoom=1.01, obj=load_image(EXAMPLES / "chelsea_cat.jpg"), obj_size=12)

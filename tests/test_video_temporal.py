@@ -97,10 +97,10 @@ def test_temporal_graph_is_standard_ops_with_dynamic_size():
 def test_in_place_adder_and_runtime_term(tmp_path, default_model):
     """`python -m nst_ort_export.temporal MODEL` on an existing folder: the folder still verifies (sha256 of
     every file), and the runtime's TemporalTerm gives the reference's loss and gradient."""
-    from nst_ort.artifacts import Artifacts
-    from nst_ort.errors import ArtifactError
-    from nst_ort.providers import choose
-    from nst_ort.temporal import TemporalTerm
+    from nst_ort.engine.artifacts import Artifacts
+    from nst_ort.base.errors import ArtifactError
+    from nst_ort.engine.providers import choose
+    from nst_ort.engine.temporal import TemporalTerm
 
     model = tmp_path / "vgg16"
     shutil.copytree(default_model, model)
@@ -140,9 +140,9 @@ def test_in_place_adder_and_runtime_term(tmp_path, default_model):
 def test_export_writes_the_temporal_graph(vgg16_random):
     """A fresh export lists temporal.onnx under "terms" with its sha256 (the session fixture's export,
     shared with the other tests: no export of its own)."""
-    from nst_ort.artifacts import Artifacts
-    from nst_ort.providers import choose
-    from nst_ort.temporal import TemporalTerm
+    from nst_ort.engine.artifacts import Artifacts
+    from nst_ort.engine.providers import choose
+    from nst_ort.engine.temporal import TemporalTerm
 
     _, folder = vgg16_random
     art = Artifacts(folder)

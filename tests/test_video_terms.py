@@ -9,10 +9,10 @@ import pytest
 
 from conftest import EXAMPLES
 from nst_ort import Config, OptimConfig, StyleInput, Stylizer
-from nst_ort.images import load_image, resize
-from nst_ort.session import TrainStep
-from nst_ort.targets import chw
-from nst_ort.temporal import TemporalTerm
+from nst_ort.media.images import load_image, resize
+from nst_ort.engine.session import TrainStep
+from nst_ort.engine.targets import chw
+from nst_ort.engine.temporal import TemporalTerm
 from video_clips import temporal_model  # noqa: F401 (fixture)
 
 LOOPS = ["host", "device"]

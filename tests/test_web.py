@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nst_ort.images import fit_size, load_image, resize
+from nst_ort.media.images import fit_size, load_image, resize
 
 ROOT = Path(__file__).resolve().parent.parent
 WEB = ROOT / "web"
@@ -276,8 +276,8 @@ def registry():
 
 
 def test_fetch_refuses_a_tarball_whose_sha512_differs(tmp_path, registry):
-    from nst_ort import ort_web
-    from nst_ort.errors import ArtifactError
+    from nst_ort.commands import ort_web
+    from nst_ort.base.errors import ArtifactError
 
     reg, tarball, files = registry
     url = reg.url + "onnxruntime-web/-/onnxruntime-web-9.9.9.tgz"
@@ -291,7 +291,7 @@ def test_fetch_refuses_a_tarball_whose_sha512_differs(tmp_path, registry):
 
 
 def test_fetch_fills_the_cache_once_and_refetches_a_tampered_file(tmp_path, registry):
-    from nst_ort import ort_web
+    from nst_ort.commands import ort_web
 
     reg, tarball, files = registry
     url = reg.url + "onnxruntime-web/-/onnxruntime-web-9.9.9.tgz"
@@ -343,7 +343,7 @@ def test_nst_ort_web_fetches_serves_and_without_network_says_what_is_missing(tmp
     exit 4."""
     import threading
 
-    from nst_ort import web
+    from nst_ort.commands import web
 
     reg, tarball, files = registry
     app = tmp_path / "app"
@@ -396,7 +396,7 @@ def test_ort_web_dir_missing_files_exit_4(tmp_path):
 @pytest.mark.slow
 def test_fetch_from_the_real_registry(tmp_path):
     """The pinned URL and integrity against registry.npmjs.org itself (33 MB; needs the network)."""
-    from nst_ort import ort_web
+    from nst_ort.commands import ort_web
 
     sources = ort_web.Sources.read(VENDOR / "SOURCES.json")
     try:
@@ -411,7 +411,7 @@ def test_fetch_from_the_real_registry(tmp_path):
 # -- image code (node, no browser) -------------------------------------------------------------------
 @needs_node
 def test_resize_and_fit_size_match_the_runtime(tmp_path):
-    """web/js/images.js resizes as nst_ort.images.resize (Pillow's float Lanczos) bit for bit, and sizes
+    """web/js/images.js resizes as nst_ort.media.images.resize (Pillow's float Lanczos) bit for bit, and sizes
     as fit_size (Python's round: halves to even); so PNG inputs give both sides the same pixels."""
     src = load_image(EXAMPLES / "starry_night.jpg")[:77, :101]
     (tmp_path / "src.bin").write_bytes(np.ascontiguousarray(src, np.float32).tobytes())
@@ -480,11 +480,11 @@ console.log(JSON.stringify(out));
 
 @needs_node
 def test_tiling_layout_tv_and_the_memory_plan(tmp_path):
-    """web/js/tiling.js lays tiles out as nst_ort.tiling.Layout and computes TV and its gradient as
-    nst_ort.tiling.tv_term; web/js/memory.js plans a 2048 px run in tiles within the wasm heap (the
+    """web/js/tiling.js lays tiles out as nst_ort.engine.tiling.Layout and computes TV and its gradient as
+    nst_ort.engine.tiling.tv_term; web/js/memory.js plans a 2048 px run in tiles within the wasm heap (the
     history lowered, said in the note), leaves a run that fits whole untiled, and without the tile
     graphs still refuses, and never tiles on WebGPU."""
-    from nst_ort.tiling import Layout, tv_term
+    from nst_ort.engine.tiling import Layout, tv_term
 
     manifest = json.loads((MODEL / "manifest.json").read_text())
     if not isinstance(manifest.get("tiling"), dict):
@@ -598,7 +598,7 @@ def _python_records(content: Path, styles: list, size: int, iterations: int, opt
                     color: str = "none", loop: str = "device", tv_weight: float | None = None) -> list:
     """The Python runtime (public API), CPU provider, on the same files the page loads."""
     from nst_ort import Config, StyleInput, Stylizer
-    from nst_ort.config import LossConfig, OptimConfig
+    from nst_ort.engine.config import LossConfig, OptimConfig
 
     cfg = Config(content=content, styles=[StyleInput(p, w) for p, w in styles], size=size, model=MODEL, device="cpu",
                  threads=2, loop=loop, color=color, loss=LossConfig(tv_weight=tv_weight),
@@ -690,13 +690,13 @@ def test_parity_with_the_python_runtime(tmp_path, puppeteer):
 def test_tiled_page_matches_the_python_tiled_loop(tmp_path, puppeteer):
     """(1b) The page's tiled loop (web/js/tiling.js: 32 px tiles with their 64 px halos, the Gram parts
     summed and dL/dG made in float64 in JS, the crops' gradients added into the whole) against the
-    Python runtime's tiled host loop (nst_ort/tiling.py) on the same pixels: 3 L-BFGS iterations at
+    Python runtime's tiled host loop (nst_ort/engine/tiling.py) on the same pixels: 3 L-BFGS iterations at
     100x66 (3x4 tiles, crops clipped at every border), each loss within 1e-4 relative (measured
     3.8e-6), each style layer's term and TV within 1e-4 at the first evaluation."""
     from concurrent.futures import ThreadPoolExecutor
 
     from nst_ort import Config, StyleInput, Stylizer
-    from nst_ort.config import OptimConfig
+    from nst_ort.engine.config import OptimConfig
 
     if not isinstance(json.loads((MODEL / "manifest.json").read_text()).get("tiling"), dict):
         pytest.skip("models/vgg16 has no tiled graphs (python -m nst_ort_export.tiled models/vgg16)")

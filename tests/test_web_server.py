@@ -23,9 +23,9 @@ import pytest
 from test_web import MODEL, ROOT, drive, needs_browser, ort_web_args, serve, serve_process
 from test_web import puppeteer  # noqa: F401 - the fixture, for the browser test
 
-from nst_ort import web
-from nst_ort.errors import ArtifactError
-from nst_ort.web_http import host_allowed
+from nst_ort.commands import web
+from nst_ort.base.errors import ArtifactError
+from nst_ort.commands.web_http import host_allowed
 
 SMALL = ("manifest.json", "eval.onnx", "adam.onnx", "lbfgs_direction.onnx", "lbfgs_pair.onnx", "lbfgs_project.onnx")
 
@@ -443,13 +443,13 @@ def test_web_does_not_import_onnxruntime(tmp_path):
         assert status == 200
         stop(p)
         imports = [line.rsplit("|", 1)[-1].strip() for line in p.stderr.read().splitlines() if line.startswith("import time:")]
-    assert "nst_ort.web" in imports, imports[-5:]  # the profile did list the imports
+    assert "nst_ort.commands.web" in imports, imports[-5:]  # the profile did list the imports
     assert not [m for m in imports if m.split(".")[0] == "onnxruntime"]
     if "HOME" in env:
         assert list(home.rglob("*")) == []
     # and none needs to be installed: with `import onnxruntime` failing, `nst-ort web` still gets to its
     # own checks (here the missing model folder: exit 4), not the "no ONNX Runtime" exit 5
-    code = ("import sys; sys.modules['onnxruntime'] = None; from nst_ort.entry import main; "
+    code = ("import sys; sys.modules['onnxruntime'] = None; from nst_ort.commands.entry import main; "
             f"sys.exit(main(['web', '--model', {str(tmp_path / 'nope')!r}]))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 4 and "nope: model folder does not exist" in r.stderr, r.stderr

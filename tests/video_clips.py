@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nst_ort.images import load_image, save_image, to_uint8
-from nst_ort.video_synthetic import camera_clip
+from nst_ort.media.images import load_image, save_image, to_uint8
+from nst_ort.media.video_synthetic import camera_clip
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 NTSC = Fraction(30000, 1001)

@@ -2,7 +2,7 @@
 // package-lock.json: `npm ci`) into web/vendor/onnxruntime-web/, and writes their list: SOURCES.json
 // (version, the tarball's URL and sha512 integrity, each file's sha256 and size).
 // Only SOURCES.json is committed (the files are 41 MB): without the copies, `nst-ort web` fetches the
-// same tarball once and checks it against SOURCES.json (nst_ort/ort_web.py); so a new version is
+// same tarball once and checks it against SOURCES.json (nst_ort/commands/ort_web.py); so a new version is
 // `npm install onnxruntime-web@X`, `npm run vendor`, commit package*.json and SOURCES.json.
 //   npm ci --ignore-scripts && npm run vendor
 import { createHash } from 'node:crypto';

@@ -2,7 +2,7 @@
 // the browser offers a WebGPU adapter, its wasm backend (SIMD, threads when the page is cross-origin
 // isolated) otherwise. Runs in the worker. Everything is loaded from the page's own server (no CDN):
 // `nst-ort web` serves onnxruntime-web at vendor/onnxruntime-web/, checked against SOURCES.json
-// (nst_ort/ort_web.py).
+// (nst_ort/commands/ort_web.py).
 
 const VENDOR = new URL('../vendor/onnxruntime-web/', import.meta.url).href;
 const BUILDS = { wasm: 'ort.wasm.min.mjs', webgpu: 'ort.webgpu.min.mjs' };
@@ -86,7 +86,7 @@ export async function createSession(backend, bytes, { weights = null, weightsPat
     executionProviders: [backend.ep],
     graphOptimizationLevel: 'all',
     executionMode: 'sequential',
-    enableMemPattern: false, // as nst_ort/providers.py: less resident memory, same speed
+    enableMemPattern: false, // as nst_ort/engine/providers.py: less resident memory, same speed
     logSeverityLevel: 3,
   };
   if (weights) opts.externalData = [{ path: weightsPath, data: weights }];

@@ -1,4 +1,4 @@
-// Color control (Gatys et al. 2017), as nst_ort/color.py: luminance-only transfer in YIQ and linear
+// Color control (Gatys et al. 2017), as nst_ort/media/color.py: luminance-only transfer in YIQ and linear
 // histogram matching (the style's pixels get the content's mean and covariance). Images: see images.js.
 import { eighSym3 } from './linalg.js';
 

@@ -1,8 +1,8 @@
 // Images inside the app: { width, height, data: Float32Array [H * W * 3] }, RGB in [0, 1], sRGB,
-// the layout nst_ort/images.py uses ([H, W, 3] float32). Decoding needs the DOM (main thread);
+// the layout nst_ort/media/images.py uses ([H, W, 3] float32). Decoding needs the DOM (main thread);
 // sizes and resizing are plain functions that the worker uses too.
 
-export const MAX_PIXELS = 16384 * 16384; // as nst_ort/images.py: larger is refused as a possible image bomb
+export const MAX_PIXELS = 16384 * 16384; // as nst_ort/media/images.py: larger is refused as a possible image bomb
 
 export class ImageInputError extends Error {
   constructor(message) {
@@ -20,7 +20,7 @@ export function pyRound(x) {
   return f % 2 === 0 ? f : f + 1;
 }
 
-// (w, h) with the long side set to longSide, aspect kept: nst_ort.images.fit_size.
+// (w, h) with the long side set to longSide, aspect kept: nst_ort.media.images.fit_size.
 export function fitSize(width, height, longSide) {
   const scale = longSide / Math.max(width, height);
   return [Math.max(1, pyRound(width * scale)), Math.max(1, pyRound(height * scale))];
@@ -61,7 +61,7 @@ function taps(inSize, outSize) {
   return { ksize, weights, first, count };
 }
 
-// Resize an image to (width, height) with Lanczos per channel in float, the way nst_ort.images.resize
+// Resize an image to (width, height) with Lanczos per channel in float, the way nst_ort.media.images.resize
 // does it (Pillow, mode "F"): horizontal pass into a float32 buffer over the rows the vertical pass
 // needs, then the vertical pass; sums in float64, results rounded to float32. Same size: a copy.
 export function resize(img, width, height) {
@@ -144,7 +144,7 @@ export function fromCHW(chw, width, height) {
   return { width, height, data };
 }
 
-// Clipped and rounded as nst_ort.images.to_uint8 does, as RGBA for a canvas.
+// Clipped and rounded as nst_ort.media.images.to_uint8 does, as RGBA for a canvas.
 export function toRGBA(img) {
   const n = img.width * img.height;
   const out = new Uint8ClampedArray(n * 4);
@@ -172,7 +172,7 @@ export function fromRGBA(rgba, width, height) {
 }
 
 // A File or Blob -> image, in the browser. Upright (EXIF orientation applied), converted to sRGB
-// (the canvas's color space), transparency composited on white: as nst_ort.images.load_image.
+// (the canvas's color space), transparency composited on white: as nst_ort.media.images.load_image.
 // Every failure is an ImageInputError whose message names the file.
 export async function decodeImage(file) {
   const name = file.name || 'image';

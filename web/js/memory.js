@@ -1,5 +1,5 @@
 // Refuse, before a run, sizes whose memory cannot fit in the browser, and name the size that would:
-// the idea of nst_ort/memory.py (an estimate linear in the pixel count, from the manifest's layers)
+// the idea of nst_ort/engine/memory.py (an estimate linear in the pixel count, from the manifest's layers)
 // applied to what limits a page. On wasm that is the heap onnxruntime-web lives in: wasm32 addresses
 // at most 4 GiB (the build's maximum, read from its WebAssembly.Memory), whatever the machine has.
 //
@@ -23,7 +23,7 @@ import { fitSize, pyRound } from './images.js';
 const FLOAT = 4;
 // bytes of wasm heap per tapped float by how the training graph's backward was made (manifest
 // "gradient"): manual measured 5.0-5.5 (above), 6 keeps ~10% headroom; autograd graphs keep their
-// activations (nst_ort/memory.py measured 6-12.6 natively) and are not measured in the browser.
+// activations (nst_ort/engine/memory.py measured 6-12.6 natively) and are not measured in the browser.
 export const FACTORS = { manual: 6.0, autograd: 13.0 };
 export const EVAL_FACTOR = 4.0;
 export const FIXED = 420 * 2 ** 20; // onnxruntime-web, the sessions and their weights: the intercept above

@@ -1,6 +1,6 @@
 // A model folder in the browser: manifest.json read and checked, and each file it lists fetched (from
 // the server, or from a folder the user picked) and checked against its sha256 before any graph is
-// made from it. The web app's counterpart of nst_ort/artifacts.py; every failure is a ModelError whose
+// made from it. The web app's counterpart of nst_ort/engine/artifacts.py; every failure is a ModelError whose
 // message names the file.
 
 export const SCHEMA_VERSIONS = [1];
@@ -159,7 +159,7 @@ export class Model {
   get defaults() { return this.manifest.defaults; }
   get layers() { return this.manifest.layers; }
 
-  // Smallest image side the graphs accept (nst_ort.artifacts.Artifacts.min_size).
+  // Smallest image side the graphs accept (nst_ort.engine.artifacts.Artifacts.min_size).
   get minSize() {
     return Math.max(...this.manifest.layers.map((l) => (l.name.startsWith('pool') ? 2 * l.stride : l.stride)));
   }

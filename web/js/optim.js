@@ -1,15 +1,15 @@
 // L-BFGS and Adam over the model's optimizer graphs (manifest "optimizers"), step for step the
-// algorithm of nst_ort/device_loop.py (DeviceLBFGS, DeviceAdam), which is nst_ort.optim's:
+// algorithm of nst_ort/engine/device_loop.py (DeviceLBFGS, DeviceAdam), which is nst_ort.engine.optim's:
 //
 // L-BFGS is torch.optim.LBFGS without line search (neural-style's settings) in the compact form of
 // Byrd, Nocedal & Schnabel (1994): the graphs do every O(n) operation (lbfgs_pair: s, y and the step's
 // scalars; lbfgs_project: S [g y], Y [g y]; lbfgs_direction: d = c g + a S + b Y, x + t d), and the
 // k x k algebra (R = triu(S Y^T), Y^T Y, two solves) is done here in float64, as the Python host does.
-// Deviation (from torch, as nst_ort.optim.LBFGS): without a curvature pair (first step, or pairs
+// Deviation (from torch, as nst_ort.engine.optim.LBFGS): without a curvature pair (first step, or pairs
 // rejected while the loss is locally concave, y.s <= 1e-10) a step is steepest descent from torch's
 // first-step size min(1, 1/|g|_1) * lr, doubling while no pair is accepted, capped at max_step per
 // pixel; a direction that is not downhill restarts the history.
-// Deviation (as nst_ort.optim.quasi_newton_length): a quasi-Newton step is lr, shortened so that no pixel
+// Deviation (as nst_ort.engine.optim.quasi_newton_length): a quasi-Newton step is lr, shortened so that no pixel
 // moves by more than maxQnStep * lr (without a line search the first one moved pixels by 3.4 and sent the
 // loss from 3e7 to 2e10, and where it landed depended on the gradients' last bits).
 import { dot, matvec, solve, transpose, zeros } from './linalg.js';
@@ -35,8 +35,8 @@ export class LBFGS {
     this.t = 0.0;
     this.restarts = 0;
     this.sdSteps = 0;
-    this.maxStep = 0.01; // as nst_ort.optim.LBFGS
-    this.maxQnStep = 0.5; // as nst_ort.optim.MAX_QN_STEP
+    this.maxStep = 0.01; // as nst_ort.engine.optim.LBFGS
+    this.maxQnStep = 0.5; // as nst_ort.engine.optim.MAX_QN_STEP
   }
 
   free() {
@@ -70,7 +70,7 @@ export class LBFGS {
     const accepted = !firstIter && ys > 1e-10; // curvature condition, as torch
     if (accepted && this.order.length) {
       // Deviation: a pair whose y.s is more than 1e12 times off every pair's in the history restarts
-      // the history with the new pair alone (nst_ort/optim.py curvature_jump: the compact form's
+      // the history with the new pair alone (nst_ort/engine/optim.py curvature_jump: the compact form's
       // float32 projections lose every digit at that spread after an overshooting step).
       const diag = this.R.map((row, i) => row[i]);
       if (ys > 1e12 * Math.max(...diag) || ys * 1e12 < Math.min(...diag)) {
@@ -219,7 +219,7 @@ export class Adam {
   }
 }
 
-// learning rate defaults as nst_ort.config.OptimConfig
+// learning rate defaults as nst_ort.engine.config.OptimConfig
 export function defaultLr(name) {
   return name === 'lbfgs' ? 1.0 : 0.02;
 }

@@ -1,6 +1,6 @@
-// The loop in the browser, as nst_ort/stylize.py runs one scale: targets from the eval graph once, then
+// The loop in the browser, as nst_ort/engine/stylize.py runs one scale: targets from the eval graph once, then
 // per iteration the training graph and the optimizer graphs, one record per iteration (the fields of
-// nst_ort.stylize.IterationRecord). Runs in the worker.
+// nst_ort.engine.stylize.IterationRecord). Runs in the worker.
 import { createSession } from './backend.js';
 import { luminance, matchHistogram, matchLuminance, recombine } from './color.js';
 import { fitSize, fromCHW, pyRound, resize, toCHW } from './images.js';
@@ -54,7 +54,7 @@ export class Sessions {
   }
 }
 
-// Weights in the training graph's input order (nst_ort.stylize.resolve_weights); settings may override
+// Weights in the training graph's input order (nst_ort.engine.stylize.resolve_weights); settings may override
 // the manifest's content, style and tv weights (null: the model's defaults).
 export function resolveWeights(model, settings) {
   const d = model.defaults;
@@ -138,7 +138,7 @@ export class Stylizer {
     }
   }
 
-  // Targets and weights as graph inputs: nst_ort.stylize.Stylizer._feeds for one unmasked scale.
+  // Targets and weights as graph inputs: nst_ort.engine.stylize.Stylizer._feeds for one unmasked scale.
   async prepare(progress = () => {}) {
     const { v, model } = this;
     const w = this.width, h = this.height;

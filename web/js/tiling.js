@@ -1,4 +1,4 @@
-// The exact tiled loss and gradient in the page (docs/tiling.md, "The protocol"; nst_ort/tiling.py is
+// The exact tiled loss and gradient in the page (docs/tiling.md, "The protocol"; nst_ort/engine/tiling.py is
 // the reference): the image in tiles, each run as a crop with a halo through the model's tile graphs,
 // the whole-image parts on the host in float64 (the Grams' sums, the style losses and dL/dG, TV).
 // Only one crop's activations are ever in the wasm heap, so a 2048 px image fits its 4 GiB.
@@ -19,7 +19,7 @@ export function tilingEntry(manifest) {
 function spans(n, tile) {
   const out = [];
   for (let a = 0; a < n; a += tile) out.push([a, Math.min(a + tile, n)]);
-  // the last tile takes what is left (as nst_ort.tiling._spans: starts every `tile`, last ends at n)
+  // the last tile takes what is left (as nst_ort.engine.tiling._spans: starts every `tile`, last ends at n)
   return out;
 }
 
@@ -84,7 +84,7 @@ function cropImage(x, H, W, tile) {
   return cropLayer(x, 3, H, W, tile, 1, H, W);
 }
 
-// (tv, weight * dtv/dx) on the whole image [3, H, W], as nst_ort.tiling.tv_term: the means in
+// (tv, weight * dtv/dx) on the whole image [3, H, W], as nst_ort.engine.tiling.tv_term: the means in
 // float64, the gradient in float32 in numpy's order (+gx, -gx, +gy, -gy).
 export function tvTerm(x, H, W, weight) {
   const nx = 3 * H * (W - 1), ny = 3 * (H - 1) * W;
@@ -139,7 +139,7 @@ function tensor(ort, { data, dims }) {
   return new ort.Tensor('float32', data, dims);
 }
 
-// The eval graph's outputs computed tile by tile (nst_ort.tiling.tiled_features): x [3, H, W] ->
+// The eval graph's outputs computed tile by tile (nst_ort.engine.tiling.tiled_features): x [3, H, W] ->
 // { 'content.<layer>': {data, dims}, 'gram.<layer>': {data, dims: [C, C]} }. keep: the content layers
 // to assemble (others: null, they take no memory).
 export async function tiledFeatures(ort, graphs, model, x, H, W, tile, keep) {
@@ -180,7 +180,7 @@ export async function tiledFeatures(ort, graphs, model, x, H, W, tile, keep) {
   return out;
 }
 
-// The training graph's outputs from the tile graphs (nst_ort.tiling.TiledTrainStep, K = 1):
+// The training graph's outputs from the tile graphs (nst_ort.engine.tiling.TiledTrainStep, K = 1):
 //   targets: { content: {layer: {data, dims} | null (weight 0)}, style: {layer: Float32Array [C*C]} }
 //   weights: resolveWeights(...) (contentLayers, styleLayers, terms)
 export class TiledStep {
