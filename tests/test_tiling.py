@@ -147,7 +147,7 @@ def test_tiled_run_follows_untiled(tmp_path, examples):
     for tile, loop in ((None, "host"), (16, "host"), ("16d", "device")):
         cfg = Config(content=examples / "chelsea_cat.jpg", styles=styles, size=72, loop=loop,
                      tile=tile if tile is None else 16,
-                     threads=2, optim=__import__("nst_ort").config.OptimConfig(iterations=3))
+                     threads=2, optim=__import__("nst_ort").OptimConfig(iterations=3))
         st = Stylizer(cfg)
         losses = [st.step().loss for _ in range(3)]
         out[tile] = (losses, st.result(), st.runtime()["tiling"])
