@@ -77,3 +77,17 @@ def run_cli(args: list[str], block_torch: bool = True, cwd: Path | None = None, 
 
     return subprocess.run(cli_command(args, block_torch, prelude), capture_output=True, text=True,
                           cwd=cwd or ROOT, timeout=timeout, env=cli_env(env), **kwargs)
+
+
+def without_tile_graphs(model: Path, dest: Path) -> Path:
+    """A copy of a model folder as exported before the tile graphs existed (no tile_* files, no
+    manifest "tiling" entry): what `--tile N` refuses and `--tile auto` runs untiled."""
+    import json
+    import shutil
+
+    shutil.copytree(model, dest, ignore=shutil.ignore_patterns("tile_*"))
+    manifest = json.loads((dest / "manifest.json").read_text())
+    del manifest["tiling"]
+    manifest["files"] = {f: v for f, v in manifest["files"].items() if not f.startswith("tile_")}
+    (dest / "manifest.json").write_text(json.dumps(manifest))
+    return dest

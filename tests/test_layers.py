@@ -32,6 +32,7 @@ ALLOWED = {
     **dict.fromkeys([("commands.cli", m) for m in ("engine.stylize", "engine.checkpoint", "media.images",
                                                    "commands.report", "commands.distributed")], RUN_PATH),
     ("media.outputs", "PIL"): "start-up: outputs is loaded for --help; Pillow (~12 ms) only when it checks",
+    ("base.extras", "importlib.metadata"): "start-up: ~15 ms, only when asked which onnxruntime is installed",
     ("commands.report", "tqdm"): "start-up: tqdm (~30 ms) only when a progress bar is drawn on a terminal",
     **dict.fromkeys([("commands.cli", m) for m in ("commands.check", "commands.video", "commands.web")], SUBCOMMAND),
     # order: what entry checks must run before numpy, onnxruntime or the CLI load

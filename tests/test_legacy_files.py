@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, run_cli
+from nst_ort import IterationRecord
 
 DATA = ROOT / "tests" / "data"
 IMAGES = ["examples/tuebingen_neckarfront.jpg", "examples/starry_night.jpg"]
@@ -53,3 +54,5 @@ def test_legacy_report_has_todays_fields(runs):
     assert old["records"][0].keys() == new["records"][0].keys()
     assert old["summary"].keys() == new["summary"].keys()
     assert old["runtime"].keys() == new["runtime"].keys()
+    # today's record type reads the old records back
+    assert [IterationRecord(**r).as_dict() for r in old["records"]] == old["records"]

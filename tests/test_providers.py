@@ -19,7 +19,7 @@ import onnxruntime as ort
 import pytest
 
 import cpu_features
-from conftest import DEFAULT_MODEL, EXAMPLES, ROOT, needs_torch, run_cli
+from conftest import DEFAULT_MODEL, EXAMPLES, ROOT, needs_torch, run_cli, without_tile_graphs
 
 CPU, OPENVINO = "CPUExecutionProvider", "OpenVINOExecutionProvider"
 # NST_ORT_TEST_PROVIDERS (comma-separated) narrows the providers tested: .ci/run's OpenVINO venv tests
@@ -107,8 +107,10 @@ def test_check_passes_and_names_every_graph(provider, tmp_path):
     manifest = json.loads((DEFAULT_MODEL / "manifest.json").read_text())
     files = {g["file"] for role, g in manifest["graphs"].items() if role != "train_fp16"}
     files |= {f for roles in manifest["optimizers"].values() if isinstance(roles, dict) for f in roles.values()}
+    tiles = {v["file"] for v in manifest["tiling"].values() if isinstance(v, dict) and "file" in v}
+    assert len(tiles) == 4  # the tiled step and the tiled features, of both convolution variants
     checked = {row["graph"] for row in rep["rows"] if row["ok"]}
-    assert files <= checked, files - checked
+    assert files | tiles <= checked, (files | tiles) - checked
     assert {"L-BFGS, 3 steps: loss reached", "Adam, 3 steps: loss reached"} <= {row["what"] for row in rep["rows"] if row["ok"]}
     assert rep["provider"] == provider and rep["onnxruntime"] == ort.__version__ and rep["passed"]
 
@@ -126,6 +128,17 @@ def test_check_fails_with_exit_10_and_says_where(tmp_path):
     assert r.stdout.strip().splitlines()[-1].startswith("FAIL: ")
 
 
+@pytest.mark.skipif(bool(_ONLY), reason="check's own logic: tested in the main venv")
+def test_check_says_when_a_model_has_no_tile_graphs(tmp_path):
+    """A model exported before the tile graphs: check says so in a row and passes (nothing to compare)."""
+    bare = without_tile_graphs(DEFAULT_MODEL, tmp_path / "bare")
+    r = run_cli(["check", "--model", bare, "--device", "cpu", "--time-size", "0", "--json", tmp_path / "c.json"])
+    assert r.returncode == 0, r.stdout + r.stderr
+    row = [line for line in r.stdout.splitlines() if line.startswith("tile graphs")]
+    assert len(row) == 1 and "none in this model" in row[0] and "nst_ort_export.tiled" in row[0], r.stdout
+    assert not any(row["graph"].startswith("tile_") for row in json.loads((tmp_path / "c.json").read_text())["rows"])
+
+
 def _failed_graphs(stdout: str) -> set[str]:
     return {line.split()[0] for line in stdout.splitlines() if line.rstrip().endswith("FAIL")}
 
@@ -141,7 +154,7 @@ def test_check_catches_a_provider_whose_numbers_are_off(provider, tmp_path):
     r = run_cli(["check", "--provider", provider, "--time-size", "0", *threads],
                 prelude=perturbed_provider.prelude(provider))
     assert r.returncode == 10, r.stdout + r.stderr
-    assert {"eval.onnx", "train.onnx", "device"} <= _failed_graphs(r.stdout), r.stdout
+    assert {"eval.onnx", "train.onnx", "device", "tile_train.onnx", "tile_grams.onnx"} <= _failed_graphs(r.stdout), r.stdout
     both_on_cpu = [line for line in r.stdout.splitlines() if "both on CPU" in line]
     assert not both_on_cpu or both_on_cpu[0].rstrip().endswith(" ok"), r.stdout
     assert r.stdout.strip().splitlines()[-1].startswith("FAIL: ")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import DEFAULT_MODEL, needs_torch
+from conftest import DEFAULT_MODEL, needs_torch, without_tile_graphs
 from nst_ort.engine import contract
 from nst_ort.engine.artifacts import Artifacts
 from nst_ort.base.errors import UsageError
@@ -40,7 +40,7 @@ def families(request, artifacts):
         mp.setenv("NST_ORT_TRAIN_GRAPH", "train")
     placement = choose("cpu", threads=2)
     g = Graphs(artifacts, placement)
-    tiled = {"again": TiledGraphs(artifacts, placement, keep_graphs=False), "keep": TiledGraphs(artifacts, placement)}
+    tiled = {"again": TiledGraphs(artifacts, placement), "keep": TiledGraphs(artifacts, placement, keep_graphs=True)}
     mp.undo()
     assert g.train_path.name == f"{request.param}.onnx"
     for family, tg in tiled.items():
@@ -222,9 +222,6 @@ def test_tiled_run_follows_untiled(tmp_path, examples):
 
 
 def test_tile_refusals_and_plan(tmp_path, examples):
-    import json
-    import shutil
-
     from nst_ort import Config, StyleInput, Stylizer
 
     def cfg(**kw):
@@ -236,12 +233,7 @@ def test_tile_refusals_and_plan(tmp_path, examples):
     tiling = Stylizer(cfg(tile=32)).plan()["tiling"]  # what --dry-run prints, no session made
     assert tiling["scales"][0]["layout"].startswith("2x3 tiles of 32 px (halo 64 px")
     # a folder without the tiled graphs: --tile says why (one line, exit 2); without --tile it runs untiled
-    bare = tmp_path / "bare"
-    shutil.copytree(DEFAULT_MODEL, bare, ignore=shutil.ignore_patterns("tile_*"))
-    manifest = json.loads((bare / "manifest.json").read_text())
-    del manifest["tiling"]
-    manifest["files"] = {f: v for f, v in manifest["files"].items() if not f.startswith("tile_")}
-    (bare / "manifest.json").write_text(json.dumps(manifest))
+    bare = without_tile_graphs(DEFAULT_MODEL, tmp_path / "bare")
     assert Stylizer(cfg(model=bare)).plan()["tiling"]["scales"][0]["tile"] is None
     r = _cli(str(examples / "chelsea_cat.jpg"), str(examples / "starry_night.jpg"), "-o", str(tmp_path / "b.png"),
              "--size", "64", "--tile", "32", "--model", str(bare))

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import EXAMPLES, ROOT, cli_command, cli_env, run_cli
+from conftest import EXAMPLES, ROOT, cli_command, cli_env, run_cli, without_tile_graphs
+from nst_ort.media.images import load_image
 from video_clips import NTSC, frames, needs, read_video, temporal_model, write_clip, write_folder  # noqa: F401
 
 needs("av")
@@ -284,3 +285,40 @@ def test_a_diverging_frame_keeps_its_last_finite_image_and_the_run_goes_on(tmp_p
     assert all("not finite" in f["stopped"] or "loss became" in f["stopped"] for f in frames_)
     assert "frame 1: " in done.stderr and "frame 2: " in done.stderr and "Traceback" not in done.stderr
     assert sorted(p.name for p in out.glob("0*.png")) == ["000001.png", "000002.png"]
+
+
+def test_tiled_frames_follow_untiled(tmp_path, clip_frames):
+    """--tile 16 (12 tiles a frame, crops clipped at every border) on the synthetic clip, temporal mode:
+    each frame's losses (the temporal term's included) and the frames written equal the untiled run's
+    within float32 rounding carried through 4 L-BFGS iterations and the warm starts; the device loop
+    (the default model has its optimizer graphs) and the host loop both run tiled."""
+    folder = write_folder(tmp_path / "seq", clip_frames)
+    runs = {}
+    for name, extra in (("whole", ["--tile", "auto"]), ("tiled", ["--tile", "16"]),
+                        ("host", ["--tile", "16", "--loop", "host"])):
+        out, report = tmp_path / name, tmp_path / f"{name}.json"
+        done = run_cli(["video", folder, STYLE, "-o", out, "--report", report, *FAST, *extra])
+        assert done.returncode == 0, done.stderr
+        runs[name] = (json.loads(report.read_text()), [np.asarray(load_image(p)) for p in sorted(out.glob("0*.png"))])
+    whole, whole_frames = runs["whole"]
+    assert [f["tile"] for f in whole["frames"]] == [None] * 3 and "tile" not in whole["settings"]
+    for name in ("tiled", "host"):
+        r, imgs = runs[name]
+        assert [f["tile"] for f in r["frames"]] == [16] * 3 and r["settings"]["tile"] == 16
+        assert all(f["temporal"] > 0 for f in r["frames"][1:])
+        for key in ("loss", "content", "style", "tv", "temporal"):
+            got, want = [f[key] for f in r["frames"]], [f[key] for f in whole["frames"]]
+            assert np.allclose(np.array(got, float), np.array(want, float), rtol=1e-4, equal_nan=True), (name, key, got, want)
+        # 8-bit frames: a value near a rounding boundary may flip one level
+        assert max(np.abs(a - b).max() for a, b in zip(imgs, whole_frames)) <= 2 / 255 + 1e-6, name
+
+
+def test_tile_flag_refusals(tmp_path, clip_frames, default_model):
+    """--tile not on the model's grid, and --tile on a model without tile graphs: one line, exit 2."""
+    folder = write_folder(tmp_path / "seq", clip_frames[:1])
+    line = _one_line(run_cli(["video", folder, STYLE, "-o", tmp_path / "a", *FAST, "--tile", "40"]), 2)
+    assert "--tile 40" in line and "multiple of 16" in line
+    bare = without_tile_graphs(default_model, tmp_path / "bare")
+    line = _one_line(run_cli(["video", folder, STYLE, "-o", tmp_path / "b", *FAST, "--mode", "per-frame",
+                              "--model", bare, "--tile", "32"]), 2)
+    assert "no tiled graphs" in line and not (tmp_path / "b").exists()

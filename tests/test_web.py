@@ -531,6 +531,68 @@ console.log(JSON.stringify({{
     assert got["gpu"]["tile"] == 0  # WebGPU keeps activations in GPU memory: never tiled (the page's tiled loop is wasm only)
 
 
+@needs_node
+def test_memory_plan_counts_the_page_arrays_against_the_tab(tmp_path):
+    """web/js/memory.js counts the page's own arrays outside the wasm heap (L-BFGS's history among
+    them: 2 x (history + 1) copies of the image) with the heap against the tab's budget (75% of
+    navigator.deviceMemory, 8 GB where the browser does not say): where they pass it the history is
+    lowered to the largest that fits (said in the note, with the figures), a run that fits at no
+    history is refused naming the budget and parts that add up, and runs well inside it are as before."""
+    manifest = json.loads((MODEL / "manifest.json").read_text())
+    if not isinstance(manifest.get("tiling"), dict):
+        pytest.skip("models/vgg16 has no tiled graphs (python -m nst_ort_export.tiled models/vgg16)")
+    script = tmp_path / "tab.mjs"
+    script.write_text(f"""
+import {{ plan, heapParts, tiledHeapParts, jsParts, tabBudget }} from {json.dumps((WEB / 'js' / 'memory.js').as_uri())};
+const info = {{ layers: {json.dumps(manifest['layers'])}, gradient: 'manual', optimizer: 'lbfgs', history: 100, ep: 'wasm',
+  heapLimit: 4 * 2 ** 30, minSize: 16, tiling: {{ align: 16, halo: 64 }}, contentLayers: {json.dumps(manifest['content_layers'])},
+  contentLayerWeights: {json.dumps(manifest['defaults']['content_layer_weights'])} }};
+const cases = {{ p2048: [info, 2048, 1024, 768], small: [{{ ...info, deviceMemory: 4 }}, 2048, 1024, 768],
+  untiled: [{{ ...info, deviceMemory: 4, tiling: null }}, 900, 640, 427], tabTiled: [{{ ...info, deviceMemory: 2 }}, 900, 640, 427], tiny: [{{ ...info, deviceMemory: 0.5 }}, 512, 640, 427],
+  adam: [{{ ...info, optimizer: 'adam' }}, 2048, 1024, 768], p512: [info, 512, 1024, 768] }};
+const out = {{}};
+for (const [name, [inf, size, cw, ch]] of Object.entries(cases)) {{
+  const p = plan(inf, size, cw, ch, [[cw, ch]]);
+  const w = size, h = Math.round(size * ch / cw);
+  const inputs = [[cw, ch], [cw, ch]];
+  const heap = (tile, hst) => (tile ? tiledHeapParts(inf, w, h, tile, hst) : heapParts({{ ...inf, history: hst }}, w, h, [[w, h]])).total;
+  const tab = (tile, hst) => heap(tile, hst) + jsParts(inf, w, h, tile, hst, inputs).total;
+  out[name] = {{ ...p, budget: tabBudget(inf).bytes, tab: p.refusal ? null : tab(p.tile, p.history),
+    tabMore: p.refusal ? null : tab(p.tile, p.history + 1) }};
+}}
+console.log(JSON.stringify(out));
+""")
+    r = subprocess.run([NODE, str(script)], capture_output=True, text=True, timeout=120, check=True)
+    got = json.loads(r.stdout)
+    gib = 2 ** 30
+    p = got["p2048"]  # the heap alone fits history 33 in tiles; with the page's arrays the tab does not
+    assert p["budget"] == 6 * gib and p["refusal"] is None and p["tile"] >= 128 and 1 <= p["history"] < 33, p
+    assert p["tab"] <= p["budget"] < p["tabMore"], p  # the largest history that fits
+    assert re.fullmatch(rf"2048x1536 does not fit the wasm heap whole: .*; the L-BFGS history is lowered from 100 to {p['history']} "
+                        rf"\(the heap alone fits 33; the page keeps its own {2 * (p['history'] + 1)} copies of the image for it besides "
+                        r"the heap's, [\d.]+ GiB with the loop's, and at 33 the heap and the page's arrays would need [\d.]+ GiB, more than "
+                        r"the 6\.00 GiB this page allows a tab \(75% of the 8 GB of memory assumed where the browser does not say\)\)", p["note"]), p["note"]
+    s = got["small"]  # a 4 GB machine as the browser reports it: less history
+    assert s["budget"] == 3 * gib and s["refusal"] is None and s["history"] < p["history"] and s["tab"] <= s["budget"], s
+    assert "75% of the 4 GB of memory the browser reports" in s["note"]
+    u = got["untiled"]  # the heap fits 900 px whole at history 100, a 4 GB machine's tab does not (no tile graphs)
+    assert u["refusal"] is None and u["tile"] == 0 and u["history"] < 100 and u["tab"] <= u["budget"] < u["tabMore"], u
+    assert u["note"].startswith(f"the L-BFGS history is lowered from 100 to {u['history']} (the page keeps its own"), u["note"]
+    v = got["tabTiled"]  # with the tile graphs a 2 GB machine's tab takes tiles (less heap) and a lower history
+    assert v["refusal"] is None and v["tile"] and v["tab"] <= v["budget"] < v["tabMore"], v
+    assert v["note"].startswith("900x600 does not fit this tab's memory budget whole: it runs in"), v["note"]
+    t = got["tiny"]["refusal"]  # nothing fits a 0.5 GB machine's budget: refused, the parts add up
+    m = re.fullmatch(r"512x342 needs about ([\d.]+) (GiB|MiB) in this tab, even at an L-BFGS history of 1 in 128 px tiles: "
+                     r"([\d.]+) (GiB|MiB) of WebAssembly memory and ([\d.]+) (GiB|MiB) of the page's own arrays \(16 copies of the image, .*\), "
+                     r"more than the 384 MiB this page allows a tab \(75% of the 0\.5 GB of memory the browser reports\); "
+                     r"not even the smallest size fits\.", t or "")
+    assert m, t
+    mib = [float(m.group(i)) * (1024 if m.group(i + 1) == "GiB" else 1) for i in (1, 3, 5)]
+    assert abs(mib[1] + mib[2] - mib[0]) < 6 and mib[0] > 384, t  # 1.08 GiB: rounded to 10 MiB
+    assert got["adam"]["refusal"] is None and got["adam"]["history"] == 100 and got["adam"]["tab"] <= 6 * gib
+    assert (got["p512"]["refusal"], got["p512"]["tile"], got["p512"]["history"], got["p512"]["note"]) == (None, 0, 100, "")
+
+
 # -- in the browser ------------------------------------------------------------------------------------
 def _python_records(content: Path, styles: list, size: int, iterations: int, optimizer: str = "lbfgs",
                     color: str = "none", loop: str = "device", tv_weight: float | None = None) -> list:
@@ -789,6 +851,36 @@ def test_bad_input_gets_a_message_in_the_page(tmp_path, puppeteer):
     assert out["badges"]["model"] == "model rejected" and out["badges"]["backend"].startswith("wasm (SIMD"), out["badges"]
     assert out["progress"] == "no model loaded"
     assert out["pageErrors"] == [] and out["consoleErrors"] == []
+
+
+@needs_browser
+def test_page_counts_its_own_arrays_against_the_tab(tmp_path, puppeteer):
+    """?device-memory=1 stands for a browser reporting navigator.deviceMemory 1 (GB), a tab budget of
+    768 MiB (web/js/memory.js tabBudget): at 256 px the wasm heap and the page's own arrays do not fit
+    at any L-BFGS history, and the page refuses before anything runs, naming the budget; at 160 px the
+    page lowers the history to what fits, says so, and runs with it."""
+    content = save_png(EXAMPLES / "chelsea_cat.jpg", 80, tmp_path / "content.png")
+    wave = save_png(EXAMPLES / "great_wave.jpg", 76, tmp_path / "wave.png")
+    with serve() as url:
+        out = drive({"url": url + "?backend=wasm&device-memory=1", "steps": [
+            {"upload": "#content-file", "files": [str(content)]}, {"upload": "#style-files", "files": [str(wave)]},
+            {"set": {"size": 256, "iterations": 1, "optimizer": "lbfgs", "history": 100}}, {"click": "#start"},
+            {"until": "a.messageKind === 'error'"}, {"snapshot": "refused"},
+            {"set": {"size": 160}}, {"click": "#start"}, {"until": "a.message.includes('L-BFGS history is lowered')"},
+            {"snapshot": "lowered"}, {"until": "['done', 'error'].includes(a.state)"}, {"snapshot": "ran"}]})
+    s = out["snapshots"]
+    assert out["pageErrors"] == [] and out["consoleErrors"] == []
+    refused = s["refused"]
+    assert refused["state"] == "ready" and not refused["records"], refused
+    assert re.fullmatch(r"refused before starting: 256x170 needs about \d+ MiB in this tab, even at an L-BFGS history of 1: "
+                        r"\d+ MiB of WebAssembly memory and \d+ MiB of the page's own arrays \(.*\), more than the 768 MiB this "
+                        r"page allows a tab \(75% of the 1 GB of memory the browser reports\); the largest size that fits is about "
+                        r"\d+ px\.", refused["message"]), refused["message"]
+    low = s["lowered"]
+    assert low["messageKind"] == "info" and low["plan"]["tile"] == 0 and 1 <= low["plan"]["history"] < 100, low
+    assert low["message"].startswith(f"the L-BFGS history is lowered from 100 to {low['plan']['history']} (the page keeps its own "
+                                     f"{2 * (low['plan']['history'] + 1)} copies of the image"), low["message"]
+    assert s["ran"]["state"] == "done" and [r["iteration"] for r in s["ran"]["records"]] == [1], s["ran"]["message"]
 
 
 @needs_browser

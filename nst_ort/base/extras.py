@@ -7,7 +7,6 @@ extra ([cpu], [gpu], [openvino]): which distributions of it are installed is her
 from __future__ import annotations
 
 import importlib
-import importlib.metadata
 from types import ModuleType
 
 from .errors import UsageError
@@ -36,6 +35,10 @@ DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino", "onnx
 
 
 def installed_runtimes() -> list[str]:
+    # Here, not at the top: importlib.metadata costs ~15 ms, and `import nst_ort` (which imports this
+    # module for INSTALL) should not pay it (start-up, benchmarks/results/layout_startup.md).
+    import importlib.metadata
+
     found = []
     for name in DISTRIBUTIONS:
         try:

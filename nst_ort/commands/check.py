@@ -9,6 +9,9 @@ still compares two different reduction orders), with the same inputs:
 - eval.onnx: the content features and Gram matrices;
 - each training graph (train.onnx, train_cpu.onnx; train_fp16.onnx with --precision fp16, against
   the fp32 train.onnx): the loss, each term, and the image gradient;
+- the tile graphs (tile_*.onnx, docs/tiling.md): the tiled step and the tiled features, assembled
+  from 32 px tiles on the provider, against the untiled training graph and eval.onnx on the
+  reference (a model without them: said in a row, not failed);
 - each optimizer graph on random vectors; then the device loop (training graph + optimizer graphs
   in IOBinding buffers), three L-BFGS steps and three Adam steps from the same image;
 
@@ -37,6 +40,7 @@ from ..engine.device_loop import DeviceLoop
 from ..engine.loop import HostLoop
 from ..engine.optim import make
 from ..engine.session import TrainStep, make_session
+from ..engine.tiling import TiledGraphs, TiledTrainStep, tiled_features, tiling_entry
 from ..media.outputs import Source, Target, check_writes, file_arg
 from .flags import Parser, int_flag
 
@@ -279,19 +283,15 @@ def run(args) -> tuple[Table, dict]:
         with _guard(table, name, "loss, gradient"):
             sa = target.step(art.graph_path(role), feeds, x)
             sb = ref.step(art.graph_path(ref_role), feeds, x)
-            terms = max([_rel(sa[0], sb[0])] + [_rel(u, v) for u, v in zip(sa[1], sb[1]) if abs(v) > 0] +
-                        [_rel(u, v) for u, v in zip(sa[2], sb[2]) if abs(v) > 0] + [_rel(sa[3], sb[3])])
-            suffix = f" vs {ref_role}.onnx" if role != ref_role else ""
-            table.add(name, "loss and each term" + suffix, "loss", terms)
-            table.add(name, "image gradient (relative L2)" + suffix, "gradient", _rel_l2(sa[4], sb[4]))
-            table.add(name, "image gradient (max, relative)" + suffix, None, _max_rel(sa[4], sb[4]),
-                      note="not limited: a ReLU or max-pool near-tie moves a few pixels")
+            _compare_steps(table, name, sa, sb, f" vs {ref_role}.onnx" if role != ref_role else "")
     if "train_cpu" in art.manifest["graphs"] and args.precision != "fp16":
         # The CPU provider's own graph against train.onnx, on the reference: the same function.
         with _guard(table, "train_cpu.onnx", "vs train.onnx (both on the CPU)"):
             sa = ref.step(art.graph_path("train_cpu"), feeds, x)
             sb = ref.step(art.graph_path("train"), feeds, x)
             table.add("train_cpu.onnx", "gradient vs train.onnx, both on CPU", "gradient", _rel_l2(sa[4], sb[4]))
+
+    _check_tiles(table, art, target, ref, feeds, x, content)
 
     # optimizer graphs on random vectors, then the device loop (the target's training graph on both sides)
     n, k = 3 * w * h, 6
@@ -342,6 +342,50 @@ def run(args) -> tuple[Table, dict]:
             table.add("time", f"{ta[1]} loop, {tw}x{th}, L-BFGS", None, None,
                       note=f"{ta[0]:.3f} s/iteration (CPU provider {tb[0]:.3f} s); {loop_graph.name}")
     return table, meta
+
+
+_STEP_ROWS = ("loss and each term", "image gradient (relative L2)", "image gradient (max, relative)")
+_TILED_ROWS = ("tiled loss and each term", "tiled gradient (relative L2)", "tiled gradient (max, relative)")
+
+
+def _compare_steps(table: Table, name: str, sa, sb, suffix: str = "", rows=_STEP_ROWS) -> None:
+    """The rows of one training step against the reference's: (loss, content, style, tv, gradient)."""
+    terms = max([_rel(sa[0], sb[0])] + [_rel(u, v) for u, v in zip(sa[1], sb[1]) if abs(v) > 0] +
+                [_rel(u, v) for u, v in zip(sa[2], sb[2]) if abs(v) > 0] + [_rel(sa[3], sb[3])])
+    table.add(name, rows[0] + suffix, "loss", terms)
+    table.add(name, rows[1] + suffix, "gradient", _rel_l2(sa[4], sb[4]))
+    table.add(name, rows[2] + suffix, None, _max_rel(sa[4], sb[4]),
+              note="not limited: a ReLU or max-pool near-tie moves a few pixels")
+
+
+def _check_tiles(table: Table, art, target: _Side, ref: _Side, feeds, x, content) -> None:
+    """The tile graphs (docs/tiling.md) on the provider, assembled as a tiled run assembles them, against
+    the untiled graphs on the reference: the tiled step against the training graph of the same
+    convolutions, the tiled features against eval.onnx. Tiles of two grid steps: 2x2 tiles and more
+    at --size 64, crops clipped at every border (the tiled and untiled functions are the same, so the
+    limits are the untiled graphs'). tile_train{,_cpu}.onnx's rows compare with train{,_cpu}.onnx.
+    Measured (CPU provider, 64x48): loss 2.7e-5 (relu4_1's style loss, the same with 16, 32 and 48 px
+    tiles: the untiled graph's float32 arithmetic against the host's float64), gradient 5e-7,
+    features 2e-6."""
+    entry = tiling_entry(art)
+    if entry is None:
+        table.add("tile graphs", "none in this model", None, None,
+                  note=f"not checked; python -m nst_ort_export.tiled {art.path} adds them")
+        return
+    tile = 2 * int(entry["align"])
+    for variant, role in (("plain", "train"), ("cpu", "train_cpu")):
+        if role not in entry:
+            continue
+        graph = role if role in art.manifest["graphs"] else "train"
+        train_name, grams_name = entry[role]["file"], entry[role.replace("train", "grams")]["file"]
+        with _guard(table, train_name, "tiled loss, gradient"):
+            tiled = TiledGraphs(art, target.placement, variant)
+            sa = TiledTrainStep(tiled, feeds, x.shape, tile)(x)
+            sb = ref.step(art.graph_path(graph), feeds, x)
+            _compare_steps(table, train_name, sa, sb, rows=_TILED_ROWS)
+        with _guard(table, grams_name, "tiled features"):
+            a, b = tiled_features(tiled, content, tile), ref.features(content)
+            table.add(grams_name, "tiled features, Gram matrices", "features", max(_max_rel(a[k], b[k]) for k in b))
 
 
 def _optimizer_inputs(sess, n: int, k: int) -> dict[str, np.ndarray]:

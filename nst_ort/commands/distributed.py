@@ -90,7 +90,7 @@ def materialize_model(sha256: str, ref_box: list) -> Path:
     Ray does not fetch it for every task)."""
     if sha256 in _MODELS and (_MODELS[sha256] / "manifest.json").is_file():
         return _MODELS[sha256]
-    import ray
+    import ray  # the [ray] extra: needed only here, on a Ray run
 
     blob = ray.get(ref_box[0])
     folder = Path(tempfile.mkdtemp(prefix=f"nst-ort-model-{sha256[:12]}-"))
@@ -169,7 +169,7 @@ def _warn(msg: str) -> None:
 
 def task_failure(e: BaseException, tries: int) -> str:
     """Why a Ray task gave no result, in a few words (not Ray's multi-line report)."""
-    import ray.exceptions as rx
+    import ray.exceptions as rx  # the [ray] extra, as in materialize_model
 
     if isinstance(e, rx.WorkerCrashedError):
         return f"its Ray worker died {tries} time(s) (killed, or out of memory)"

@@ -17,7 +17,7 @@ from ..engine.memory import address_limit, startup_problem
 def onnxruntime_problem() -> str | None:
     """One line saying why onnxruntime cannot be used, or None when it imports whole."""
     try:
-        import onnxruntime
+        import onnxruntime  # the check itself: does it import whole?
     except ModuleNotFoundError as e:
         return f"no ONNX Runtime is installed ({e}): {INSTALL}"
     except (ImportError, MemoryError) as e:
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(runtimes) > 1:
         print(f"nst-ort: warning: {' and '.join(runtimes)} are installed together; they share the module onnxruntime "
               "(the last one installed wins): keep one", file=sys.stderr)
-    from .cli import main as cli_main
+    from .cli import main as cli_main  # after the checks above: numpy (OpenBLAS) loads with the CLI
 
     if sys.stdout is not None:
         sys.stdout = GuardedStdout(sys.stdout)

@@ -79,6 +79,9 @@ def _tile(text: str) -> int | None:
     return check_int("tile", _int(text))
 
 
+tile_flag = _typed(_tile)  # nst-ort's and nst-ort video's --tile
+
+
 def _layer_weights(text: str) -> dict[str, float]:
     out: dict[str, float] = {}
     for item in _items(text):
@@ -158,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--average", action="store_true",
                    help="output a running average of the iterates (EMA, decay 0.9); off by default: "
                         "no gain measured at 256 px (benchmarks/RESULTS.md)")
-    g.add_argument("--tile", type=_typed(_tile), default=None,
+    g.add_argument("--tile", type=tile_flag, default=None,
                    help="N: compute the loss and gradient exactly in tiles of N px (a multiple of the model's "
                    "grid, 16 for VGG16), for sizes beyond memory; auto (default): untiled where the whole image "
                    "fits in memory, else the largest tile that fits (docs/tiling.md)")

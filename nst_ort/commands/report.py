@@ -68,7 +68,7 @@ class Progress:
 
     def _start(self, r: IterationRecord) -> None:
         """The clock starts at the first iteration (session start-up is not part of the rate)."""
-        from tqdm import tqdm
+        from tqdm import tqdm  # start-up: ~30 ms, paid only when a bar starts
 
         self.t0 = time.perf_counter()
         self.bar = tqdm(total=self.total, initial=self.done, file=self.stream, dynamic_ncols=True, leave=True,

@@ -40,7 +40,7 @@ from ..media.outputs import Source, Target, check_writes, file_arg, image_bytes,
 from ..media.video_io import (CONTAINERS, check_video, container_for, frame_rate, frame_times, open_source,
                               remove_stray_temporaries, video_duration, write_video)
 from .distributed import default_shard_frames, video_shards, wanted
-from .flags import HelpFormatter, Parser, add_scaleout_flags, int_flag, number_flag
+from .flags import HelpFormatter, Parser, add_scaleout_flags, int_flag, number_flag, tile_flag
 from .video_frames import FrameStylizer, warn_once
 from .video_job import STATE, Job, fingerprint, frame_name
 
@@ -98,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="intra-op threads (at most the CPUs this process may use)")
     p.add_argument("--loop", choices=["auto", "device", "host"], default="auto",
                    help="device: image, gradient and optimizer state in device buffers; host: optimizer in numpy")
+    p.add_argument("--tile", type=tile_flag, default=None,
+                   help="N: each frame's loss and gradient exactly in tiles of N px (a multiple of the model's grid, "
+                   "16 for VGG16); auto (default): untiled where a frame fits in memory, else the largest tile that "
+                   "fits (docs/tiling.md)")
     p.add_argument("--report", help="write a JSON report: settings and every frame's losses, time and warping error")
     p.add_argument("--keep-frames", action="store_true", help="keep the frames folder (OUT.frames) after writing a video")
     p.add_argument("--restart", action="store_true", help="discard the frames of an earlier run of this output")
@@ -169,8 +173,13 @@ def _settings(args, size, styles, weights) -> dict:
             "tv_weight", "optimizer", "lr", "seed", "device", "provider", "loop")
     # "seams": how shards meet (2: the seam pass); a run of another version's shards is not resumed
     shards = {"shard_frames": args.shard_frames, "overlap": args.overlap, "seams": 2} if args.shard_frames else None
-    return {**{k: getattr(args, k) for k in keys}, "size": list(size), "style_weights": weights,
-            "styles": [str(s) for s in styles], "model": args.model, "shards": shards, "format": 1}
+    settings = {**{k: getattr(args, k) for k in keys}, "size": list(size), "style_weights": weights,
+                "styles": [str(s) for s in styles], "model": args.model, "shards": shards, "format": 1}
+    # --tile N changes the frames' float32 rounding (the sums run in another order), so a resume keeps
+    # it; auto is left out, so the fingerprints of runs made before --tile existed still resume.
+    if getattr(args, "tile", None) is not None:
+        settings["tile"] = args.tile
+    return settings
 
 
 def _check_args(args) -> None:

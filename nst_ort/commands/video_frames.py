@@ -46,12 +46,15 @@ class FrameStylizer:
         return Config(content=self.content_path, styles=[StyleInput(s, w) for s, w in zip(self.styles, self.weights)],
                       size=max(self.size), seed=a.seed, loss=loss,
                       optim=OptimConfig(name=a.optimizer, iterations=iterations, lr=a.lr),
-                      model=self.artifacts.path, device=a.device, provider=a.provider, threads=a.threads, loop=a.loop)
+                      model=self.artifacts.path, device=a.device, provider=a.provider, threads=a.threads, loop=a.loop,
+                      tile=getattr(a, "tile", None))
 
     def _start(self, content: np.ndarray, iterations: int):
         if self.stylizer is None:
             self.stylizer = Stylizer(self._config(iterations), artifacts=self.artifacts, warn=warn_once, content=content)
-            memory.check(self.stylizer.memory_plan())
+            # As the still-image CLI: --tile auto tiles a frame that does not fit whole (and may lower
+            # the L-BFGS history); the plan is made once, every frame has the same size.
+            memory.check(self.stylizer.memory_plan(), tiling=self.stylizer.plan_tiling())
             if self.args.mode == "temporal":
                 self.temporal = TemporalTerm(self.stylizer.graphs)
         else:
@@ -119,7 +122,7 @@ class FrameStylizer:
         rec = {"loss": record.loss, "content": record.content, "style": record.style, "tv": record.tv,
                "temporal": record.terms.get("temporal"), "iterations": record.step,
                "seconds": round(time.perf_counter() - t0, 3), "warping_error": werr,
-               "init": "warped previous" if start is not None else "content"}
+               "init": "warped previous" if start is not None else "content", "tile": stylizer.tile_at(0)}
         if blend is not None and record.terms.get("seam") is not None:
             rec["seam_term"] = record.terms["seam"]
         if stopped:

@@ -136,7 +136,7 @@ class Stylizer:
     def tiled_graphs(self) -> TiledGraphs:
         """The tile graphs' sessions (made on first use, by a tiled scale)."""
         if self._tiled is None:
-            self._tiled = TiledGraphs(self.artifacts, self.graphs.placement)
+            self._tiled = TiledGraphs(self.artifacts, self.graphs.placement, keep_graphs=True)
         return self._tiled
 
     def plan_tiling(self, avail: memory.Available | None = None) -> memory.Tiling:

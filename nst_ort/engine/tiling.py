@@ -117,18 +117,20 @@ class TiledGraphs:
     """The model's tile graphs on one placement, and what the manifest says about them.
 
     Two families (docs/tiling.md): tile_grams + tile_train (pass 2 runs the forward again), and, where
-    the folder has them and keep_graphs is True, tile_grams_keep + tile_train_kept (pass 1 also
-    returns what the backward needs, pass 2 is the backward alone). Only one family's sessions are
-    made: each keeps a CPU arena, and two families would hold four arenas' peaks."""
+    the folder has them and keep_graphs is True (a run's choice), tile_grams_keep + tile_train_kept
+    (pass 1 also returns what the backward needs, pass 2 is the backward alone). Only one family's
+    sessions are made: each keeps a CPU arena, and two families would hold four arenas' peaks."""
 
-    def __init__(self, artifacts: Artifacts, placement: Placement, keep_graphs: bool = True):
+    def __init__(self, artifacts: Artifacts, placement: Placement, variant: str | None = None,
+                 keep_graphs: bool = False):
+        """variant: "cpu" (the Winograd graphs) or "plain"; None: as the training graph would be chosen."""
         entry = tiling_entry(artifacts)
         if entry is None:
             raise UsageError(no_tiling_reason(artifacts))
         self.artifacts, self.placement = artifacts, placement
         self.align, self.halo = int(entry["align"]), int(entry["halo"])
         self.strides = {n: int(s) for n, s in entry["strides"].items()}
-        cpu, self.keeps = graph_family(entry, placement, keep_graphs)
+        cpu, self.keeps = graph_family(entry, placement, variant, keep_graphs)
         self.variant = "cpu" if cpu else "plain"
         suffix = "_cpu" if cpu else ""
         first, second = ("grams_keep", "train_kept") if self.keeps else ("grams", "train")
@@ -152,13 +154,17 @@ class TiledGraphs:
             raise run_error(e, what) from None
 
 
-def graph_family(entry: dict, placement: Placement, keep_graphs: bool = True) -> tuple[bool, bool]:
-    """(Winograd graphs, keep graphs) a placement runs from a "tiling" entry. As
-    Artifacts.train_graph_path: the Winograd graphs on the CPU provider unless NST_ORT_TRAIN_GRAPH=train
-    (comparisons); no fp16 tile graphs (--precision fp16 runs the fp32 ones). The keep graphs where the
-    folder has them (older folders: pass 2 runs the forward again)."""
-    cpu = (placement.train_variant == "cpu" and "train_cpu" in entry
-           and os.environ.get("NST_ORT_TRAIN_GRAPH") != "train")
+def graph_family(entry: dict, placement: Placement, variant: str | None = None,
+                 keep_graphs: bool = True) -> tuple[bool, bool]:
+    """(Winograd graphs, keep graphs) a placement runs from a "tiling" entry. variant None: as
+    Artifacts.train_graph_path, the Winograd graphs on the CPU provider unless NST_ORT_TRAIN_GRAPH=train
+    (comparisons); no fp16 tile graphs (--precision fp16 runs the fp32 ones). The keep graphs where
+    asked for and the folder has them (older folders: pass 2 runs the forward again)."""
+    if variant is None:
+        cpu = (placement.train_variant == "cpu" and "train_cpu" in entry
+               and os.environ.get("NST_ORT_TRAIN_GRAPH") != "train")
+    else:
+        cpu = variant == "cpu"
     suffix = "_cpu" if cpu else ""
     keeps = (keep_graphs and f"grams_keep{suffix}" in entry and f"train_kept{suffix}" in entry
              and "kept_bytes_per_pixel" in entry)

@@ -37,7 +37,7 @@ function snapshotIn(page) {
     if (!a) return { state: 'no page state' };
     return {
       state: a.state, message: a.message, messageKind: a.messageKind, records: a.records, backend: a.backend,
-      model: a.model, heap: a.heap, initDigest: a.initDigest, resultSize: a.resultSize, hasImage: a.hasImage,
+      model: a.model, heap: a.heap, plan: a.plan ?? null, initDigest: a.initDigest, resultSize: a.resultSize, hasImage: a.hasImage,
       progress: document.getElementById('progress-text')?.textContent,
       hint: document.getElementById('start-hint')?.textContent, content: a.content?.name ?? null, styles: (a.styles || []).map((x) => x.name),
       badges: { backend: document.getElementById('backend')?.textContent, model: document.getElementById('model')?.textContent },

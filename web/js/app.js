@@ -415,6 +415,10 @@ function start() {
   const fit = memoryPlan({
     layers: app.model.layers, gradient: app.model.gradient, optimizer: settings.optimizer, history: settings.history || 100,
     ep: app.backend.ep, heapLimit: app.heap.limit, gpuLimits: app.backend.gpuLimits, minSize: app.model.minSize, tiling: app.model.tiling,
+    // the page's own arrays count too, against a budget for the tab (memory.js tabBudget); ?device-memory=N
+    // stands for what the browser reports (tests: the plan on a small machine)
+    contentLayers: app.model.contentLayers, contentLayerWeights: app.model.defaults?.content_layer_weights,
+    deviceMemory: Number(new URLSearchParams(location.search).get('device-memory')) || navigator.deviceMemory,
   }, settings.size, c.width, c.height, app.styles.map((s) => [s.image.width, s.image.height]), settings.styleScale);
   if (fit.refusal) {
     setMessage(`refused before starting: ${fit.refusal}`, 'error');
@@ -424,7 +428,7 @@ function start() {
   app.runSettings = { ...settings, styles: app.styles.map((x) => `${x.name}:${x.weight}`).join(', '), content: app.content.name };
   // tiles where the whole image does not fit (a ?tile=N in the URL overrides the size the plan chose)
   if (!settings.tile) settings.tile = fit.tile;
-  if (fit.tile) settings.history = fit.history;
+  if (settings.optimizer === 'lbfgs') settings.history = fit.history; // lowered where the heap or the tab needs it
   app.plan = fit;
   const payload = {
     type: 'start', settings,
