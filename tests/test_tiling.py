@@ -209,9 +209,9 @@ def test_tiled_run_follows_untiled(tmp_path, examples):
         st = Stylizer(cfg)
         losses = [st.step().loss for _ in range(3)]
         out[tile] = (losses, st.result(), st.runtime()["tiling"])
-        # a run with a tiled scale keeps no CPU arena for the whole-image training graph: an arena
-        # would hold an untiled scale's peak beside the tiles' (a 4096 px print was killed by it)
-        assert st.graphs.train_arena is (tile is None)
+        # a tiled scale lets the whole-image training session (and its arena) go: the arena would
+        # hold an untiled scale's peak beside the tiles' (a 4096 px print was killed by it)
+        assert st.graphs.train_open is (tile is None)
     assert out[None][2]["scales"][0]["tile"] is None and out[16][2]["scales"][0]["tile"] == 16
     assert np.allclose(out[16][0], out[None][0], rtol=1e-4)
     assert np.abs(out[16][1] - out[None][1]).max() < 2e-3

@@ -87,10 +87,9 @@ class Graphs:
     """The sessions of one artifact folder on one placement: eval and training graphs, and the
     optimizer graphs once asked for."""
 
-    def __init__(self, artifacts: Artifacts, placement: Placement, train_arena: bool = True):
-        """train_arena=False: the training graph's CPU allocations go back to the OS after each run
-        (a run with tiled scales: the arena would keep an untiled scale's peak beside the tiles')."""
-        self.artifacts, self.placement, self.train_arena = artifacts, placement, train_arena
+    def __init__(self, artifacts: Artifacts, placement: Placement):
+        self.artifacts, self.placement = artifacts, placement
+        self._train: ort.InferenceSession | None = None
         self._optimizers: dict[str, dict | None] = {}
         self.cache: dict[str, str] = {}  # role -> "hit" | "miss" | "off" (ortcache.py)
         try:
@@ -132,9 +131,28 @@ class Graphs:
         self.eval = make_session(eval_path, placement, arena=False, cache_key=self._cache_key(eval_path))
         self.cache["eval"] = make_session.last
         self.train_path = self.artifacts.train_graph_path(placement.train_variant)
-        self.train = make_session(self.train_path, placement, arena=self.train_arena,
-                                  cache_key=self._cache_key(self.train_path))
+        self._train = make_session(self.train_path, placement, cache_key=self._cache_key(self.train_path))
         self.cache["train"] = make_session.last
+
+    @property
+    def train(self) -> ort.InferenceSession:
+        """The whole-image training session (made again after drop_train)."""
+        if self._train is None:
+            self._train = make_session(self.train_path, self.placement, cache_key=self._cache_key(self.train_path))
+        return self._train
+
+    def drop_train(self) -> None:
+        """Let the whole-image training session go, and with it its CPU arena, which holds the
+        largest untiled scale's activations for the session's life: a tiled scale (which does not use
+        it) would otherwise sit beside them (a 512..4096 px print planned at 18.8 GiB went past 24 GiB).
+        Measured: benchmarks/RESULTS.md, "Tiling"."""
+        if self._train is not None:
+            self._train = None
+            _release_freed_memory()
+
+    @property
+    def train_open(self) -> bool:
+        return self._train is not None
 
     def features(self, image: np.ndarray) -> dict[str, np.ndarray]:
         """image [H, W, 3] -> {'content.<layer>': [1, C, h, w], 'gram.<layer>': [C, C]}."""

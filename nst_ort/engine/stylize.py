@@ -124,11 +124,7 @@ class Stylizer:
     def graphs(self) -> Graphs:
         """The ONNX Runtime sessions (made on first use: 0.2-4 s on a CPU)."""
         if self._graphs is None:
-            # A run with a tiled scale: no CPU arena for the training graph, whose arena would keep
-            # the largest untiled scale's activations resident beside the tiles' (measured: a
-            # 512..4096 px print planned at 18.8 GiB peaked over 24 GiB and was killed).
-            tiled = any(t is not None for t in self.plan_tiling().tiles)
-            self._graphs = Graphs(self.artifacts, self.placement, train_arena=not tiled)
+            self._graphs = Graphs(self.artifacts, self.placement)
             self.placement = self._graphs.placement  # `auto` may have fallen back to the CPU
         return self._graphs
 
@@ -280,6 +276,8 @@ class Stylizer:
         tile = self.tile_at(self.scale)
         train = None
         if tile is not None:
+            # the whole-image training session's arena holds an untiled scale's peak: not beside the tiles'
+            self.graphs.drop_train()
             train = TiledTrainStep(self.tiled_graphs, feeds, x0.shape, tile, self.plan_tiling().kept_at(self.scale))
         self.loop = make_loop(self.loop_kind, self.graphs, feeds, x0, self.config.optim, self._optimizer_state,
                               self.terms, train)
@@ -380,7 +378,8 @@ class Stylizer:
     # -- what ran, what it needs, where it is --------------------------------------------------
     def runtime(self) -> dict:
         """What runs, where the config says "auto": providers, training graph, loop (for the report)."""
-        return {"providers": self.graphs.train.get_providers(), "device": self.graphs.placement.device,
+        # the eval session's providers: the same placement, and it is never dropped (drop_train)
+        return {"providers": self.graphs.eval.get_providers(), "device": self.graphs.placement.device,
                 "train_graph": self.graphs.train_path.name, "loop": self.loop_kind,
                 "provider_options": dict(self.graphs.placement.options), "tiling": self.tiling_info()}
 
