@@ -91,3 +91,18 @@ def without_tile_graphs(model: Path, dest: Path) -> Path:
     manifest["files"] = {f: v for f, v in manifest["files"].items() if not f.startswith("tile_")}
     (dest / "manifest.json").write_text(json.dumps(manifest))
     return dest
+
+
+def without_keep_graphs(model: Path, dest: Path) -> Path:
+    """A copy of a model folder as exported before the keep graphs (tile_grams + tile_train only, no
+    tile_grams_keep / tile_train_kept, no kept_bytes_per_pixel): tiled runs run pass 1's forward again."""
+    import json
+    import shutil
+
+    shutil.copytree(model, dest, ignore=shutil.ignore_patterns("tile_*_keep*", "tile_*_kept*"))
+    manifest = json.loads((dest / "manifest.json").read_text())
+    for role in ("grams_keep", "train_kept", "grams_keep_cpu", "train_kept_cpu", "kept_bytes_per_pixel"):
+        del manifest["tiling"][role]
+    manifest["files"] = {f: v for f, v in manifest["files"].items() if "_keep" not in f and "_kept" not in f}
+    (dest / "manifest.json").write_text(json.dumps(manifest))
+    return dest

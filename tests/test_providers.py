@@ -19,7 +19,7 @@ import onnxruntime as ort
 import pytest
 
 import cpu_features
-from conftest import DEFAULT_MODEL, EXAMPLES, ROOT, needs_torch, run_cli, without_tile_graphs
+from conftest import DEFAULT_MODEL, EXAMPLES, ROOT, needs_torch, run_cli, without_keep_graphs, without_tile_graphs
 
 CPU, OPENVINO = "CPUExecutionProvider", "OpenVINOExecutionProvider"
 # NST_ORT_TEST_PROVIDERS (comma-separated) narrows the providers tested: .ci/run's OpenVINO venv tests
@@ -108,9 +108,12 @@ def test_check_passes_and_names_every_graph(provider, tmp_path):
     files = {g["file"] for role, g in manifest["graphs"].items() if role != "train_fp16"}
     files |= {f for roles in manifest["optimizers"].values() if isinstance(roles, dict) for f in roles.values()}
     tiles = {v["file"] for v in manifest["tiling"].values() if isinstance(v, dict) and "file" in v}
-    assert len(tiles) == 4  # the tiled step and the tiled features, of both convolution variants
+    # the tiled step and the tiled features, of both convolution variants, plain and keeping pass 1's arrays
+    assert len(tiles) == 8
     checked = {row["graph"] for row in rep["rows"] if row["ok"]}
     assert files | tiles <= checked, (files | tiles) - checked
+    kept = [row["what"] for row in rep["rows"] if row["graph"] == "tile_train_kept.onnx" and row["ok"]]
+    assert [w.split(":")[0] for w in kept] == ["all 4 kept"] * 2 + ["2 of 4 kept"] * 2, kept  # loss, gradient
     assert {"L-BFGS, 3 steps: loss reached", "Adam, 3 steps: loss reached"} <= {row["what"] for row in rep["rows"] if row["ok"]}
     assert rep["provider"] == provider and rep["onnxruntime"] == ort.__version__ and rep["passed"]
 
@@ -139,6 +142,19 @@ def test_check_says_when_a_model_has_no_tile_graphs(tmp_path):
     assert not any(row["graph"].startswith("tile_") for row in json.loads((tmp_path / "c.json").read_text())["rows"])
 
 
+@pytest.mark.skipif(bool(_ONLY), reason="check's own logic: tested in the main venv")
+def test_check_says_when_a_model_has_no_keep_graphs(tmp_path):
+    """A model exported before the keep graphs: the plain tile rows as before, one row saying the keep
+    graphs are missing, and a pass."""
+    old = without_keep_graphs(DEFAULT_MODEL, tmp_path / "old")
+    r = run_cli(["check", "--model", old, "--device", "cpu", "--time-size", "0", "--json", tmp_path / "c.json"])
+    assert r.returncode == 0, r.stdout + r.stderr
+    row = [line for line in r.stdout.splitlines() if line.startswith("tile keep graphs")]
+    assert len(row) == 1 and "none in this model" in row[0] and "nst_ort_export.tiled" in row[0], r.stdout
+    graphs = {row["graph"] for row in json.loads((tmp_path / "c.json").read_text())["rows"] if row["ok"]}
+    assert {"tile_train.onnx", "tile_grams.onnx"} <= graphs and not any("_kept" in g or "_keep" in g for g in graphs)
+
+
 def _failed_graphs(stdout: str) -> set[str]:
     return {line.split()[0] for line in stdout.splitlines() if line.rstrip().endswith("FAIL")}
 
@@ -146,15 +162,21 @@ def _failed_graphs(stdout: str) -> set[str]:
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_check_catches_a_provider_whose_numbers_are_off(provider, tmp_path):
     """A provider perturbed by 1e-2 relative (tests/perturbed_provider.py: the size of OpenVINO's
-    bf16 errors), on any CPU: check fails with exit 10 at the eval graph, the training graph and the
-    device loop, and still passes the row that runs only on the unperturbed reference."""
+    bf16 errors), on any CPU: check fails with exit 10 at the eval graph, the training graph, the tile
+    graphs of both families (all crops kept and half of them) and the device loop, and still passes
+    the row that runs only on the unperturbed reference."""
     import perturbed_provider
 
     threads = ["--threads", "2"] if provider == CPU else []  # the reference has 1 thread: left as is
     r = run_cli(["check", "--provider", provider, "--time-size", "0", *threads],
                 prelude=perturbed_provider.prelude(provider))
     assert r.returncode == 10, r.stdout + r.stderr
-    assert {"eval.onnx", "train.onnx", "device", "tile_train.onnx", "tile_grams.onnx"} <= _failed_graphs(r.stdout), r.stdout
+    assert {"eval.onnx", "train.onnx", "device", "tile_train.onnx", "tile_grams.onnx", "tile_train_kept.onnx",
+            "tile_grams_keep.onnx"} <= _failed_graphs(r.stdout), r.stdout
+    # both ways of keeping fail (their rows name how many crops were kept)
+    kept = {line.split(":")[0].split(None, 1)[1] for line in r.stdout.splitlines()
+            if line.startswith("tile_train_kept.onnx") and line.rstrip().endswith("FAIL")}
+    assert kept == {"all 4 kept", "2 of 4 kept"}, r.stdout
     both_on_cpu = [line for line in r.stdout.splitlines() if "both on CPU" in line]
     assert not both_on_cpu or both_on_cpu[0].rstrip().endswith(" ok"), r.stdout
     assert r.stdout.strip().splitlines()[-1].startswith("FAIL: ")

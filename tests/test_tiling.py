@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import DEFAULT_MODEL, needs_torch, without_tile_graphs
+from conftest import DEFAULT_MODEL, needs_torch, without_keep_graphs, without_tile_graphs
 from nst_ort.engine import contract
 from nst_ort.engine.artifacts import Artifacts
 from nst_ort.base.errors import UsageError
@@ -320,18 +320,9 @@ def test_dry_run_and_report_say_what_is_kept(tmp_path, examples):
 def test_folder_without_keep_graphs_runs_the_old_way(tmp_path, examples):
     """A model folder exported before the keep graphs: tiled runs use tile_grams + tile_train, keep
     nothing, and the memory plan counts no kept arrays."""
-    import json
-    import shutil
-
     from nst_ort import Config, OptimConfig, StyleInput, Stylizer
 
-    old = tmp_path / "old"
-    shutil.copytree(DEFAULT_MODEL, old, ignore=shutil.ignore_patterns("tile_*_keep*", "tile_*_kept*"))
-    manifest = json.loads((old / "manifest.json").read_text())
-    for role in ("grams_keep", "train_kept", "grams_keep_cpu", "train_kept_cpu", "kept_bytes_per_pixel"):
-        del manifest["tiling"][role]
-    manifest["files"] = {f: v for f, v in manifest["files"].items() if "_keep" not in f and "_kept" not in f}
-    (old / "manifest.json").write_text(json.dumps(manifest))
+    old = without_keep_graphs(DEFAULT_MODEL, tmp_path / "old")
     cfg = Config(content=examples / "chelsea_cat.jpg", styles=[StyleInput(examples / "starry_night.jpg")], size=64,
                  tile=32, model=old, threads=2, optim=OptimConfig(iterations=1))
     st = Stylizer(cfg)

@@ -692,7 +692,8 @@ def test_tiled_page_matches_the_python_tiled_loop(tmp_path, puppeteer):
     summed and dL/dG made in float64 in JS, the crops' gradients added into the whole) against the
     Python runtime's tiled host loop (nst_ort/engine/tiling.py) on the same pixels: 3 L-BFGS iterations at
     100x66 (3x4 tiles, crops clipped at every border), each loss within 1e-4 relative (measured
-    3.8e-6), each style layer's term and TV within 1e-4 at the first evaluation."""
+    3.8e-6; 3.0e-7 with Python's side on the keep graphs, the page on the plain ones), each style
+    layer's term and TV within 1e-4 at the first evaluation."""
     from concurrent.futures import ThreadPoolExecutor
 
     from nst_ort import Config, StyleInput, Stylizer
@@ -704,8 +705,9 @@ def test_tiled_page_matches_the_python_tiled_loop(tmp_path, puppeteer):
     wave = save_png(EXAMPLES / "great_wave.jpg", 100, tmp_path / "wave.png")
     cfg = Config(content=content, styles=[StyleInput(wave, 1.0)], size=100, model=MODEL, device="cpu", threads=2,
                  loop="host", tile=32, optim=OptimConfig(name="lbfgs", iterations=3))
+    st = Stylizer(cfg)
     with ThreadPoolExecutor(1) as pool:
-        refs = pool.submit(lambda: list(Stylizer(cfg).run()))
+        refs = pool.submit(lambda: list(st.run()))
         with serve() as url:
             out = drive({"url": url + "?backend=wasm&tile=32", "steps": [
                 {"upload": "#content-file", "files": [str(content)]}, {"upload": "#style-files", "files": [str(wave)]},
@@ -726,6 +728,11 @@ def test_tiled_page_matches_the_python_tiled_loop(tmp_path, puppeteer):
     diffs = [rel(w["loss"], r.loss) for w, r in zip(web, ref)]
     print(f"\ntiled page vs Python tiled host loop (32 px tiles, 100x66): loss per iteration {' '.join(f'{d:.1e}' for d in diffs)}")
     assert max(diffs) < 1e-4, diffs
+    # Python's side keeps pass 1's arrays (tile_grams_keep + tile_train_kept, what a run uses where the
+    # folder has them); the page runs tile_grams + tile_train: the same function, two families
+    tiling = st.runtime()["tiling"]
+    if "grams_keep" in json.loads((MODEL / "manifest.json").read_text())["tiling"]:
+        assert st.tiled_graphs.keeps and tiling["scales"][0]["kept"] == 12, tiling
 
 
 @needs_browser

@@ -11,7 +11,8 @@ still compares two different reduction orders), with the same inputs:
   the fp32 train.onnx): the loss, each term, and the image gradient;
 - the tile graphs (tile_*.onnx, docs/tiling.md): the tiled step and the tiled features, assembled
   from 32 px tiles on the provider, against the untiled training graph and eval.onnx on the
-  reference (a model without them: said in a row, not failed);
+  reference; the same for the keep graphs (tile_grams_keep, tile_train_kept), the tiled step with
+  every crop kept and with half of them kept (a model without them: said in a row, not failed);
 - each optimizer graph on random vectors; then the device loop (training graph + optimizer graphs
   in IOBinding buffers), three L-BFGS steps and three Adam steps from the same image;
 
@@ -40,7 +41,7 @@ from ..engine.device_loop import DeviceLoop
 from ..engine.loop import HostLoop
 from ..engine.optim import make
 from ..engine.session import TrainStep, make_session
-from ..engine.tiling import TiledGraphs, TiledTrainStep, tiled_features, tiling_entry
+from ..engine.tiling import Layout, TiledGraphs, TiledTrainStep, graph_family, tiled_features, tiling_entry
 from ..media.outputs import Source, Target, check_writes, file_arg
 from .flags import Parser, int_flag
 
@@ -186,7 +187,7 @@ class Table:
         return all(r["ok"] is not False for r in self.rows)
 
     def render(self) -> str:
-        lines = [f"{'graph':<22} {'what':<34} {'difference':>10} {'limit':>7}  result"]
+        lines = [f"{'graph':<24} {'what':<34} {'difference':>10} {'limit':>7}  result"]
         for r in self.rows:
             v = "" if r["value"] is None else f"{r['value']:.1e}"
             lim = f"{r['limit']:.0e}" if r["limit"] is not None else ""
@@ -195,7 +196,7 @@ class Table:
                 res = f"FAIL: {r['note']}"
             elif r["note"]:
                 res = f"{res} ({r['note']})" if res else r["note"]
-            lines.append(f"{r['graph']:<22} {r['what']:<34} {v:>10} {lim:>7}  {res}".rstrip())
+            lines.append(f"{r['graph']:<24} {r['what']:<34} {v:>10} {lim:>7}  {res}".rstrip())
         return "\n".join(lines)
 
 
@@ -384,8 +385,48 @@ def _check_tiles(table: Table, art, target: _Side, ref: _Side, feeds, x, content
             sb = ref.step(art.graph_path(graph), feeds, x)
             _compare_steps(table, train_name, sa, sb, rows=_TILED_ROWS)
         with _guard(table, grams_name, "tiled features"):
-            a, b = tiled_features(tiled, content, tile), ref.features(content)
-            table.add(grams_name, "tiled features, Gram matrices", "features", max(_max_rel(a[k], b[k]) for k in b))
+            _features_row(table, grams_name, tiled, ref, content, tile)
+    _check_kept(table, art, entry, target, ref, feeds, x, content, tile)
+
+
+def _check_kept(table: Table, art, entry: dict, target: _Side, ref: _Side, feeds, x, content, tile: int) -> None:
+    """The keep family (tile_grams_keep + tile_train_kept: pass 1 keeps what pass 2's backward needs,
+    docs/tiling.md), what a tiled run uses where the folder has it: the tiled step with every crop
+    kept and with some kept (the others run pass 1's graph again in pass 2, as when the memory plan
+    keeps fewer), and the tiled features from pass 1's graph, against the untiled graphs on the
+    reference with the plain family's limits (the same function). A folder exported before the keep
+    graphs: one row saying so, not a failure."""
+    families = [(variant, role) for variant, role in (("plain", "train"), ("cpu", "train_cpu"))
+                if role in entry and graph_family(entry, target.placement, variant)[1]]
+    if not families:
+        table.add("tile keep graphs", "none in this model", None, None,
+                  note=f"not checked; python -m nst_ort_export.tiled {art.path} adds them")
+        return
+    for variant, role in families:
+        graph = role if role in art.manifest["graphs"] else "train"
+        suffix = "_cpu" if variant == "cpu" else ""
+        train_name, grams_name = entry["train_kept" + suffix]["file"], entry["grams_keep" + suffix]["file"]
+        tiled = sb = None
+        n = len(Layout.of(*x.shape[2:], tile, int(entry["align"]), int(entry["halo"])).tiles)
+        # all kept; then half (none of one crop): pass 2 runs tile_grams_keep again for the others
+        for keep, label in ((n, f"all {n} kept"), (n // 2, f"{n // 2} of {n} kept")):
+            with _guard(table, train_name, f"{label}: tiled loss, gradient"):
+                tiled = tiled or TiledGraphs(art, target.placement, variant, keep_graphs=True)
+                sa = TiledTrainStep(tiled, feeds, x.shape, tile, keep)(x)
+                sb = sb or ref.step(art.graph_path(graph), feeds, x)
+                _compare_steps(table, train_name, sa, sb, rows=_kept_rows(label))
+        with _guard(table, grams_name, "tiled features"):
+            _features_row(table, grams_name, tiled or TiledGraphs(art, target.placement, variant, keep_graphs=True),
+                          ref, content, tile)
+
+
+def _features_row(table: Table, name: str, tiled: TiledGraphs, ref: _Side, content, tile: int) -> None:
+    a, b = tiled_features(tiled, content, tile), ref.features(content)
+    table.add(name, "tiled features, Gram matrices", "features", max(_max_rel(a[k], b[k]) for k in b))
+
+
+def _kept_rows(label: str) -> tuple[str, str, str]:
+    return (f"{label}: loss and each term", f"{label}: gradient (rel. L2)", f"{label}: gradient (max, rel.)")
 
 
 def _optimizer_inputs(sess, n: int, k: int) -> dict[str, np.ndarray]:
