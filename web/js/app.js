@@ -134,7 +134,7 @@ function onWorker(msg) {
       setState('done');
       showProgress();
       const secs = app.records.reduce((a, r) => a + r.seconds, 0);
-      setMessage(`done: ${msg.iteration} iterations in ${duration(secs)}; raise the iterations and Resume to continue`, 'info');
+      setMessage(`done: ${msg.iteration} iteration${msg.iteration === 1 ? '' : 's'} in ${duration(secs)}; raise the iterations and Resume to continue`, 'info');
       break;
     }
     case 'error':
