@@ -16,6 +16,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 
 from conftest import EXAMPLES, cli_command, cli_env, run_cli
 from video_clips import frames, needs, temporal_model, write_folder  # noqa: F401
@@ -127,13 +128,17 @@ def test_batch_through_ray_equals_sequential_with_a_worker_killed(tmp_path):
         assert (par / n).read_bytes() == (seq / n).read_bytes(), n
 
 
-def test_video_shards_through_ray(tmp_path, temporal_model):
+@pytest.mark.parametrize("tile", [None, 16], ids=["whole", "tiled"])
+def test_video_shards_through_ray(tmp_path, temporal_model, tile):
     """5 frames in shards of 3 with 1 overlap frame on 2 workers (temporal mode): all frames written in
     order, shard 0 byte-identical to the sequential run; frame 4 is stylized again by the seam pass
     (continuing frame 3, blended halfway into shard 1's own frame 4) and frame 5 measured against it:
-    both marked as seam frames; progress counts frames across workers."""
+    both marked as seam frames; progress counts frames across workers. With `--tile 16` (12 tiles a
+    frame, crops clipped at every border) each worker stylizes its frames, the seam pass's included,
+    in tiles as the sequential tiled run does, and the report says so."""
     seq_in = write_folder(tmp_path / "seq", frames((64, 48), 5))
-    flags = ["--size", "64", "--iterations", "6", "--threads", "1", "--model", temporal_model]
+    flags = ["--size", "64", "--iterations", "6", "--threads", "1", "--model", temporal_model,
+             *(["--tile", str(tile)] if tile else [])]
     straight = tmp_path / "straight"
     done = run_cli(["video", seq_in, STYLE, "-o", straight, "--frames", "3", *flags, "-q"])
     assert done.returncode == 0, done.stderr
@@ -154,29 +159,7 @@ def test_video_shards_through_ray(tmp_path, temporal_model):
     seams = [f["warping_error"] for f in r["frames"][3:]]
     assert r["summary"]["warping_error_seams"] == sum(seams) / 2 and min(seams) > 0
     assert r["summary"]["warping_error_inside_shards"] > 0
-
-
-def test_video_shards_tiled_through_ray(tmp_path, temporal_model):
-    """`video --tile 16` on 2 Ray workers: each worker stylizes its frames in tiles (12 a frame, crops
-    clipped at every border) as the sequential tiled run does: shard 0's frames are byte-identical to
-    the sequential `--tile 16` run's, and the report says every frame, the seam pass's included, was
-    tiled."""
-    seq_in = write_folder(tmp_path / "seq", frames((64, 48), 4))
-    flags = ["--size", "64", "--iterations", "4", "--threads", "1", "--model", temporal_model, "--tile", "16"]
-    straight = tmp_path / "straight"
-    done = run_cli(["video", seq_in, STYLE, "-o", straight, "--frames", "2", *flags, "-q"])
-    assert done.returncode == 0, done.stderr
-    out, report = tmp_path / "sharded", tmp_path / "sharded.json"
-    done = run_cli(["video", seq_in, STYLE, "-o", out, *flags, "--workers", "2", "--shard-frames", "2",
-                    "--overlap", "1", "--report", report])
-    assert done.returncode == 0, done.stderr
-    assert "4/4 frames done on 2 Ray worker(s) (2 shards)" in done.stderr and "Traceback" not in done.stderr
-    assert sorted(p.name for p in out.glob("0*.png")) == [f"{i:06d}.png" for i in range(1, 5)]
-    for i in (1, 2):
-        assert (out / f"{i:06d}.png").read_bytes() == (straight / f"{i:06d}.png").read_bytes(), i
-    r = json.loads(report.read_text())
-    assert r["settings"]["tile"] == 16
-    assert [(f["frame"], f["shard"], f["tile"]) for f in r["frames"]] == [(1, 0, 16), (2, 0, 16), (3, 1, 16), (4, 1, 16)]
+    assert [f["tile"] for f in r["frames"]] == [tile] * 5 and r["settings"].get("tile") == tile
 
 
 def test_video_seam_no_worse_than_twice_the_median(tmp_path, temporal_model):

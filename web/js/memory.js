@@ -112,8 +112,9 @@ export function jsParts(info, w, h, tile, history, inputs = []) {
 // The tab's budget, a choice (no browser fixes one for a 64-bit tab's ArrayBuffers): the wasm heap's
 // planned use plus the page's own arrays at most TAB_SHARE of the machine's memory, as
 // navigator.deviceMemory reports it (Chromium: GB, rounded down to a power of two; 16 from Chromium 156
-// on a 24 GiB machine, at most 8 in older versions), else DEVICE_GB. What ends a tab that takes more is the machine running out (the OS or the browser kills
-// it and the run is lost), and the browser, the OS and the other tabs need the rest. 0.75 x 8 GB =
+// on a 24 GiB machine, at most 8 in older versions), else DEVICE_GB. What ends a tab that takes more
+// is the machine running out (the OS or the browser kills it and the run is lost), and the browser,
+// the OS and the other tabs need the rest. 0.75 x 8 GB =
 // 6 GiB: a full 4 GiB heap leaves 2 GiB for the page's arrays.
 export const TAB_SHARE = 0.75;
 export const DEVICE_GB = 8;
